@@ -1,0 +1,90 @@
+"""The actions the core asks its driver to perform.
+
+The core never does I/O. Every effect it wants is a call on an
+:class:`Actions` port, which the driver (``systemx.server``) executes and the
+unit tests record (:class:`RecordingActions`). A method call instead of an
+allocated action object keeps the MSG relay path to a dict lookup and a send.
+
+``conn`` is whatever the driver attached to a session when it opened it: a
+local socket, or later a route to an endpoint on another router process or
+behind a federation trunk. The core never looks inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["Actions", "RecordingActions", "WakeRequest"]
+
+
+@dataclass(frozen=True, slots=True)
+class WakeRequest:
+    """Wake the sleeping ``address`` because ``caller`` dialled it."""
+
+    address: str
+    call_id: str
+    caller: str
+    handler: dict[str, Any]
+    payload: Any = None
+    metadata: dict[str, Any] | None = None
+
+
+class Actions(Protocol):
+    def send(self, conn: Any, data: bytes) -> None:
+        """Send one text frame to the endpoint behind ``conn``."""
+
+    def close(self, conn: Any, code: int, reason: str) -> None:
+        """Close ``conn`` with a WebSocket close code and reason text."""
+
+    def start_timer(self, key: Hashable, delay: float) -> None:
+        """Call ``Exchange.on_timer(key, now)`` after ``delay`` seconds.
+
+        Starting a timer whose key is already running replaces it.
+        """
+
+    def cancel_timer(self, key: Hashable) -> None:
+        """Forget the timer ``key`` (no error if it is not running)."""
+
+    def wake(self, request: WakeRequest) -> None:
+        """Run the wake handler; report ``Exchange.on_wake_failed`` on failure."""
+
+    def cancel_wake(self, address: str) -> None:
+        """The wake of ``address`` timed out: stop a spawned agent that never registered."""
+
+    def persist_profile(self, address: str, profile: dict[str, Any] | None) -> None:
+        """Store (or with ``None`` delete) the durable wake profile of ``address``."""
+
+
+@dataclass
+class RecordingActions:
+    """An :class:`Actions` that records every call, for tests and tools."""
+
+    sent: list[tuple[Any, bytes]] = field(default_factory=list)
+    closed: list[tuple[Any, int, str]] = field(default_factory=list)
+    timers: dict[Hashable, float] = field(default_factory=dict)
+    wakes: list[WakeRequest] = field(default_factory=list)
+    cancelled_wakes: list[str] = field(default_factory=list)
+    profiles: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+
+    def send(self, conn: Any, data: bytes) -> None:
+        self.sent.append((conn, data))
+
+    def close(self, conn: Any, code: int, reason: str) -> None:
+        self.closed.append((conn, code, reason))
+
+    def start_timer(self, key: Hashable, delay: float) -> None:
+        self.timers[key] = delay
+
+    def cancel_timer(self, key: Hashable) -> None:
+        self.timers.pop(key, None)
+
+    def wake(self, request: WakeRequest) -> None:
+        self.wakes.append(request)
+
+    def cancel_wake(self, address: str) -> None:
+        self.cancelled_wakes.append(address)
+
+    def persist_profile(self, address: str, profile: dict[str, Any] | None) -> None:
+        self.profiles[address] = profile

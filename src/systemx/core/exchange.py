@@ -1,0 +1,1138 @@
+"""The exchange: registry, calls, party lines and presence as a sans-I/O machine.
+
+:class:`Exchange` takes events — a session opened, a frame from a session, a
+session closed, a timer fired, a wake failed — each with the current time
+``now`` (epoch seconds), and answers with actions on its :class:`Actions` port
+(send, close, start/cancel timer, wake, persist). It never reads a clock, never
+touches a socket and never imports asyncio, so unit tests drive it directly.
+
+Ownership rules (one place updates each index):
+
+* :meth:`Exchange._bind` / :meth:`Exchange._unbind` are the only code that adds
+  an address to or removes it from the directory and the presence index.
+* :meth:`Exchange._add_call` / :meth:`Exchange._end_call` are the only code that
+  adds a call to or removes it from the call indexes, and the only code that
+  starts or cancels a call's timer. State changes go through
+  :func:`systemx.core.calls.transition`.
+
+The MSG relay is the hot path: one typed decode, one dict lookup of the call,
+one dict lookup of the sender in the call's routes, one bytes concatenation of
+a prefix built when the call connected with the sender's raw ``data``, and one
+send. The endpoint's ``data`` is never re-serialised.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+import msgspec
+
+from systemx.config import Settings
+from systemx.core.actions import Actions, WakeRequest
+from systemx.core.calls import CallEvent, CallState, transition
+from systemx.core.wakepolicy import check_wake_handler, validate_wake_handler
+from systemx.protocol import messages as m
+from systemx.protocol.address import address_key, domain_of, is_valid_address
+from systemx.protocol.codes import (
+    CLIENT_STATUSES,
+    BusyReason,
+    CloseCode,
+    CloseReason,
+    ErrorReason,
+    HangupReason,
+    JoinFailedReason,
+    RegisterFailedReason,
+    Status,
+)
+from systemx.protocol.errors import describe_invalid
+from systemx.state.presence import MemoryPresenceIndex, PresenceIndex
+
+__all__ = ["Call", "Exchange", "PartyLine", "Session"]
+
+log = logging.getLogger("systemx.exchange")
+
+_encode = m.encode
+_decode = m.decode_client
+_DecodeError = msgspec.DecodeError
+_ValidationError = msgspec.ValidationError
+
+_CT_SUFFIX: dict[str, bytes] = {
+    "text": b',"content_type":"text"}',
+    "json": b',"content_type":"json"}',
+    "binary": b',"content_type":"binary"}',
+}
+_PARTY_CT_SUFFIX: dict[str | None, bytes] = {None: b"}"}
+_PARTY_CT_SUFFIX.update(_CT_SUFFIX)
+
+WAITING, RINGING, CONNECTED, ENDED = (
+    CallState.WAITING,
+    CallState.RINGING,
+    CallState.CONNECTED,
+    CallState.ENDED,
+)
+
+
+class Session:
+    """One endpoint connection and, once registered, the address it holds."""
+
+    __slots__ = (
+        "addr_json",
+        "address",
+        "auto_sleep",
+        "calls",
+        "closed",
+        "concurrency",
+        "conn",
+        "dial_count",
+        "dial_window_start",
+        "key",
+        "last_activity",
+        "last_heartbeat",
+        "max_listeners",
+        "max_sessions",
+        "metadata",
+        "parties",
+        "session_id",
+        "sleep_pending_at",
+        "status",
+    )
+
+    def __init__(self, conn: Any, session_id: str, now: float) -> None:
+        self.conn = conn
+        self.session_id = session_id
+        self.address: str | None = None
+        self.key: str | None = None
+        self.addr_json = b"null"
+        self.status = "available"
+        self.metadata: dict[str, Any] = {}
+        self.concurrency = "single"
+        self.max_sessions: int | None = None
+        self.max_listeners: int | None = None
+        self.calls: dict[str, Call] = {}
+        self.parties: dict[str, PartyLine] = {}
+        self.last_heartbeat = now
+        self.last_activity = now
+        self.dial_window_start = 0.0
+        self.dial_count = 0
+        self.auto_sleep: float | None = None
+        self.sleep_pending_at: float | None = None
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<Session {self.session_id} {self.address or '(unregistered)'}>"
+
+
+class Call:
+    """A call between a caller and a callee, or a broadcast session.
+
+    ``routes`` maps each party of a connected point-to-point call to the
+    ``(peer conn, MSG prefix)`` its MSGs go to; it is ``None`` until CONNECTED,
+    so a MSG while ringing finds no route and is ignored. A broadcast call has
+    ``listeners`` instead and ``callee`` is the broadcaster.
+    """
+
+    __slots__ = (
+        "call_id",
+        "callee",
+        "callee_key",
+        "caller",
+        "connected_at",
+        "created",
+        "listeners",
+        "metadata",
+        "routes",
+        "state",
+        "to",
+    )
+
+    def __init__(
+        self,
+        call_id: str,
+        caller: Session | None,
+        callee: Session | None,
+        to: str,
+        callee_key: str,
+        metadata: dict[str, Any] | None,
+        now: float,
+        state: CallState,
+    ) -> None:
+        self.call_id = call_id
+        self.caller = caller
+        self.callee = callee
+        self.to = to
+        self.callee_key = callee_key
+        self.metadata = metadata
+        self.created = now
+        self.connected_at: float | None = None
+        self.state = state
+        self.routes: dict[Session, tuple[Any, bytes]] | None = None
+        self.listeners: dict[Session, None] | None = None
+
+    def parties(self) -> list[Session]:
+        out = [p for p in (self.caller, self.callee) if p is not None]
+        if self.listeners:
+            out.extend(self.listeners)
+        return out
+
+
+class PartyLine:
+    """A group call: every PARTY_MSG goes to every other participant."""
+
+    __slots__ = ("key", "members", "name", "name_json")
+
+    def __init__(self, name: str, key: str) -> None:
+        self.name = name
+        self.key = key
+        self.name_json = _encode(name)
+        self.members: dict[Session, str] = {}
+
+
+def _msg_prefix(call_id: str, sender: Session) -> bytes:
+    return b'{"type":"MSG","call_id":' + _encode(call_id) + b',"from":' + sender.addr_json + b',"data":'
+
+
+def _validate_metadata(meta: dict[str, Any]) -> str | None:
+    caps = meta.get("capabilities")
+    if caps is not None and (not isinstance(caps, list) or not all(isinstance(c, str) for c in caps)):
+        return "metadata.capabilities must be a list of strings"
+    loc = meta.get("location")
+    if loc is not None:
+        if not isinstance(loc, dict):
+            return "metadata.location must be an object {lat, lon}"
+        lat, lon = loc.get("lat"), loc.get("lon")
+        for name, value, bound in (("lat", lat, 90.0), ("lon", lon, 180.0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                return f"metadata.location.{name} must be a number"
+            if not -bound <= value <= bound:
+                return f"metadata.location.{name} must be between {-bound:g} and {bound:g}"
+    status = meta.get("status")
+    if status is not None and status not in CLIENT_STATUSES:
+        return "metadata.status must be one of available, busy, dnd, away"
+    return None
+
+
+def _location(meta: dict[str, Any]) -> tuple[float | None, float | None]:
+    loc = meta.get("location")
+    if isinstance(loc, dict):
+        return float(loc["lat"]), float(loc["lon"])
+    return None, None
+
+
+class Exchange:
+    """The whole exchange state and its rules. See the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        actions: Actions,
+        *,
+        profiles: dict[str, dict[str, Any]] | None = None,
+        new_id: Callable[[], str] | None = None,
+        presence: PresenceIndex | None = None,
+    ) -> None:
+        self.settings = settings
+        self._actions = actions
+        self._send = actions.send
+        self._new_id = new_id or (lambda: str(uuid.uuid4()))
+        self._sessions: dict[Session, None] = {}
+        self._by_key: dict[str, Session] = {}
+        self._calls: dict[str, Call] = {}
+        self._parties: dict[str, PartyLine] = {}
+        # key -> {"address", "handler", "metadata"}: addresses that sleep when absent
+        self._profiles: dict[str, dict[str, Any]] = {}
+        # key -> calls waiting for that callee (asleep, or busy with an earlier queued call)
+        self._queues: dict[str, deque[Call]] = {}
+        # keys whose wake handler is running
+        self._waking: set[str] = set()
+        self._presence: PresenceIndex = presence if presence is not None else MemoryPresenceIndex()
+        self._call_timeout = settings.call_timeout_ms / 1000.0
+        self._hb_timeout = settings.heartbeat_timeout_ms / 1000.0
+        self._hb_interval = settings.heartbeat_interval_ms / 1000.0
+        self._dial_max = settings.dial_max_attempts
+        self._dial_window = settings.dial_window_ms / 1000.0
+        self._stopping = False
+        self._handlers: dict[type, Callable[[Session, Any, float], None]] = {
+            m.Register: self._on_register,
+            m.Unregister: self._on_unregister,
+            m.Status: self._on_status,
+            m.Heartbeat: self._on_heartbeat,
+            m.Dial: self._on_dial,
+            m.Answer: self._on_answer,
+            m.Hangup: self._on_hangup,
+            m.Join: self._on_join,
+            m.PartyMsg: self._on_party_msg,
+            m.Leave: self._on_leave,
+            m.Presence: self._on_presence,
+            m.SleepAck: self._on_sleep_ack,
+            m.RegisterPbx: self._on_federation,
+            m.DialForward: self._on_federation,
+        }
+        self.refresh_log_level()
+        for profile in (profiles or {}).values():
+            self._load_profile(profile)
+
+    # ------------------------------------------------------------------ events
+
+    def refresh_log_level(self) -> None:
+        """Re-read whether DEBUG traffic logging is on (it costs nothing when off)."""
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        self._send = self._send_logged if self._debug else self._actions.send
+
+    def start(self, now: float) -> None:
+        self._actions.start_timer(("sweep",), self._hb_interval)
+
+    def on_open(self, conn: Any, now: float) -> Session:
+        session = Session(conn, str(uuid.uuid4()), now)
+        self._sessions[session] = None
+        if self._stopping:
+            self._close(session, CloseCode.GOING_AWAY, CloseReason.SHUTDOWN)
+        return session
+
+    def on_data(self, s: Session, data: bytes, now: float) -> None:
+        """One complete WebSocket message from ``s``."""
+        if s.closed:
+            return
+        if not data.isascii() and not _is_utf8(data):
+            # msgspec skips unknown fields and Raw values unchecked; every byte must be valid.
+            self._close(s, CloseCode.INVALID_PAYLOAD, CloseReason.INVALID_UTF8)
+            return
+        try:
+            msg = _decode(data)
+        except _ValidationError as exc:
+            self._invalid(s, data, exc)
+            return
+        except _DecodeError:
+            log.warning("Invalid JSON from %s; closing", s.address or s.session_id)
+            self._close(s, CloseCode.UNSUPPORTED_DATA, CloseReason.INVALID_JSON)
+            return
+        if self._debug:
+            log.debug("<- %s %s", s.address or s.session_id, data[:512].decode("utf-8", "replace"))
+        if type(msg) is m.Msg:
+            # Hot path.
+            s.last_activity = now
+            call = self._calls.get(msg.call_id)
+            if call is not None:
+                routes = call.routes
+                if routes is not None:
+                    route = routes.get(s)
+                    if route is not None:
+                        self._send(route[0], route[1] + msg.data + _CT_SUFFIX[msg.content_type])
+                        return
+                elif call.listeners is not None and call.state is CONNECTED:
+                    self._broadcast_msg(s, call, msg)
+                    return
+            log.warning("MSG ignored: call %s is not a connected call of %s", msg.call_id, s.address)
+            return
+        self._handlers[type(msg)](s, msg, now)
+
+    def on_close(self, s: Session, now: float) -> None:
+        """The session's socket is gone. Safe to call more than once."""
+        if not s.closed:
+            s.closed = True
+            self._release(s, HangupReason.PEER_DISCONNECTED, now)
+        self._sessions.pop(s, None)
+
+    def on_timer(self, key: Hashable, now: float) -> None:
+        assert isinstance(key, tuple)
+        kind = key[0]
+        if kind == "ring":
+            self._ring_timeout(key[1], now)
+        elif kind == "sweep":
+            self._sweep(now)
+        elif kind == "wake":
+            self._wake_ended(key[1], BusyReason.TIMEOUT, now)
+        elif kind == "idle":
+            self._idle_expired(key[1], now)
+        elif kind == "sleep":
+            self._sleep_due(key[1], now)
+
+    def on_wake_failed(self, address: str, detail: str, now: float) -> None:
+        key = address_key(address) if is_valid_address(address) else address
+        if key in self._waking:
+            log.warning("Wake failed: %s (%s)", address, detail)
+            self._wake_ended(key, BusyReason.WAKE_FAILED, now)
+
+    def is_registered(self, address: str) -> bool:
+        return is_valid_address(address) and address_key(address) in self._by_key
+
+    def shutdown(self, now: float) -> None:
+        """HANGUP every call with reason ``shutdown`` and close every session 1001."""
+        self._stopping = True
+        for call in list(self._calls.values()):
+            if call.state is WAITING:
+                if call.caller is not None:
+                    self._busy(call.caller, call.to, BusyReason.SHUTDOWN, call.call_id)
+            else:
+                for party in call.parties():
+                    self._send_msg(party, m.Hangup(call_id=call.call_id, reason=HangupReason.SHUTDOWN))
+            self._end_call(call, CallEvent.SHUTDOWN, HangupReason.SHUTDOWN, now)
+        for s in list(self._sessions):
+            if not s.closed:
+                self._close(s, CloseCode.GOING_AWAY, CloseReason.SHUTDOWN)
+                s.closed = True
+                self._release(s, HangupReason.SHUTDOWN, now)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "stopping" if self._stopping else "ok",
+            "sessions": len(self._sessions),
+            "registered": len(self._by_key),
+            "calls": len(self._calls),
+            "asleep": sum(1 for k in self._profiles if k not in self._by_key),
+            "waking": len(self._waking),
+            "parties": len(self._parties),
+        }
+
+    # ------------------------------------------------------------ introspection
+
+    def session_for(self, address: str) -> Session | None:
+        return self._by_key.get(address_key(address)) if is_valid_address(address) else None
+
+    def call(self, call_id: str) -> Call | None:
+        return self._calls.get(call_id)
+
+    def party(self, name: str) -> PartyLine | None:
+        return self._parties.get(address_key(name)) if is_valid_address(name) else None
+
+    def profiles(self) -> dict[str, dict[str, Any]]:
+        return dict(self._profiles)
+
+    @property
+    def sessions(self) -> Iterable[Session]:
+        return self._sessions.keys()
+
+    @property
+    def calls(self) -> Iterable[Call]:
+        return self._calls.values()
+
+    @property
+    def parties(self) -> Iterable[PartyLine]:
+        return self._parties.values()
+
+    # ----------------------------------------------------------------- helpers
+
+    def _send_logged(self, conn: Any, data: bytes) -> None:
+        log.debug("-> %r %s", conn, data[:512].decode("utf-8", "replace"))
+        self._actions.send(conn, data)
+
+    def _send_msg(self, s: Session, msg: Any) -> None:
+        if not s.closed:
+            self._send(s.conn, _encode(msg))
+
+    def _error(self, s: Session, reason: str, context: str, detail: str) -> None:
+        self._send_msg(s, m.Error(reason=reason, context=context, detail=detail))
+
+    def _busy(self, s: Session, to: str, reason: str, call_id: str | None = None) -> None:
+        self._send_msg(s, m.Busy(to=to, reason=reason, call_id=call_id))
+
+    def _close(self, s: Session, code: int, reason: str) -> None:
+        self._actions.close(s.conn, int(code), str(reason))
+
+    def _invalid(self, s: Session, data: bytes, exc: msgspec.ValidationError) -> None:
+        context, detail = describe_invalid(data, exc)
+        log.warning("Invalid %s from %s: %s", context, s.address or s.session_id, detail)
+        self._error(s, ErrorReason.INVALID_PAYLOAD, context, detail)
+
+    def _effective_status(self, s: Session) -> str:
+        if s.status in ("dnd", "away"):
+            return s.status
+        return "busy" if s.calls else s.status
+
+    def _touch_presence(self, *sessions: Session | None) -> None:
+        for s in sessions:
+            if s is not None and s.address is not None and not s.closed:
+                self._presence.set_status(s.address, self._effective_status(s))
+
+    # ------------------------------------------------------------ registration
+
+    def _on_register(self, s: Session, msg: m.Register, now: float) -> None:
+        address = msg.address
+        if not is_valid_address(address):
+            self._send_msg(
+                s,
+                m.RegisterFailed(
+                    reason=RegisterFailedReason.INVALID_ADDRESS,
+                    address=address[:300],
+                    detail="an address is local@domain.tld: no spaces, one @, a dot in the domain, "
+                    "at most 254 characters",
+                ),
+            )
+            return
+        concurrency = msg.concurrency or "single"
+        problem: str | None = None
+        if msg.max_listeners is not None and concurrency != "broadcast":
+            problem = "max_listeners requires concurrency broadcast"
+        elif msg.max_sessions is not None and concurrency != "parallel":
+            problem = "max_sessions requires concurrency parallel"
+        elif msg.metadata is not None:
+            problem = _validate_metadata(msg.metadata)
+        if problem is None and msg.wake_handler is not None and msg.mode != "wake_on_ring":
+            problem = "wake_handler requires mode wake_on_ring"
+        key = address_key(address)
+        handler: dict[str, Any] | None = None
+        if problem is None and msg.mode == "wake_on_ring":
+            if msg.wake_handler is None:
+                if key not in self._profiles:
+                    problem = "mode wake_on_ring requires a wake_handler"
+            else:
+                problem = validate_wake_handler(msg.wake_handler)
+                if problem is None:
+                    refusal = check_wake_handler(msg.wake_handler, address, self.settings)
+                    if refusal is not None:
+                        log.warning("Wake handler refused for %s: %s", address, refusal)
+                        self._send_msg(
+                            s,
+                            m.RegisterFailed(
+                                reason=RegisterFailedReason.WAKE_HANDLER_NOT_ALLOWED,
+                                address=address,
+                                detail=refusal,
+                            ),
+                        )
+                        return
+                    handler = msgspec.to_builtins(msg.wake_handler)
+        if problem is not None:
+            self._error(s, ErrorReason.INVALID_PAYLOAD, "REGISTER", problem)
+            return
+        holder = self._by_key.get(key)
+        if (holder is not None and holder is not s) or key in self._parties:
+            self._send_msg(
+                s,
+                m.RegisterFailed(
+                    reason=RegisterFailedReason.ADDRESS_IN_USE,
+                    address=address,
+                    detail="a party line has this address" if holder is None else None,
+                ),
+            )
+            return
+        if s.key is not None and s.key != key:
+            # A new address on the same socket: the old one is given up.
+            self._release(s, HangupReason.RECONFIGURED, now)
+        meta = dict(msg.metadata) if msg.metadata is not None else {}
+        s.metadata = meta
+        s.status = meta.get("status", s.status if s.key == key else "available")
+        s.concurrency = concurrency
+        s.max_sessions = msg.max_sessions
+        s.max_listeners = msg.max_listeners
+        s.last_heartbeat = now
+        s.last_activity = now
+        fresh = s.key != key
+        if fresh:
+            s.address = address
+            s.key = key
+            s.addr_json = _encode(address)
+            self._by_key[key] = s
+        if msg.mode == "normal":
+            if self._profiles.pop(key, None) is not None:
+                self._actions.persist_profile(address, None)
+        elif handler is not None or (key in self._profiles and msg.metadata is not None):
+            profile = {
+                "address": address,
+                "handler": handler if handler is not None else self._profiles[key]["handler"],
+                "metadata": meta,
+            }
+            self._profiles[key] = profile
+            self._actions.persist_profile(address, profile)
+        self._presence.put(
+            address,
+            domain=domain_of(address),
+            capabilities=meta.get("capabilities") or (),
+            lat=_location(meta)[0],
+            lon=_location(meta)[1],
+            status=self._effective_status(s),
+            metadata=meta,
+        )
+        self._send_msg(s, m.Registered(address=address, session_id=s.session_id))
+        if fresh:
+            log.info("Connection registered: %s (session: %s)", address, s.session_id)
+        if key in self._waking:
+            self._waking.discard(key)
+            self._actions.cancel_timer(("wake", key))
+            log.info("Woken: %s", address)
+            queue = self._queues.get(key)
+            if queue:
+                for call in queue:
+                    self._actions.start_timer(("ring", call.call_id), self._call_timeout)
+        self._pump(key, now)
+
+    def _on_unregister(self, s: Session, msg: m.Unregister, now: float) -> None:
+        s.closed = True
+        self._release(s, HangupReason.CLIENT_REQUESTED, now)
+        self._close(s, CloseCode.ROUTER, CloseReason.CLIENT_REQUESTED)
+
+    def _release(self, s: Session, reason: str, now: float) -> None:
+        """End ``s``'s calls and party memberships and free its address."""
+        for call in list(s.calls.values()):
+            self._drop_party_from_call(s, call, reason, now)
+        for line in list(s.parties.values()):
+            self._leave(s, line, "disconnected" if reason != HangupReason.RECONFIGURED else reason)
+        self._actions.cancel_timer(("idle", s))
+        self._actions.cancel_timer(("sleep", s))
+        s.auto_sleep = None
+        key = s.key
+        if key is None:
+            return
+        address = s.address
+        assert address is not None
+        if self._by_key.get(key) is s:
+            del self._by_key[key]
+        s.key = None
+        s.address = None
+        profile = self._profiles.get(key)
+        if profile is not None and reason != HangupReason.RECONFIGURED:
+            self._presence.set_status(profile["address"], Status.ASLEEP)
+            log.info("Asleep: %s (session: %s, %s)", address, s.session_id, reason)
+        else:
+            self._presence.remove(address)
+            if profile is not None:
+                self._load_profile(profile)
+            log.info("Connection unregistered: %s (session: %s, %s)", address, s.session_id, reason)
+        queue = self._queues.get(key)
+        if queue:
+            if profile is not None:
+                self._start_wake(key, queue[0], now)
+            else:
+                for call in list(queue):
+                    if call.caller is not None:
+                        self._busy(call.caller, call.to, BusyReason.TIMEOUT, call.call_id)
+                    self._end_call(call, CallEvent.DISCONNECT, BusyReason.TIMEOUT, now)
+
+    def _load_profile(self, profile: dict[str, Any]) -> None:
+        address = profile["address"]
+        key = address_key(address)
+        self._profiles[key] = profile
+        if key not in self._by_key:
+            meta = profile.get("metadata") or {}
+            lat, lon = _location(meta)
+            self._presence.put(
+                address,
+                domain=domain_of(address),
+                capabilities=meta.get("capabilities") or (),
+                lat=lat,
+                lon=lon,
+                status=Status.ASLEEP,
+                metadata=meta,
+            )
+
+    # -------------------------------------------------------- status, liveness
+
+    def _on_heartbeat(self, s: Session, msg: m.Heartbeat, now: float) -> None:
+        s.last_heartbeat = now
+        s.last_activity = now
+        self._send(s.conn, b'{"type":"HEARTBEAT_ACK","timestamp":%d}' % int(now * 1000))
+
+    def _on_status(self, s: Session, msg: m.Status, now: float) -> None:
+        s.last_activity = now
+        if msg.status is not None:
+            s.status = msg.status
+            self._touch_presence(s)
+        if msg.auto_sleep is not None:
+            idle = msg.auto_sleep.idle_timeout_seconds
+            if idle <= 0:
+                s.auto_sleep = None
+                self._actions.cancel_timer(("idle", s))
+                self._actions.cancel_timer(("sleep", s))
+            else:
+                s.auto_sleep = max(idle, 0.1)
+                s.sleep_pending_at = None
+                self._actions.cancel_timer(("sleep", s))
+                self._actions.start_timer(("idle", s), s.auto_sleep)
+
+    def _sweep(self, now: float) -> None:
+        limit = now - self._hb_timeout
+        for s in [s for s in self._sessions if s.last_heartbeat < limit and not s.closed]:
+            log.warning("Heartbeat timeout: %s (session: %s)", s.address or "(unregistered)", s.session_id)
+            s.closed = True
+            self._release(s, HangupReason.TIMEOUT, now)
+            self._close(s, CloseCode.ROUTER, CloseReason.TIMEOUT)
+        self._actions.start_timer(("sweep",), self._hb_interval)
+
+    def _idle_expired(self, s: Session, now: float) -> None:
+        idle = s.auto_sleep
+        if s.closed or idle is None:
+            return
+        remaining = s.last_activity + idle - now
+        if s.calls or remaining > 0.001:
+            self._actions.start_timer(("idle", s), max(remaining, 0.05) if not s.calls else idle)
+            return
+        grace = min(max(idle, 0.2), 5.0)
+        s.sleep_pending_at = now
+        self._send_msg(s, m.SleepPending(reason="idle_timeout", seconds_until_sleep=int(grace)))
+        self._actions.start_timer(("sleep", s), grace)
+
+    def _sleep_due(self, s: Session, now: float) -> None:
+        pending = s.sleep_pending_at
+        if s.closed or pending is None or s.auto_sleep is None:
+            return
+        s.sleep_pending_at = None
+        if s.last_activity > pending or s.calls:
+            self._actions.start_timer(("idle", s), s.auto_sleep)
+            return
+        self._sleep(s, now)
+
+    def _on_sleep_ack(self, s: Session, msg: m.SleepAck, now: float) -> None:
+        if s.key is None or s.key not in self._profiles:
+            self._error(
+                s,
+                ErrorReason.NOT_WAKE_ON_RING,
+                "SLEEP_ACK",
+                "SLEEP_ACK needs a registration with mode wake_on_ring",
+            )
+            return
+        self._sleep(s, now)
+
+    def _sleep(self, s: Session, now: float) -> None:
+        s.closed = True
+        self._release(s, HangupReason.SLEEP, now)
+        self._close(s, CloseCode.ROUTER, CloseReason.SLEEP)
+
+    # ------------------------------------------------------------------- calls
+
+    def _on_dial(self, s: Session, msg: m.Dial, now: float) -> None:
+        if self._dial_max > 0:
+            if s.dial_count == 0 or now - s.dial_window_start >= self._dial_window:
+                s.dial_window_start = now
+                s.dial_count = 1
+            else:
+                s.dial_count += 1
+                if s.dial_count > self._dial_max:
+                    log.warning("Dial rate limit: %s (session: %s)", s.address, s.session_id)
+                    self._error(s, ErrorReason.RATE_LIMITED, "DIAL", "Too many dial attempts")
+                    return
+        if s.key is None:
+            self._error(s, ErrorReason.NOT_REGISTERED, "DIAL", "REGISTER an address before DIAL")
+            return
+        s.last_activity = now
+        to = msg.to
+        if not is_valid_address(to):
+            self._busy(s, to, BusyReason.NO_SUCH_ADDRESS)
+            return
+        key = address_key(to)
+        if key == s.key:
+            self._busy(s, to, BusyReason.ALREADY_IN_CALL)
+            return
+        callee = self._by_key.get(key)
+        if callee is None:
+            if key in self._profiles:
+                call = Call(self._new_id(), s, None, to, key, msg.metadata, now, WAITING)
+                self._add_call(call)
+                self._queues.setdefault(key, deque()).append(call)
+                self._send_msg(s, m.Ringing(call_id=call.call_id, to=to, waking=True))
+                log.info("Call initiated: %s → %s (call: %s, waking)", s.address, to, call.call_id)
+                if key not in self._waking:
+                    self._start_wake(key, call, now)
+                return
+            self._busy(s, to, BusyReason.NO_SUCH_ADDRESS)
+            return
+        status = callee.status
+        if status == "dnd" or status == "away":
+            self._busy(s, to, status)
+            return
+        if callee.concurrency == "broadcast":
+            self._dial_broadcast(s, callee, to, msg.metadata, now)
+            return
+        if status == "busy" and not callee.calls:
+            self._busy(s, to, BusyReason.BUSY)
+            return
+        reason = self._occupied(callee)
+        if reason is not None:
+            self._busy(s, to, reason)
+            return
+        call = Call(self._new_id(), s, callee, to, key, msg.metadata, now, RINGING)
+        self._add_call(call)
+        self._ring(call)
+
+    def _occupied(self, callee: Session) -> str | None:
+        """Why ``callee`` cannot take another point-to-point call now, if it cannot."""
+        if callee.concurrency == "parallel":
+            limit = callee.max_sessions
+            if limit is not None:
+                inbound = sum(1 for c in callee.calls.values() if c.callee is callee)
+                if inbound >= limit:
+                    return BusyReason.MAX_SESSIONS_REACHED
+            return None
+        return BusyReason.ALREADY_IN_CALL if callee.calls else None
+
+    def _ring(self, call: Call) -> None:
+        caller, callee = call.caller, call.callee
+        assert caller is not None and callee is not None
+        self._send(
+            callee.conn,
+            _encode(m.Ring(from_=caller.address or "", call_id=call.call_id, metadata=call.metadata)),
+        )
+        self._send(caller.conn, _encode(m.Ringing(call_id=call.call_id, to=call.to)))
+        self._actions.start_timer(("ring", call.call_id), self._call_timeout)
+        self._touch_presence(caller, callee)
+        log.info("Call initiated: %s → %s (call: %s)", caller.address, call.to, call.call_id)
+
+    def _add_call(self, call: Call) -> None:
+        self._calls[call.call_id] = call
+        if call.caller is not None:
+            call.caller.calls[call.call_id] = call
+        if call.callee is not None:
+            call.callee.calls[call.call_id] = call
+
+    def _end_call(self, call: Call, event: CallEvent, reason: str, now: float) -> None:
+        """Remove ``call`` from every index. Notifications are the caller's job."""
+        call.state = transition(call.state, event)
+        call_id = call.call_id
+        self._calls.pop(call_id, None)
+        self._actions.cancel_timer(("ring", call_id))
+        parties = call.parties()
+        for p in parties:
+            p.calls.pop(call_id, None)
+        call.routes = None
+        queue = self._queues.get(call.callee_key)
+        if queue is not None and call in queue:
+            queue.remove(call)
+        if queue is not None and not queue:
+            del self._queues[call.callee_key]
+        self._touch_presence(*parties)
+        duration = now - (call.connected_at or call.created)
+        log.info("Call ended: %s (duration %.3fs, reason %s)", call_id, duration, reason)
+        callee = call.callee
+        if callee is not None and not callee.closed and call.callee_key in self._queues:
+            self._pump(call.callee_key, now)
+
+    def _pump(self, key: str, now: float) -> None:
+        """Ring queued calls for ``key`` while its concurrency allows."""
+        queue = self._queues.get(key)
+        callee = self._by_key.get(key)
+        if not queue or callee is None:
+            return
+        while queue:
+            call = queue[0]
+            if callee.concurrency == "broadcast":
+                queue.popleft()
+                self._end_call_quietly(call)
+                caller = call.caller
+                assert caller is not None
+                self._dial_broadcast(caller, callee, call.to, call.metadata, now)
+                continue
+            if self._occupied(callee) is not None:
+                break
+            queue.popleft()
+            call.state = transition(call.state, CallEvent.RING)
+            call.callee = callee
+            callee.calls[call.call_id] = call
+            self._ring(call)
+        if not queue:
+            self._queues.pop(key, None)
+
+    def _end_call_quietly(self, call: Call) -> None:
+        # A waiting call re-placed on a broadcast: it never existed as a call.
+        self._calls.pop(call.call_id, None)
+        self._actions.cancel_timer(("ring", call.call_id))
+        if call.caller is not None:
+            call.caller.calls.pop(call.call_id, None)
+
+    def _ring_timeout(self, call_id: str, now: float) -> None:
+        call = self._calls.get(call_id)
+        if call is None or call.state not in (RINGING, WAITING):
+            return
+        if call.caller is not None:
+            self._busy(call.caller, call.to, BusyReason.TIMEOUT, call_id)
+        if call.state is RINGING and call.callee is not None:
+            self._send_msg(call.callee, m.Hangup(call_id=call_id, reason=HangupReason.TIMEOUT))
+        self._end_call(call, CallEvent.TIMEOUT, HangupReason.TIMEOUT, now)
+
+    def _on_answer(self, s: Session, msg: m.Answer, now: float) -> None:
+        call = self._calls.get(msg.call_id)
+        if call is None or call.callee is not s:
+            log.warning("ANSWER ignored: call %s is not ringing %s", msg.call_id, s.address)
+            return
+        s.last_activity = now
+        if call.listeners is not None:
+            return  # a broadcaster's ANSWER is optional and changes nothing
+        caller = call.caller
+        assert caller is not None
+        if call.state is RINGING:
+            call.state = transition(call.state, CallEvent.ANSWER)
+            call.connected_at = now
+            self._actions.cancel_timer(("ring", call.call_id))
+            call.routes = {
+                caller: (s.conn, _msg_prefix(call.call_id, caller)),
+                s: (caller.conn, _msg_prefix(call.call_id, s)),
+            }
+            log.info("Call connected: %s ↔ %s (call: %s)", caller.address, s.address, call.call_id)
+        if call.state is CONNECTED:
+            self._send_msg(caller, m.Connected(call_id=call.call_id, to=call.to))
+
+    def _on_hangup(self, s: Session, msg: m.Hangup, now: float) -> None:
+        call = self._calls.get(msg.call_id)
+        if call is None or (
+            s is not call.caller and s is not call.callee and not (call.listeners and s in call.listeners)
+        ):
+            log.warning("HANGUP ignored: call %s is not a call of %s", msg.call_id, s.address)
+            return
+        s.last_activity = now
+        reason = msg.reason or HangupReason.NORMAL
+        if call.listeners is not None and s is not call.callee:
+            self._send_msg(s, m.Hangup(call_id=call.call_id, reason=reason))
+        self._drop_party_from_call(s, call, reason, now)
+
+    def _drop_party_from_call(self, s: Session, call: Call, reason: str, now: float) -> None:
+        """``s`` leaves ``call`` (hangup or gone); tell whoever remains."""
+        event = CallEvent.DISCONNECT if s.closed else CallEvent.HANGUP
+        if call.listeners is not None:
+            if s is call.callee:
+                frame = _encode(m.Hangup(call_id=call.call_id, reason=reason))
+                for listener in call.listeners:
+                    if not listener.closed:
+                        self._send(listener.conn, frame)
+                self._end_call(call, event, reason, now)
+                return
+            call.listeners.pop(s, None)
+            s.calls.pop(call.call_id, None)
+            broadcaster = call.callee
+            assert broadcaster is not None
+            self._send_msg(broadcaster, m.Hangup(call_id=call.call_id, reason=reason, from_=s.address))
+            if not call.listeners:
+                self._end_call(call, event, reason, now)
+            else:
+                self._touch_presence(s)
+            return
+        if call.state is WAITING:
+            self._end_call(call, event, reason, now)
+            return
+        other = call.callee if s is call.caller else call.caller
+        if other is not None:
+            self._send_msg(other, m.Hangup(call_id=call.call_id, reason=reason))
+        self._end_call(call, event, reason, now)
+
+    # --------------------------------------------------------------- broadcast
+
+    def _dial_broadcast(
+        self, s: Session, caster: Session, to: str, metadata: dict[str, Any] | None, now: float
+    ) -> None:
+        call = next(
+            (c for c in caster.calls.values() if c.listeners is not None and c.callee is caster), None
+        )
+        if call is not None and s in (call.listeners or ()):
+            self._send_msg(s, m.Connected(call_id=call.call_id, to=to))
+            return
+        if call is None:
+            call = Call(self._new_id(), None, caster, to, caster.key or "", metadata, now, RINGING)
+            call.state = CONNECTED
+            call.connected_at = now
+            call.listeners = {}
+            self._add_call(call)
+            log.info("Broadcast started: %s (call: %s)", caster.address, call.call_id)
+        listeners = call.listeners
+        assert listeners is not None
+        if caster.max_listeners is not None and len(listeners) >= caster.max_listeners:
+            self._busy(s, to, BusyReason.MAX_LISTENERS_REACHED)
+            return
+        listeners[s] = None
+        s.calls[call.call_id] = call
+        self._send_msg(s, m.Connected(call_id=call.call_id, to=to))
+        self._send_msg(caster, m.Ring(from_=s.address or "", call_id=call.call_id, metadata=metadata))
+        self._touch_presence(s, caster)
+        log.info("Broadcast listener joined: %s → %s (call: %s)", s.address, caster.address, call.call_id)
+
+    def _broadcast_msg(self, s: Session, call: Call, msg: m.Msg) -> None:
+        listeners = call.listeners
+        assert listeners is not None
+        frame = _msg_prefix(call.call_id, s) + msg.data + _CT_SUFFIX[msg.content_type]
+        if s is call.callee:
+            send = self._send
+            for listener in listeners:
+                send(listener.conn, frame)
+        elif s in listeners:
+            caster = call.callee
+            assert caster is not None
+            self._send(caster.conn, frame)
+
+    # ------------------------------------------------------------ wake-on-ring
+
+    def _start_wake(self, key: str, call: Call, now: float) -> None:
+        profile = self._profiles[key]
+        handler = profile["handler"]
+        self._waking.add(key)
+        timeout = max(float(handler.get("timeout_seconds") or 30.0), 0.1)
+        self._actions.start_timer(("wake", key), timeout)
+        caller = call.caller
+        log.info(
+            "Waking %s for %s (call: %s)", profile["address"], caller.address if caller else "?", call.call_id
+        )
+        self._actions.wake(
+            WakeRequest(
+                address=profile["address"],
+                call_id=call.call_id,
+                caller=(caller.address or "") if caller else "",
+                handler=handler,
+                payload=handler.get("payload"),
+                metadata=call.metadata,
+            )
+        )
+
+    def _wake_ended(self, key: str, reason: str, now: float) -> None:
+        """The wake of ``key`` failed or timed out: every waiting caller hears BUSY."""
+        if key not in self._waking:
+            return
+        self._waking.discard(key)
+        self._actions.cancel_timer(("wake", key))
+        if reason == BusyReason.TIMEOUT:
+            profile = self._profiles.get(key)
+            self._actions.cancel_wake(profile["address"] if profile else key)
+            log.warning("Wake timeout: %s", profile["address"] if profile else key)
+        event = CallEvent.TIMEOUT if reason == BusyReason.TIMEOUT else CallEvent.WAKE_FAILED
+        for call in list(self._queues.get(key, ())):
+            if call.caller is not None:
+                self._busy(call.caller, call.to, reason, call.call_id)
+            self._end_call(call, event, reason, now)
+
+    # ------------------------------------------------------------- party lines
+
+    def _on_join(self, s: Session, msg: m.Join, now: float) -> None:
+        if s.key is None:
+            self._error(s, ErrorReason.NOT_REGISTERED, "JOIN", "REGISTER an address before JOIN")
+            return
+        name = msg.party
+        if not is_valid_address(name):
+            self._send_msg(
+                s,
+                m.JoinFailed(
+                    party=name[:300],
+                    reason=JoinFailedReason.INVALID_ADDRESS,
+                    detail="a party line's name follows the address grammar",
+                ),
+            )
+            return
+        key = address_key(name)
+        line = self._parties.get(key)
+        if line is None:
+            if key in self._by_key or key in self._profiles:
+                self._join_failed(
+                    s, name, JoinFailedReason.ADDRESS_IN_USE, "a registered address has this name"
+                )
+                return
+            if not msg.create_if_missing:
+                self._join_failed(s, name, JoinFailedReason.NO_SUCH_PARTY, "no party line has this name")
+                return
+        elif s in line.members:
+            self._send_msg(s, m.Joined(party=line.name, participants=list(line.members.values())))
+            return
+        if len(s.parties) >= self.settings.party_max_per_session:
+            self._join_failed(
+                s,
+                name,
+                JoinFailedReason.TOO_MANY_PARTIES,
+                f"a session may be in at most {self.settings.party_max_per_session} party lines",
+            )
+            return
+        if line is None:
+            line = PartyLine(name, key)
+            self._parties[key] = line
+            log.info("Party line created: %s", name)
+        elif len(line.members) >= self.settings.party_max_participants:
+            self._join_failed(
+                s,
+                name,
+                JoinFailedReason.PARTY_FULL,
+                f"a party line has at most {self.settings.party_max_participants} participants",
+            )
+            return
+        address = s.address or ""
+        notice = _encode(m.PartyJoined(party=line.name, address=address))
+        for member in line.members:
+            self._send(member.conn, notice)
+        line.members[s] = address
+        s.parties[key] = line
+        self._send_msg(s, m.Joined(party=line.name, participants=list(line.members.values())))
+        log.info("Party joined: %s → %s (%d participants)", address, line.name, len(line.members))
+
+    def _join_failed(self, s: Session, party: str, reason: str, detail: str) -> None:
+        self._send_msg(s, m.JoinFailed(party=party, reason=reason, detail=detail))
+
+    def _member_line(self, s: Session, name: str, context: str) -> PartyLine | None:
+        line = self._parties.get(address_key(name)) if is_valid_address(name) else None
+        if line is None or s not in line.members:
+            self._error(s, ErrorReason.NOT_IN_PARTY, context, f"not a participant of {name[:300]}")
+            return None
+        return line
+
+    def _on_party_msg(self, s: Session, msg: m.PartyMsg, now: float) -> None:
+        line = self._member_line(s, msg.party, "PARTY_MSG")
+        if line is None:
+            return
+        s.last_activity = now
+        frame = (
+            b'{"type":"PARTY_MSG","party":'
+            + line.name_json
+            + b',"from":'
+            + s.addr_json
+            + b',"data":'
+            + msg.data
+            + _PARTY_CT_SUFFIX[msg.content_type]
+        )
+        send = self._send
+        for member in line.members:
+            if member is not s:
+                send(member.conn, frame)
+
+    def _on_leave(self, s: Session, msg: m.Leave, now: float) -> None:
+        line = self._member_line(s, msg.party, "LEAVE")
+        if line is not None:
+            self._leave(s, line, "left")
+            self._send_msg(s, m.Left(party=line.name))
+
+    def _leave(self, s: Session, line: PartyLine, reason: str) -> None:
+        address = line.members.pop(s, None)
+        s.parties.pop(line.key, None)
+        if address is None:
+            return
+        if not line.members:
+            del self._parties[line.key]
+            log.info("Party line closed: %s", line.name)
+            return
+        notice = _encode(m.PartyLeft(party=line.name, address=address, reason=reason))
+        for member in line.members:
+            self._send(member.conn, notice)
+
+    # ---------------------------------------------------------------- presence
+
+    def _on_presence(self, s: Session, msg: m.Presence, now: float) -> None:
+        if s.key is None:
+            self._error(s, ErrorReason.NOT_REGISTERED, "PRESENCE", "REGISTER an address before PRESENCE")
+            return
+        q = msg.query
+        limit = min(msg.limit or self.settings.presence_default_limit, self.settings.presence_max_limit)
+        near = (q.near.lat, q.near.lon, q.near.radius_km) if q.near is not None else None
+        rows = self._presence.query(
+            domain=q.domain.lower() if q.domain is not None else None,
+            capabilities=q.capabilities,
+            near=near,
+            status=q.status,
+            exclude=s.address,
+            limit=limit,
+        )
+        self._send_msg(
+            s,
+            m.PresenceResult(
+                addresses=[m.PresenceEntry(address=a, status=st, metadata=md) for a, st, md in rows]
+            ),
+        )
+
+    # -------------------------------------------------------------- federation
+
+    def _on_federation(self, s: Session, msg: Any, now: float) -> None:
+        context = "REGISTER_PBX" if isinstance(msg, m.RegisterPbx) else "DIAL_FORWARD"
+        self._error(
+            s,
+            ErrorReason.INVALID_PAYLOAD,
+            context,
+            f"{context} is not enabled on this exchange: federation is not configured",
+        )
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -1,0 +1,118 @@
+"""Logging configuration: levels, the text line format and the JSON line format.
+
+Text lines read ``2026-01-01T00:00:00.123Z [INFO] Connection registered: ...``
+(UTC, millisecond precision; ``WARNING`` is spelled ``WARN``). With
+``SYSTEMX_LOG_FORMAT=json`` every record is one JSON object per line with
+``ts``, ``level``, ``logger``, ``msg`` and any ``extra`` fields given to the
+logging call. Every SystemX logger lives under ``systemx.``; the WebSocket
+library's per-connection chatter is kept at WARNING unless the level is debug.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import IO, Any
+
+import msgspec
+
+from systemx.config import Settings
+
+__all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "parse_level"]
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+_LEVEL_NAMES = {
+    logging.DEBUG: "DEBUG",
+    logging.INFO: "INFO",
+    logging.WARNING: "WARN",
+    logging.ERROR: "ERROR",
+    logging.CRITICAL: "ERROR",
+}
+
+# Attributes every LogRecord has; anything else on a record came from ``extra``.
+_RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+_HANDLER_NAME = "systemx"
+
+
+def parse_level(name: str) -> int:
+    """``debug``/``info``/``warn``/``error`` (any case) to a :mod:`logging` level."""
+    try:
+        return _LEVELS[name.strip().lower()]
+    except KeyError:
+        raise ValueError(f"unknown log level {name!r}") from None
+
+
+def _timestamp(created: float) -> str:
+    seconds = int(created)
+    millis = int((created - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def _level_name(levelno: int) -> str:
+    return _LEVEL_NAMES.get(levelno) or logging.getLevelName(levelno)
+
+
+class TextFormatter(logging.Formatter):
+    """``<ISO-8601 UTC> [LEVEL] message`` plus any traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"{_timestamp(record.created)} [{_level_name(record.levelno)}] {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        elif record.exc_text:
+            line += "\n" + record.exc_text
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
+        return line
+
+
+def _fallback(obj: Any) -> Any:
+    return str(obj)
+
+
+_json_encode = msgspec.json.Encoder(enc_hook=_fallback).encode
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``ts``, ``level``, ``logger``, ``msg`` and ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": _timestamp(record.created),
+            "level": _level_name(record.levelno),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_ATTRS and key not in entry:
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return _json_encode(entry).decode()
+
+
+def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None:
+    """Send all log records at ``settings.log_level`` or above to ``stream`` (stderr).
+
+    Calling it again replaces the handler it installed before.
+    """
+    level = parse_level(settings.log_level)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("picows").setLevel(level if level <= logging.DEBUG else logging.WARNING)

@@ -1,0 +1,630 @@
+"""The WebSocket driver: sockets, timers, wake runner and profile store around the core.
+
+:class:`Server` owns everything the sans-I/O :class:`~systemx.core.exchange.Exchange`
+cannot do itself. It accepts connections with picows on uvloop, turns each
+complete WebSocket message into ``Exchange.on_data`` and executes the core's
+:class:`~systemx.core.actions.Actions` (send, close, timers, wake, profiles).
+
+HTTP on the listening port:
+
+* a WebSocket upgrade on any path opens a session;
+* ``GET /healthz`` without an upgrade answers ``200 application/json`` with
+  ``Exchange.health()``;
+* any other plain HTTP request gets ``426 Upgrade Required``.
+
+Frames: TEXT and BINARY messages are both handed to the core, which validates
+UTF-8 and JSON itself. Fragmented messages are reassembled; a message larger
+than ``SYSTEMX_MAX_MESSAGE_BYTES`` closes the socket with 1009. A client CLOSE
+is answered and the socket dropped; PINGs are answered by picows.
+
+Closing: a close asked for by the core sends the CLOSE frame, stops reading
+messages from that socket and waits up to :data:`CLOSE_TIMEOUT` seconds for the
+client's CLOSE before dropping the TCP connection. The core hears
+``on_close`` once the socket is gone.
+
+Slow consumers: sends are never refused while the kernel accepts data. Once
+the socket's user-space write buffer crosses its high-water mark the transport
+reports ``pause_writing``; from then until ``resume_writing`` every send first
+checks the buffered byte count, and a send that would take it past
+``SYSTEMX_MAX_BUFFERED_BYTES`` drops that connection instead: the CLOSE frame
+(1008 ``slow_consumer``) is queued behind the unsent data, the session ends in
+the core at once (``on_close`` on the next loop iteration, so its calls and
+parties end for everyone else), and the socket is aborted if it has not drained
+within :data:`CLOSE_TIMEOUT`. The sender and every other session are untouched.
+
+Shutdown (:meth:`Server.shutdown`): stop accepting, ``Exchange.shutdown``
+(HANGUP ``shutdown`` to every call, close 1001 for every session), wait for the
+sockets to go, bounded by ``SYSTEMX_SHUTDOWN_TIMEOUT``, abort the rest, then
+close the wake runner and the profile store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import logging
+import signal
+import ssl
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from time import time as _now
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import msgspec
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+    ws_create_server,
+)
+
+from systemx.config import ConfigError, Settings
+from systemx.core.actions import WakeRequest
+from systemx.protocol.codes import CloseCode, CloseReason
+
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "Connection",
+    "ExchangeLike",
+    "ProfileStore",
+    "Server",
+    "WakeRunnerLike",
+    "run",
+    "serve",
+]
+
+log = logging.getLogger("systemx.server")
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds a closing socket may take to finish the close handshake or drain."""
+
+_TEXT = WSMsgType.TEXT
+_BINARY = WSMsgType.BINARY
+_CONTINUATION = WSMsgType.CONTINUATION
+_CLOSE = WSMsgType.CLOSE
+_PROTOCOL_ERROR = 1002
+_MAX_REASON_BYTES = 123
+_PROFILE_DB = "systemx.db"
+
+
+class ExchangeLike(Protocol):
+    """The part of :class:`systemx.core.exchange.Exchange` the driver calls."""
+
+    def start(self, now: float) -> None: ...
+    def on_open(self, conn: Any, now: float) -> Any: ...
+    def on_data(self, session: Any, data: bytes, now: float) -> None: ...
+    def on_close(self, session: Any, now: float) -> None: ...
+    def on_timer(self, key: Hashable, now: float) -> None: ...
+    def on_wake_failed(self, address: str, detail: str, now: float) -> None: ...
+    def is_registered(self, address: str) -> bool: ...
+    def shutdown(self, now: float) -> None: ...
+    def health(self) -> dict[str, Any]: ...
+
+
+class ProfileStore(Protocol):
+    """Durable wake profiles (``systemx.state.profiles.SqliteProfileStore``)."""
+
+    def load_all(self) -> dict[str, dict[str, Any]]: ...
+    def put(self, address: str, profile: dict[str, Any]) -> None: ...
+    def delete(self, address: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class WakeRunnerLike(Protocol):
+    """Runs wake handlers (``systemx.server.wake.WakeRunner``)."""
+
+    def wake(self, request: WakeRequest) -> None: ...
+    def cancel(self, address: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+ExchangeFactory = Callable[..., ExchangeLike]
+"""``factory(settings, actions, profiles=...)`` building the exchange."""
+ProfileStoreFactory = Callable[[Path], ProfileStore]
+WakeRunnerFactory = Callable[[Settings, Callable[[str, str], None], Callable[[str], bool]], WakeRunnerLike]
+
+
+def _default_exchange(
+    settings: Settings, actions: Any, *, profiles: dict[str, dict[str, Any]]
+) -> ExchangeLike:
+    from systemx.core.exchange import Exchange
+
+    exchange: ExchangeLike = Exchange(settings, actions, profiles=profiles)
+    return exchange
+
+
+def _load_attr(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(module), name)
+
+
+def _default_profile_store(path: Path) -> ProfileStore:
+    store: ProfileStore = _load_attr("systemx.state.profiles", "SqliteProfileStore")(path)
+    return store
+
+
+def _default_wake_runner(
+    settings: Settings, on_failed: Callable[[str, str], None], is_registered: Callable[[str], bool]
+) -> WakeRunnerLike:
+    runner_class = _load_attr("systemx.server.wake", "WakeRunner")
+    runner: WakeRunnerLike = runner_class(settings, on_failed, is_registered)
+    return runner
+
+
+if TYPE_CHECKING:
+    _Adapter = logging.LoggerAdapter[logging.Logger]
+else:
+    _Adapter = logging.LoggerAdapter
+
+
+class _PicowsLog(_Adapter):
+    """picows' logger. A client's protocol violation is a warning, not a server error.
+
+    Being an adapter rather than a :class:`logging.Logger` also stops picows from
+    creating one child logger object per connection.
+    """
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level >= logging.ERROR and isinstance(msg, str) and msg.startswith("WS parser error"):
+            level = logging.WARNING
+        super().log(level, msg, *args, **kwargs)
+
+
+def _reason_bytes(reason: str) -> bytes:
+    raw = reason.encode()
+    if len(raw) > _MAX_REASON_BYTES:
+        raw = raw[:_MAX_REASON_BYTES].decode("utf-8", "ignore").encode()
+    return raw
+
+
+def _ws_code(code: int) -> WSCloseCode:
+    # picows takes any integer here, including the 4000 range its enum does not list.
+    return cast(WSCloseCode, code)
+
+
+def _session_label(session: Any) -> str:
+    return str(getattr(session, "session_id", None) or getattr(session, "id", "?"))
+
+
+def _reply_code(frame: WSFrame) -> int:
+    if frame.payload_size < 2:
+        return CloseCode.NORMAL
+    code = int.from_bytes(frame.get_payload_as_bytes()[:2], "big")
+    if 1000 <= code <= 4999 and code not in (1004, 1005, 1006, 1015):
+        return code
+    return CloseCode.NORMAL
+
+
+class Connection(WSListener):
+    """One WebSocket: the core session it carries and its close/backpressure state.
+
+    This object is the ``conn`` handle the core passes back in its actions.
+    """
+
+    __slots__ = ("_close_handle", "_frag_size", "_frags", "_ready", "closing", "paused", "server", "session",
+                 "transport")
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: WSTransport | None = None
+        self.session: Any = None
+        # True while frames may go straight to the core: open, not closing, not mid-fragment.
+        self._ready = False
+        self._frags: list[bytes] | None = None
+        self._frag_size = 0
+        self.paused = False
+        self.closing = False
+        self._close_handle: asyncio.TimerHandle | None = None
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self.server._opened(self)
+        self._ready = True
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if self._ready and frame.fin:
+            kind = frame.msg_type
+            if kind is _TEXT or kind is _BINARY:
+                self.server.on_data(self.session, frame.get_payload_as_bytes(), _now())
+                return
+        self._other_frame(transport, frame)
+
+    def _other_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind is _CLOSE:
+            if not self.closing:
+                self.closing = True
+                self._ready = False
+                transport.send_close(_ws_code(_reply_code(frame)))
+            transport.disconnect()
+            return
+        if self.closing or not (kind is _TEXT or kind is _BINARY or kind is _CONTINUATION):
+            return
+        if kind is _CONTINUATION:
+            if self._frags is None:
+                self.close(_PROTOCOL_ERROR, "Unexpected continuation frame")
+                return
+        elif self._frags is not None:
+            self.close(_PROTOCOL_ERROR, "Expected continuation frame")
+            return
+        else:
+            self._frags = []
+            self._frag_size = 0
+            self._ready = False
+        self._frag_size += frame.payload_size
+        if self._frag_size > self.server.settings.max_message_bytes:
+            self.close(CloseCode.MESSAGE_TOO_BIG, CloseReason.TOO_BIG)
+            return
+        self._frags.append(frame.get_payload_as_bytes())
+        if frame.fin:
+            data = b"".join(self._frags)
+            self._frags = None
+            self._frag_size = 0
+            self._ready = True
+            self.server.on_data(self.session, data, _now())
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self._ready = False
+        self.closing = True
+        if self._close_handle is not None:
+            self._close_handle.cancel()
+            self._close_handle = None
+        self.server._closed(self)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+    def send_paused(self, data: bytes) -> None:
+        """Send while the transport is over its high-water mark (the slow-consumer check)."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        buffered = transport.underlying_transport.get_write_buffer_size()
+        if buffered + len(data) > self.server.settings.max_buffered_bytes:
+            self._drop_slow_consumer(buffered)
+            return
+        transport.send(_TEXT, data)
+
+    def close(self, code: int, reason: str) -> None:
+        """Send CLOSE and drop the socket once the client answers (or after :data:`CLOSE_TIMEOUT`)."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        self.closing = True
+        self._ready = False
+        self._frags = None
+        transport.send_close(_ws_code(code), _reason_bytes(reason))
+        self._close_handle = self.server.loop.call_later(CLOSE_TIMEOUT, self.abort)
+
+    def abort(self) -> None:
+        """Drop the TCP connection now, discarding unsent data."""
+        self._close_handle = None
+        if self.transport is not None:
+            self.transport.disconnect(graceful=False)
+
+    def _drop_slow_consumer(self, buffered: int) -> None:
+        transport = self.transport
+        assert transport is not None
+        self.closing = True
+        self._ready = False
+        self._frags = None
+        log.warning(
+            "Slow consumer closed (1008): %d bytes unsent (session: %s)",
+            buffered,
+            _session_label(self.session),
+            extra={"unsent_bytes": buffered},
+        )
+        transport.send_close(_ws_code(CloseCode.POLICY_VIOLATION), CloseReason.SLOW_CONSUMER.encode())
+        transport.disconnect()
+        self._close_handle = self.server.loop.call_later(CLOSE_TIMEOUT, self.abort)
+        # The core is mid-action (this is one of its sends): end the session after it returns.
+        self.server.loop.call_soon(self.server._end_session, self)
+
+
+class Server:
+    """The exchange behind a picows WebSocket server; implements the core's ``Actions``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        exchange_factory: ExchangeFactory | None = None,
+        profile_store_factory: ProfileStoreFactory | None = None,
+        wake_runner_factory: WakeRunnerFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self._exchange_factory = exchange_factory or _default_exchange
+        self._profile_store_factory = profile_store_factory or _default_profile_store
+        self._wake_runner_factory = wake_runner_factory or _default_wake_runner
+        self._exchange: ExchangeLike | None = None
+        self._server: asyncio.Server | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        self._conns: set[Connection] = set()
+        self._all_closed = asyncio.Event()
+        self._profiles: ProfileStore | None = None
+        self._profiles_missing_logged = False
+        self._wake_runner: WakeRunnerLike | None = None
+        self._stopping = False
+        self.port = 0
+        self.on_data: Callable[[Any, bytes, float], None] = self._not_started
+
+    @staticmethod
+    def _not_started(session: Any, data: bytes, now: float) -> None:
+        raise RuntimeError("server not started")
+
+    @property
+    def exchange(self) -> ExchangeLike:
+        if self._exchange is None:
+            raise RuntimeError("server not started")
+        return self._exchange
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            raise RuntimeError("server not started")
+        return self._loop
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.settings.tls_enabled else "ws"
+        host = self.settings.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        return len(self._conns)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the profile store, build the exchange, bind the socket and arm the core's timers."""
+        settings = self.settings
+        self._loop = asyncio.get_running_loop()
+        ssl_context = self._ssl_context() if settings.tls_enabled else None
+        profiles = self._open_profiles()
+        self._exchange = self._exchange_factory(settings, self, profiles=profiles)
+        self.on_data = self._exchange.on_data
+        self._server = await ws_create_server(
+            self._accept,
+            settings.host,
+            settings.port,
+            ssl=ssl_context,
+            max_frame_size=settings.max_message_bytes,
+            read_buffer_init_size=settings.read_buffer_bytes,
+            enable_auto_pong=True,
+            logger_name=_PicowsLog(logging.getLogger("picows.server"), {}),
+        )
+        sockets = self._server.sockets
+        self.port = sockets[0].getsockname()[1] if sockets else settings.port
+        self.settings = dataclasses.replace(settings, port=self.port)
+        self._exchange.start(_now())
+        log.info("SystemX listening on %s", self.url, extra={"port": self.port})
+
+    async def shutdown(self) -> None:
+        """Stop accepting, end every call and session, wait (bounded), then release everything."""
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("Shutting down: %d connection(s)", len(self._conns))
+        if self._server is not None:
+            self._server.close()
+        if self._exchange is not None:
+            try:
+                self._exchange.shutdown(_now())
+            except Exception:
+                log.exception("Exchange shutdown failed")
+        for conn in list(self._conns):
+            conn.close(CloseCode.GOING_AWAY, CloseReason.SHUTDOWN)
+        await self._wait_all_closed(self.settings.shutdown_timeout_ms / 1000)
+        if self._conns:
+            log.warning("Shutdown timeout: aborting %d connection(s)", len(self._conns))
+            for conn in list(self._conns):
+                conn.abort()
+            await self._wait_all_closed(1.0)
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._wake_runner is not None:
+            try:
+                await self._wake_runner.close()
+            except Exception:
+                log.exception("Wake runner close failed")
+        if self._profiles is not None:
+            try:
+                self._profiles.close()
+            except Exception:
+                log.exception("Profile store close failed")
+            self._profiles = None
+        log.info("SystemX stopped")
+
+    async def _wait_all_closed(self, timeout: float) -> None:
+        if not self._conns:
+            return
+        self._all_closed.clear()
+        try:
+            await asyncio.wait_for(self._all_closed.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.settings.tls_cert_path, self.settings.tls_key_path)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"TLS_CERT_PATH/TLS_KEY_PATH cannot be loaded: {exc}") from None
+        return context
+
+    def _open_profiles(self) -> dict[str, dict[str, Any]]:
+        path = Path(self.settings.data_dir) / _PROFILE_DB
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._profiles = self._profile_store_factory(path)
+        except ImportError as exc:
+            log.warning("Wake profiles will not persist: no profile store (%s)", exc)
+            return {}
+        profiles = self._profiles.load_all()
+        if profiles:
+            log.info("Loaded %d wake profile(s) from %s", len(profiles), path)
+        return profiles
+
+    # -- connections ---------------------------------------------------------
+
+    def _accept(self, request: WSUpgradeRequest) -> Connection | WSUpgradeResponseWithListener:
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return WSUpgradeResponseWithListener(self._http_response(request), None)
+        if self._stopping:
+            return WSUpgradeResponseWithListener(
+                WSUpgradeResponse.create_error_response(503, b"Shutting down"), None
+            )
+        return Connection(self)
+
+    def _http_response(self, request: WSUpgradeRequest) -> WSUpgradeResponse:
+        path = request.path.split(b"?", 1)[0]
+        if path == b"/healthz":
+            body = msgspec.json.encode(self.exchange.health())
+            response: WSUpgradeResponse = WSUpgradeResponse.create_ok_response(
+                body, {"Content-Type": "application/json"}
+            )
+            return response
+        response = WSUpgradeResponse.create_error_response(
+            426, b"Upgrade Required: this is a WebSocket endpoint\n", {"Upgrade": "websocket"}
+        )
+        return response
+
+    def _opened(self, conn: Connection) -> None:
+        self._conns.add(conn)
+        conn.session = self.exchange.on_open(conn, _now())
+        if self.settings.max_buffered_bytes < 65536 and conn.transport is not None:
+            # Pause (and so the slow-consumer check) must start below the limit.
+            conn.transport.underlying_transport.set_write_buffer_limits(high=self.settings.max_buffered_bytes)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Connection opened (session: %s)", _session_label(conn.session))
+
+    def _end_session(self, conn: Connection) -> None:
+        session = conn.session
+        if session is None:
+            return
+        conn.session = None
+        self.exchange.on_close(session, _now())
+
+    def _closed(self, conn: Connection) -> None:
+        self._conns.discard(conn)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Connection closed (session: %s)", _session_label(conn.session))
+        try:
+            self._end_session(conn)
+        finally:
+            if not self._conns:
+                self._all_closed.set()
+
+    # -- Actions -------------------------------------------------------------
+
+    def send(self, conn: Any, data: bytes) -> None:
+        if conn.paused:
+            conn.send_paused(data)
+        else:
+            conn.transport.send(_TEXT, data)
+
+    def close(self, conn: Any, code: int, reason: str) -> None:
+        conn.close(code, reason)
+
+    def start_timer(self, key: Hashable, delay: float) -> None:
+        old = self._timers.get(key)
+        if old is not None:
+            old.cancel()
+        self._timers[key] = self.loop.call_later(delay, self._fire_timer, key)
+
+    def cancel_timer(self, key: Hashable) -> None:
+        handle = self._timers.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _fire_timer(self, key: Hashable) -> None:
+        del self._timers[key]
+        try:
+            self.exchange.on_timer(key, _now())
+        except Exception:
+            log.exception("Timer %r failed", key)
+
+    def wake(self, request: WakeRequest) -> None:
+        try:
+            runner = self._runner()
+        except Exception as exc:
+            log.error("Cannot wake %s: no wake runner (%s)", request.address, exc)
+            self.loop.call_soon(self._wake_failed, request.address, "wake runner unavailable")
+            return
+        runner.wake(request)
+
+    def cancel_wake(self, address: str) -> None:
+        if self._wake_runner is not None:
+            self._wake_runner.cancel(address)
+
+    def persist_profile(self, address: str, profile: dict[str, Any] | None) -> None:
+        store = self._profiles
+        if store is None:
+            if not self._profiles_missing_logged:
+                self._profiles_missing_logged = True
+                log.warning("Wake profile of %s not persisted: no profile store", address)
+            return
+        try:
+            if profile is None:
+                store.delete(address)
+            else:
+                store.put(address, profile)
+        except Exception:
+            log.exception("Persisting the wake profile of %s failed", address)
+
+    def _runner(self) -> WakeRunnerLike:
+        if self._wake_runner is None:
+            self._wake_runner = self._wake_runner_factory(
+                self.settings, self._wake_failed, self.exchange.is_registered
+            )
+        return self._wake_runner
+
+    def _wake_failed(self, address: str, detail: str) -> None:
+        if self._stopping:
+            return
+        self.exchange.on_wake_failed(address, detail, _now())
+
+
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Run a :class:`Server` until SIGTERM/SIGINT (or ``stop`` is set), then shut it down."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):
+            pass
+    server = Server(settings)
+    try:
+        await server.start()
+        await stop.wait()
+    finally:
+        await server.shutdown()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def run(settings: Settings) -> int:
+    """Serve on uvloop (where available) until a signal; the process exit status."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
+    return 0
