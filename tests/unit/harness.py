@@ -25,6 +25,7 @@ class Harness:
         self.x.start(self.now)
         self.sessions: dict[str, Session] = {}
         self.read: dict[str, int] = {}
+        self.pending: dict[str, list[dict[str, Any]]] = {}
 
     def _id(self) -> str:
         self.ids += 1
@@ -46,14 +47,15 @@ class Harness:
         self.send(name, {"type": "REGISTER", "address": address, **extra})
         frames = self.frames(name)
         assert frames, f"no answer to REGISTER {address}"
-        return frames[-1]
+        self.pending[name] = frames[1:]
+        return frames[0]
 
     def frames(self, name: str) -> list[dict[str, Any]]:
         """Frames sent to ``name`` since the last call."""
         start = self.read.get(name, 0)
-        out = [_dec.decode(d) for c, d in self.actions.sent[start:] if c == name]
+        out = self.pending.pop(name, [])
+        out += [_dec.decode(d) for c, d in self.actions.sent[start:] if c == name]
         self.read[name] = len(self.actions.sent)
-        # Only frames addressed to this conn advance its cursor; others keep theirs.
         return out
 
     def all_frames(self, name: str) -> list[dict[str, Any]]:

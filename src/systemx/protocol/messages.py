@@ -274,7 +274,7 @@ class PartyJoined(_Message, tag="PARTY_JOINED"):
 class PartyLeft(_Message, tag="PARTY_LEFT"):
     party: str
     address: str
-    reason: str = "left"
+    reason: str
 
 
 class PresenceResult(_Message, tag="PRESENCE_RESULT"):
