@@ -56,6 +56,12 @@ class Actions(Protocol):
     def persist_profile(self, address: str, profile: dict[str, Any] | None) -> None:
         """Store (or with ``None`` delete) the durable wake profile of ``address``."""
 
+    def lookup(self, address: str) -> None:
+        """Ask the directory who holds ``address`` elsewhere (another router process,
+        a federation trunk); answer with ``Exchange.on_lookup_result``. Only asked
+        when the exchange was built with ``directory=True``.
+        """
+
 
 @dataclass
 class RecordingActions:
@@ -67,6 +73,7 @@ class RecordingActions:
     wakes: list[WakeRequest] = field(default_factory=list)
     cancelled_wakes: list[str] = field(default_factory=list)
     profiles: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    lookups: list[str] = field(default_factory=list)
 
     def send(self, conn: Any, data: bytes) -> None:
         self.sent.append((conn, data))
@@ -88,3 +95,6 @@ class RecordingActions:
 
     def persist_profile(self, address: str, profile: dict[str, Any] | None) -> None:
         self.profiles[address] = profile
+
+    def lookup(self, address: str) -> None:
+        self.lookups.append(address)

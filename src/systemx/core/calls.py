@@ -28,6 +28,7 @@ class CallEvent(enum.Enum):
     HANGUP = "hangup"  # either party hung up (a caller's hangup while waiting cancels)
     TIMEOUT = "timeout"  # ring timeout or wake timeout
     WAKE_FAILED = "wake_failed"  # the wake handler failed
+    UNREACHABLE = "unreachable"  # the directory knows no holder of the address
     DISCONNECT = "disconnect"  # a party's session ended (closed, expired, slept, renamed)
     SHUTDOWN = "shutdown"  # the exchange is stopping
 
@@ -41,6 +42,7 @@ TRANSITIONS: dict[CallState, dict[CallEvent, CallState]] = {
         E.HANGUP: S.ENDED,
         E.TIMEOUT: S.ENDED,
         E.WAKE_FAILED: S.ENDED,
+        E.UNREACHABLE: S.ENDED,
         E.DISCONNECT: S.ENDED,
         E.SHUTDOWN: S.ENDED,
     },
@@ -79,7 +81,11 @@ def transition(state: CallState, event: CallEvent) -> CallState:
 
 def mermaid() -> str:
     """The state diagram of :data:`TRANSITIONS` as a Mermaid ``stateDiagram``."""
-    lines = ["stateDiagram-v2", "    [*] --> waiting: DIAL (callee asleep)", "    [*] --> ringing: DIAL"]
+    lines = [
+        "stateDiagram-v2",
+        "    [*] --> waiting: DIAL (callee asleep or elsewhere)",
+        "    [*] --> ringing: DIAL",
+    ]
     for state, moves in TRANSITIONS.items():
         targets: dict[CallState, list[str]] = {}
         for event, nxt in moves.items():

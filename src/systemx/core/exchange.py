@@ -96,6 +96,7 @@ class Session:
         "max_listeners",
         "max_sessions",
         "metadata",
+        "remote",
         "parties",
         "session_id",
         "sleep_pending_at",
@@ -122,6 +123,9 @@ class Session:
         self.auto_sleep: float | None = None
         self.sleep_pending_at: float | None = None
         self.closed = False
+        # An endpoint held by another router process or behind a trunk: its
+        # liveness is that node's business, never this one's heartbeat sweep.
+        self.remote = False
 
     def __repr__(self) -> str:
         return f"<Session {self.session_id} {self.address or '(unregistered)'}>"
@@ -234,6 +238,7 @@ class Exchange:
         profiles: dict[str, dict[str, Any]] | None = None,
         new_id: Callable[[], str] | None = None,
         presence: PresenceIndex | None = None,
+        directory: bool = False,
     ) -> None:
         self.settings = settings
         self._actions = actions
@@ -249,6 +254,10 @@ class Exchange:
         self._queues: dict[str, deque[Call]] = {}
         # keys whose wake handler is running
         self._waking: set[str] = set()
+        # With a directory (cluster, federation), an address not held here is looked
+        # up by an action and the answer returns as ``on_lookup_result``.
+        self._directory = directory
+        self._looking_up: set[str] = set()
         self._presence: PresenceIndex = presence if presence is not None else MemoryPresenceIndex()
         self._call_timeout = settings.call_timeout_ms / 1000.0
         self._hb_timeout = settings.heartbeat_timeout_ms / 1000.0
@@ -644,7 +653,7 @@ class Exchange:
 
     def _sweep(self, now: float) -> None:
         limit = now - self._hb_timeout
-        for s in [s for s in self._sessions if s.last_heartbeat < limit and not s.closed]:
+        for s in [s for s in self._sessions if s.last_heartbeat < limit and not s.closed and not s.remote]:
             log.warning("Heartbeat timeout: %s (session: %s)", s.address or "(unregistered)", s.session_id)
             s.closed = True
             self._release(s, HangupReason.TIMEOUT, now)
@@ -718,13 +727,15 @@ class Exchange:
         callee = self._by_key.get(key)
         if callee is None:
             if key in self._profiles:
-                call = Call(self._new_id(), s, None, to, key, msg.metadata, now, WAITING)
-                self._add_call(call)
-                self._queues.setdefault(key, deque()).append(call)
-                self._send_msg(s, m.Ringing(call_id=call.call_id, to=to, waking=True))
-                log.info("Call initiated: %s → %s (call: %s, waking)", s.address, to, call.call_id)
+                call = self._queue_waiting(s, to, key, msg.metadata, now, waking=True)
                 if key not in self._waking:
                     self._start_wake(key, call, now)
+                return
+            if self._directory:
+                self._queue_waiting(s, to, key, msg.metadata, now, waking=False)
+                if key not in self._looking_up:
+                    self._looking_up.add(key)
+                    self._actions.lookup(to)
                 return
             self._busy(s, to, BusyReason.NO_SUCH_ADDRESS)
             return
@@ -745,6 +756,54 @@ class Exchange:
         call = Call(self._new_id(), s, callee, to, key, msg.metadata, now, RINGING)
         self._add_call(call)
         self._ring(call)
+
+    def _queue_waiting(
+        self, s: Session, to: str, key: str, metadata: dict[str, Any] | None, now: float, *, waking: bool
+    ) -> Call:
+        call = Call(self._new_id(), s, None, to, key, metadata, now, WAITING)
+        self._add_call(call)
+        self._queues.setdefault(key, deque()).append(call)
+        self._send_msg(s, m.Ringing(call_id=call.call_id, to=to, waking=waking))
+        if not waking:
+            # A lookup counts towards the ring time; a wake has its own timeout.
+            self._actions.start_timer(("ring", call.call_id), self._call_timeout)
+        log.info(
+            "Call initiated: %s → %s (call: %s, %s)",
+            s.address,
+            to,
+            call.call_id,
+            "waking" if waking else "looking up",
+        )
+        return call
+
+    def on_lookup_result(self, address: str, conn: Any, now: float) -> Session | None:
+        """The directory's answer to ``Actions.lookup``: ``conn`` routes to the holder, or None.
+
+        A found holder becomes a remote endpoint bound to the address, and the
+        calls waiting for it ring; otherwise their callers hear BUSY no_such_address.
+        """
+        key = address_key(address)
+        if key not in self._looking_up:
+            return None
+        self._looking_up.discard(key)
+        if conn is None or key in self._by_key:
+            for call in list(self._queues.get(key, ())):
+                if key in self._by_key:
+                    break
+                if call.caller is not None:
+                    self._busy(call.caller, call.to, BusyReason.NO_SUCH_ADDRESS, call.call_id)
+                self._end_call(call, CallEvent.UNREACHABLE, BusyReason.NO_SUCH_ADDRESS, now)
+            self._pump(key, now)
+            return None
+        endpoint = Session(conn, str(uuid.uuid4()), now)
+        endpoint.remote = True
+        endpoint.address = address
+        endpoint.key = key
+        endpoint.addr_json = _encode(address)
+        self._sessions[endpoint] = None
+        self._by_key[key] = endpoint
+        self._pump(key, now)
+        return endpoint
 
     def _occupied(self, callee: Session) -> str | None:
         """Why ``callee`` cannot take another point-to-point call now, if it cannot."""
