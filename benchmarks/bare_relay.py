@@ -30,7 +30,7 @@ class RelayFrame(msgspec.Struct, omit_defaults=True, gc=False):
 
     type: str
     call_id: str | None = None
-    data: msgspec.Raw | None = None
+    data: msgspec.Raw = msgspec.Raw()
     content_type: str | None = None
     from_: str | None = msgspec.field(default=None, name="from")
 

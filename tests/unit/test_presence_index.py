@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from systemx.state.presence import EARTH_RADIUS_KM, MemoryPresenceIndex, Presenc
 STATUSES = ("available", "busy", "dnd", "away", "asleep")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Record:
     seq: int
     domain: str
@@ -73,24 +74,32 @@ class _Model:
     ) -> list[PresenceRow]:
         wanted = frozenset(capabilities or ())
         dom = domain.lower() if domain is not None else None
-        hits: list[tuple[float, int, str, _Record]] = []
-        for address, r in self.records.items():
-            if address == exclude:
-                continue
-            if dom is not None and r.domain != dom:
-                continue
-            if status is not None and r.status != status:
-                continue
-            if not wanted <= r.capabilities:
-                continue
-            d = 0.0
-            if near is not None:
-                if r.lat is None or r.lon is None:
-                    continue
-                d = haversine_km(near[0], near[1], r.lat, r.lon)
-                if d > near[2]:
-                    continue
-            hits.append((d, r.seq, address, r))
+        # A scan of everything; the cheap filters first only to keep the test fast.
+        if dom is None and status is None:
+            matches = list(self.records.items())
+        else:
+            matches = [
+                (a, r)
+                for a, r in self.records.items()
+                if (dom is None or r.domain == dom) and (status is None or r.status == status)
+            ]
+        if wanted:
+            matches = [(a, r) for a, r in matches if wanted <= r.capabilities]
+        matches = [(a, r) for a, r in matches if a != exclude]
+        if near is None:
+            return [(a, r.status, r.metadata) for a, r in matches[: max(limit, 0)]]
+        lat, lon, radius = near
+        # A great-circle distance is never shorter than its latitude difference; the
+        # millimetre of slack dwarfs rounding, so this skips no point within ``radius``.
+        band = (radius + 1e-6) / (EARTH_RADIUS_KM * math.pi / 180.0)
+        hits = [
+            (d, r.seq, a, r)
+            for a, r in matches
+            if r.lat is not None
+            and r.lon is not None
+            and abs(r.lat - lat) <= band
+            and (d := haversine_km(lat, lon, r.lat, r.lon)) <= radius
+        ]
         hits.sort(key=lambda h: (h[0], h[1]))
         return [(a, r.status, r.metadata) for _, _, a, r in hits[: max(limit, 0)]]
 
@@ -153,14 +162,22 @@ def _populate(n: int, seed: int) -> tuple[MemoryPresenceIndex, _Model, random.Ra
 
 
 @pytest.fixture(scope="module")
-def world() -> tuple[MemoryPresenceIndex, _Model, random.Random, list[str]]:
-    return _populate(100_000, seed=20240607)
+def world() -> Iterator[tuple[MemoryPresenceIndex, _Model, random.Random, list[str]]]:
+    built = _populate(100_000, seed=20240607)
+    # Every scan allocates ~100k tuples; without this each full collection walks the
+    # whole world again and dominates the run time.
+    gc.collect()
+    gc.freeze()
+    try:
+        yield built
+    finally:
+        gc.unfreeze()
 
 
 def _random_query(rng: random.Random, model: _Model, domains: list[str]) -> dict[str, Any]:
     query: dict[str, Any] = {"limit": rng.choice([1, 7, 50, 500, 1_000_000])}
     if rng.random() < 0.5:
-        domain = rng.choice(domains + ["nowhere.example"])
+        domain = rng.choice([*domains, "nowhere.example"])
         query["domain"] = domain.upper() if rng.random() < 0.2 else domain
     if rng.random() < 0.5:
         query["capabilities"] = rng.sample([f"cap{i}" for i in range(31)], rng.randint(0, 3))
@@ -194,18 +211,18 @@ def test_random_queries_match_brute_force(
     index, model, rng, domains = world
     assert len(index) == len(model.records)
     nonempty = 0
-    for _ in range(300):
+    for _ in range(200):
         query = _random_query(rng, model, domains)
         expected = model.query(**query)
         assert index.query(**query) == expected, query
         nonempty += bool(expected)
-    assert nonempty > 100
+    assert nonempty > 60
 
 
 def test_every_filter_combination_matches_brute_force(
     world: tuple[MemoryPresenceIndex, _Model, random.Random, list[str]],
 ) -> None:
-    index, model, rng, _ = world
+    index, model, _, _ = world
     some = list(model.records.items())[10_000]
     address, r = some
     assert r.lat is not None or r.lon is None
@@ -241,11 +258,9 @@ _LOCATIONS = [
     (51.5, -0.12),
     (48.85, 2.35),
 ]
-_locations = st.sampled_from(_LOCATIONS) | st.tuples(
-    st.floats(-90.0, 90.0), st.floats(-180.0, 180.0)
-)
+_locations = st.sampled_from(_LOCATIONS) | st.tuples(st.floats(-90.0, 90.0), st.floats(-180.0, 180.0))
 _caps = st.lists(st.sampled_from(["chat", "voice", "video", "llm"]), max_size=3)
-_put = st.tuples(
+_put_op = st.tuples(
     st.just("put"),
     st.sampled_from(_ADDRESSES),
     st.sampled_from(["x.org", "y.org", "z.org"]),
@@ -253,8 +268,8 @@ _put = st.tuples(
     _locations,
     st.sampled_from(STATUSES),
 )
-_set_status = st.tuples(st.just("set_status"), st.sampled_from(_ADDRESSES), st.sampled_from(STATUSES))
-_remove = st.tuples(st.just("remove"), st.sampled_from(_ADDRESSES))
+_status_op = st.tuples(st.just("set_status"), st.sampled_from(_ADDRESSES), st.sampled_from(STATUSES))
+_remove_op = st.tuples(st.just("remove"), st.sampled_from(_ADDRESSES))
 _query = st.fixed_dictionaries(
     {"limit": st.integers(0, 10)},
     optional={
@@ -270,7 +285,7 @@ _query = st.fixed_dictionaries(
     },
 )
 _ops = st.lists(
-    st.one_of(_put, _put, _set_status, _remove, st.tuples(st.just("query"), _query)), max_size=40
+    st.one_of(_put_op, _put_op, _status_op, _remove_op, st.tuples(st.just("query"), _query)), max_size=40
 )
 
 
@@ -464,7 +479,9 @@ def test_put_rejects_bad_coordinates(lat: float | None, lon: float | None) -> No
     assert len(index) == 0
 
 
-@pytest.mark.parametrize("near", [(95.0, 0.0, 1.0), (0.0, -200.0, 1.0), (0.0, 0.0, -1.0), (0.0, 0.0, math.nan)])
+@pytest.mark.parametrize(
+    "near", [(95.0, 0.0, 1.0), (0.0, -200.0, 1.0), (0.0, 0.0, -1.0), (0.0, 0.0, math.nan)]
+)
 def test_query_rejects_bad_near(near: tuple[float, float, float]) -> None:
     with pytest.raises(ValueError):
         MemoryPresenceIndex().query(near=near, limit=1)

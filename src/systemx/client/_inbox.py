@@ -55,7 +55,7 @@ class Inbox(Generic[T]):
         items = self._items
         while not items:
             if self._closed is not None:
-                raise self._closed
+                raise self._closed.with_traceback(None)
             waiter = self._loop.create_future()
             self._waiters.append(waiter)
             try:

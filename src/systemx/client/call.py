@@ -38,8 +38,17 @@ class Message(NamedTuple):
 class Call:
     """A connected call. Iterate it for :class:`Message` until either side hangs up."""
 
-    __slots__ = ("_client", "_end_exc", "_inbox", "call_id", "ended", "hangup_reason", "metadata", "outgoing",
-                 "peer")
+    __slots__ = (
+        "_client",
+        "_end_exc",
+        "_inbox",
+        "call_id",
+        "ended",
+        "hangup_reason",
+        "metadata",
+        "outgoing",
+        "peer",
+    )
 
     def __init__(
         self,
@@ -84,7 +93,7 @@ class Call:
 
     async def _send(self, data: msgspec.Raw, content_type: Any) -> None:
         if self._end_exc is not None:
-            raise self._end_exc
+            raise self._end_exc.with_traceback(None)
         client = self._client
         client._send_message(Msg(call_id=self.call_id, data=data, content_type=content_type))
         if client._write_paused:
@@ -118,12 +127,13 @@ class Call:
         client = self._client
         if client._closed is None:
             client._send_message(Hangup(call_id=self.call_id, reason=reason))
-        client._calls.pop(self.call_id, None)
+        client._forget(self.call_id)
         self._end(reason, CallEnded(self.call_id, reason))
 
     def _deliver(self, msg: Msg) -> None:
-        self._inbox.put(Message(msg.from_, decode_data(msg.data, msg.content_type), msg.content_type,
-                                msg.call_id))
+        self._inbox.put(
+            Message(msg.from_, decode_data(msg.data, msg.content_type), msg.content_type, msg.call_id)
+        )
 
     def _end(self, reason: str, exc: CallEnded | ConnectionClosed) -> None:
         if self.hangup_reason is not None:
@@ -172,7 +182,7 @@ class IncomingCall:
         if self.hangup_reason is not None:
             return
         client = self._client
-        client._ringing_in.pop(self.call_id, None)
+        client._forget(self.call_id)
         if client._closed is None:
             client._send_message(Hangup(call_id=self.call_id, reason=reason))
         self._end(reason or "normal")

@@ -24,12 +24,13 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import msgspec
-from picows import WSCloseCode, WSError, WSFrame, WSInvalidURL, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from systemx.client._inbox import Inbox
 from systemx.client.call import CONNECTION_CLOSED, Call, IncomingCall
 from systemx.client.errors import (
     BusyError,
+    CallEnded,
     CallRejected,
     ConnectFailed,
     ConnectionClosed,
@@ -39,6 +40,7 @@ from systemx.client.errors import (
     RegisterFailed,
 )
 from systemx.client.party import Party
+from systemx.protocol import messages as wire
 from systemx.protocol.messages import (
     AutoSleep,
     Busy,
@@ -80,9 +82,10 @@ logger = logging.getLogger("systemx.client")
 
 T = TypeVar("T")
 
-#: Frames no request asked for: idle warnings, unsolicited errors, broadcast
-#: listener hangups, and federation frames an endpoint does not act on.
-ServerEvent = SleepPending | Error | Hangup | DialForward | RegisteredPbx
+#: Frames no request asked for: idle warnings, unsolicited errors, listeners
+#: joining (RING) and leaving (HANGUP with ``from``) a broadcast this client
+#: runs, and federation frames an endpoint does not act on.
+ServerEvent = SleepPending | Error | Ring | Hangup | DialForward | RegisteredPbx
 
 _HEARTBEAT = b'{"type":"HEARTBEAT"}'
 _SLEEP_ACK = encode(SleepAck())
@@ -92,6 +95,7 @@ _BINARY = WSMsgType.BINARY
 _CONTINUATION = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
 _EVENTS_KEPT = 1000
+_ABANDONED_KEPT = 256
 
 
 class _PendingDial:
@@ -115,7 +119,7 @@ class _Listener(WSListener):
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         msg_type = frame.msg_type
-        if msg_type == _TEXT or msg_type == _BINARY:
+        if msg_type in (_TEXT, _BINARY):
             if frame.fin:
                 self._client._on_data(frame.get_payload_as_bytes())
             else:
@@ -136,7 +140,7 @@ class _Listener(WSListener):
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         handshake = transport.close_handshake
         if handshake is not None and handshake.recv is not None:
-            code, reason = int(handshake.recv.code), handshake.recv.reason or ""
+            code, reason = handshake.recv.code.value, handshake.recv.reason or ""
         else:
             code, reason = 1006, ""
         self._client._on_disconnected(code, reason)
@@ -183,8 +187,13 @@ class Client:
 
         self._calls: dict[str, Call] = {}
         self._ringing_in: dict[str, IncomingCall] = {}
+        # Listeners of each broadcast this client runs: the call ends with the last one.
+        self._audience: dict[str, set[str]] = {}
         self._dials: deque[_PendingDial] = deque()
         self._dials_by_id: dict[str, _PendingDial] = {}
+        # Ids of calls hung up while ringing, so a CONNECTED already in flight for
+        # one is not mistaken for the answer to a newer dial of the same address.
+        self._abandoned_ids: dict[str, None] = {}
         self._parties: dict[str, Party] = {}
         self._incoming: Inbox[IncomingCall] = Inbox(self.loop)
         self._events: Inbox[ServerEvent] = Inbox(self.loop, maxlen=_EVENTS_KEPT)
@@ -196,3 +205,802 @@ class Client:
         self._status_waiters: deque[asyncio.Future[None]] = deque()
         self._sleep_waiter: asyncio.Future[None] | None = None
 
+        self._handlers: dict[type[Any], Callable[[Any], None]] = {
+            Msg: self._on_msg,
+            Ring: self._on_ring,
+            Ringing: self._on_ringing,
+            Connected: self._on_connected,
+            Hangup: self._on_hangup,
+            Busy: self._on_busy,
+            HeartbeatAck: self._on_heartbeat_ack,
+            Registered: self._on_registered,
+            wire.RegisterFailed: self._on_register_failed,
+            Joined: self._on_joined,
+            wire.JoinFailed: self._on_join_failed,
+            Left: self._on_left,
+            PartyJoined: self._on_party_joined,
+            PartyLeft: self._on_party_left,
+            PartyMsg: self._on_party_msg,
+            PresenceResult: self._on_presence_result,
+            SleepPending: self._on_sleep_pending,
+            Error: self._on_error,
+            DialForward: self._events.put,
+            RegisteredPbx: self._events.put,
+        }
+
+    # ------------------------------------------------------------------
+    # Lifecycle
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        address: str,
+        *,
+        metadata: dict[str, Any] | None = None,
+        auth: str | None = None,
+        concurrency: Literal["single", "parallel", "broadcast"] | None = None,
+        max_sessions: int | None = None,
+        max_listeners: int | None = None,
+        pool_size: int | None = None,
+        mode: Literal["wake_on_ring", "normal"] | None = None,
+        wake_handler: WakeHandler | dict[str, Any] | None = None,
+        heartbeat_interval: float | None = 30.0,
+        request_timeout: float | None = 10.0,
+        connect_timeout: float | None = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> Client:
+        """Open a WebSocket to ``url``, REGISTER ``address`` and start heartbeats.
+
+        Raises :class:`ConnectFailed` when the socket cannot be opened,
+        :class:`RegisterFailed` / :class:`ExchangeError` when the exchange
+        refuses the registration. ``heartbeat_interval=None`` disables heartbeats.
+        """
+        if isinstance(wake_handler, dict):
+            wake_handler = msgspec.convert(wake_handler, WakeHandler)
+        register = Register(
+            address=address,
+            auth=auth,
+            metadata=metadata,
+            concurrency=concurrency,
+            max_sessions=max_sessions,
+            max_listeners=max_listeners,
+            pool_size=pool_size,
+            mode=mode,
+            wake_handler=wake_handler,
+        )
+        client = cls(
+            address,
+            heartbeat_interval=heartbeat_interval,
+            request_timeout=request_timeout,
+            concurrency=concurrency,
+        )
+        listener = client._listener
+        try:
+            transport, _ = await ws_connect(
+                lambda: listener,
+                url,
+                websocket_handshake_timeout=connect_timeout,
+                ssl_context=ssl_context,
+            )
+        except (TimeoutError, OSError, WSError) as exc:
+            raise ConnectFailed(url, str(exc) or type(exc).__name__) from exc
+        client._transport = transport
+        try:
+            await client._register(register, connect_timeout)
+        except BaseException:
+            await client.close()
+            raise
+        client._schedule_heartbeat()
+        return client
+
+    async def _register(self, register: Register, timeout: float | None) -> None:
+        waiter: asyncio.Future[Registered] = self.loop.create_future()
+        self._register_waiter = waiter
+        self._send_message(register)
+        registered = await self._wait(waiter, timeout)
+        self.address = registered.address
+        self.session_id = registered.session_id
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once the WebSocket is closed."""
+        return self._closed is not None
+
+    @property
+    def close_info(self) -> ConnectionClosed | None:
+        """How the connection closed (``code``, ``reason``), or ``None`` while open."""
+        return self._closed
+
+    async def wait_closed(self) -> ConnectionClosed:
+        """Wait until the exchange (or :meth:`close`) closes the connection."""
+        return await asyncio.shield(self._closed_future)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the WebSocket cleanly (1000). Ends every call, party and iterator."""
+        self._cancel_heartbeat()
+        transport = self._transport
+        if transport is None:
+            if self._closed is None:
+                self._on_disconnected(1000, "")
+            return
+        if self._closed is None and not self._closing:
+            self._closing = True
+            transport.send_close(WSCloseCode.OK)
+        if self._closed is None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._closed_future)
+            except TimeoutError:
+                transport.disconnect(False)
+        try:
+            await transport.wait_disconnected()
+        except Exception:  # an earlier callback failure, already logged
+            logger.debug("transport closed after an error", exc_info=True)
+
+    async def unregister(self, timeout: float = 5.0) -> ConnectionClosed:
+        """Send UNREGISTER; the exchange closes the socket (4000 ``client_requested``)
+        and keeps a wake-on-ring profile, unlike a plain :meth:`close`."""
+        self._send(_UNREGISTER)
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(self._closed_future)
+        finally:
+            await self.close()
+
+    # ------------------------------------------------------------------
+    # Calls
+
+    async def dial(
+        self, to: str, metadata: dict[str, Any] | None = None, *, timeout: float | None = None
+    ) -> Call:
+        """DIAL ``to`` and return the :class:`Call` once CONNECTED.
+
+        Raises :class:`BusyError` (BUSY, with its reason), :class:`CallRejected`
+        (the callee hung up while ringing), :class:`ExchangeError` (e.g.
+        ``rate_limited``) or ``TimeoutError``. Cancelling the awaiting task, or
+        the timeout, hangs the ringing call up.
+        """
+        self._check_open()
+        dial = _PendingDial(to, metadata, self.loop.create_future())
+        self._dials.append(dial)
+        self._send_message(Dial(to=to, metadata=metadata))
+        try:
+            if timeout is None:
+                return await dial.future
+            async with asyncio.timeout(timeout):
+                return await dial.future
+        except BaseException:
+            self._abandon_dial(dial)
+            raise
+
+    def _abandon_dial(self, dial: _PendingDial) -> None:
+        future = dial.future
+        if dial.settled:
+            # Connected just as the caller gave up: the call has no owner, end it.
+            if not future.cancelled() and future.exception() is None and dial.abandoned is False:
+                dial.abandoned = True
+                call = future.result()
+                if self._closed is None:
+                    self._send_message(Hangup(call_id=call.call_id, reason="normal"))
+                self._forget(call.call_id)
+                call._end("normal", CallEnded(call.call_id, "normal"))
+            return
+        dial.abandoned = True
+        if dial.call_id is not None:
+            self._settle(dial)
+            self._hang_up_abandoned(dial.call_id)
+        # Without a call id yet the HANGUP goes out when RINGING/CONNECTED names it.
+
+    def incoming(self) -> _IncomingCalls:
+        """``async for call in client.incoming()``: each RING, until the connection closes.
+
+        Calls the caller abandoned before they were taken from the queue are skipped.
+        """
+        return _IncomingCalls(self)
+
+    async def next_call(self, timeout: float | None = None) -> IncomingCall:
+        """The next ringing call; raises :class:`ConnectionClosed` or ``TimeoutError``."""
+        if timeout is None:
+            return await self._next_call()
+        async with asyncio.timeout(timeout):
+            return await self._next_call()
+
+    async def _next_call(self) -> IncomingCall:
+        while True:
+            call = await self._incoming.get()
+            if call.hangup_reason is None:
+                return call
+
+    @property
+    def calls(self) -> dict[str, Call]:
+        """Connected calls by call id (a copy)."""
+        return dict(self._calls)
+
+    # ------------------------------------------------------------------
+    # Party lines, presence, status
+
+    async def join(self, party: str, create: bool = True, *, timeout: float | None = None) -> Party:
+        """JOIN a party line; raises :class:`JoinFailed` (``no_such_party``, ``party_full``, ...)."""
+        self._check_open()
+        joined = self._parties.get(party)
+        if joined is not None:
+            return joined
+        waiter = self._join_waiters.get(party)
+        if waiter is None or waiter.done():
+            waiter = self.loop.create_future()
+            # Shielded below: whoever gave up waiting must not leave an unretrieved error.
+            waiter.add_done_callback(_retrieve)
+            self._join_waiters[party] = waiter
+            self._send_message(Join(party=party, create_if_missing=create))
+        return await self._wait(asyncio.shield(waiter), timeout)
+
+    @property
+    def parties(self) -> dict[str, Party]:
+        """Joined party lines by name (a copy)."""
+        return dict(self._parties)
+
+    async def presence(
+        self,
+        *,
+        domain: str | None = None,
+        capabilities: list[str] | None = None,
+        near: tuple[float, float, float] | None = None,
+        status: Literal["available", "busy", "dnd", "away", "asleep"] | None = None,
+        limit: int | None = None,
+        timeout: float | None = None,
+    ) -> list[PresenceEntry]:
+        """Query registered addresses; ``near`` is ``(lat, lon, radius_km)``. Filters are ANDed."""
+        self._check_open()
+        query = PresenceQuery(
+            domain=domain,
+            capabilities=capabilities,
+            status=status,
+            near=Near(lat=near[0], lon=near[1], radius_km=near[2]) if near is not None else None,
+        )
+        waiter: asyncio.Future[list[PresenceEntry]] = self.loop.create_future()
+        self._presence_waiters.append(waiter)
+        self._send_message(Presence(query=query, limit=limit))
+        return await self._wait(waiter, timeout)
+
+    async def set_status(
+        self,
+        status: Literal["available", "busy", "dnd", "away"] | None = None,
+        auto_sleep: AutoSleep | dict[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Send STATUS. The exchange is silent on success, so this follows it with
+        a HEARTBEAT: an ERROR for the STATUS arrives before that HEARTBEAT_ACK."""
+        self._check_open()
+        if isinstance(auto_sleep, dict):
+            auto_sleep = msgspec.convert(auto_sleep, AutoSleep)
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._status_waiters.append(waiter)
+        error: BaseException | None = None
+        try:
+            self._send_message(Status(status=status, auto_sleep=auto_sleep))
+            await self.ping(timeout=timeout)
+        finally:
+            if not waiter.done():
+                self._status_waiters.remove(waiter)
+            elif not waiter.cancelled():
+                error = waiter.exception()
+        if error is not None:
+            raise error
+
+    async def ping(self, timeout: float | None = None) -> int:
+        """Send HEARTBEAT now and return the HEARTBEAT_ACK timestamp (epoch ms).
+
+        A heartbeat also resets the exchange's idle (auto-sleep) timer and
+        cancels a pending sleep."""
+        self._send(_HEARTBEAT)
+        waiter: asyncio.Future[int] = self.loop.create_future()
+        self._ping_waiters.append((self._heartbeats_sent, waiter))
+        return await self._wait(waiter, timeout)
+
+    async def sleep(self, timeout: float | None = None) -> ConnectionClosed:
+        """Send SLEEP_ACK and wait for the exchange to close the socket (4000 ``sleep``).
+
+        Raises :class:`ExchangeError` (``not_wake_on_ring``) when this address
+        did not register with ``mode="wake_on_ring"``."""
+        self._check_open()
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._sleep_waiter = waiter
+        self._send(_SLEEP_ACK)
+        await self._wait(waiter, timeout)
+        return await self.wait_closed()
+
+    def events(self) -> _Events:
+        """``async for event in client.events()``: :data:`ServerEvent` frames no
+        request asked for (SLEEP_PENDING, unsolicited ERROR, ...). The most recent
+        1000 are kept for a slow reader."""
+        return _Events(self)
+
+    # ------------------------------------------------------------------
+    # Sending
+
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise ConnectionClosed(self._closed.code, self._closed.reason)
+        if self._closing:
+            raise ConnectionClosed(1000, "closing")
+
+    def _send(self, data: bytes) -> None:
+        if self._closed is not None or self._closing:
+            self._check_open()
+        assert self._transport is not None
+        if data is _HEARTBEAT:
+            self._heartbeats_sent += 1
+        self._transport.send(_TEXT, data)
+
+    def _send_message(self, message: Any) -> None:
+        self._send(encode(message))
+
+    def _on_resume_writing(self) -> None:
+        self._write_paused = False
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _drain(self) -> None:
+        while self._write_paused and self._closed is None:
+            waiter: asyncio.Future[None] = self.loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    async def _wait(self, awaitable: Awaitable[T], timeout: float | None) -> T:
+        if timeout is None:
+            timeout = self.request_timeout
+        if timeout is None:
+            return await awaitable
+        async with asyncio.timeout(timeout):
+            return await awaitable
+
+    def _schedule_heartbeat(self) -> None:
+        interval = self.heartbeat_interval
+        if interval and self._closed is None:
+            self._heartbeat_handle = self.loop.call_later(interval, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        self._heartbeat_handle = None
+        if self._closed is None and not self._closing:
+            self._send(_HEARTBEAT)
+            self._schedule_heartbeat()
+
+    def _cancel_heartbeat(self) -> None:
+        if self._heartbeat_handle is not None:
+            self._heartbeat_handle.cancel()
+            self._heartbeat_handle = None
+
+    # ------------------------------------------------------------------
+    # Receiving (called from the picows callbacks)
+
+    def _on_data(self, data: bytes) -> None:
+        try:
+            message = decode_server(data)
+        except msgspec.MsgspecError as exc:
+            logger.warning("%s: undecodable frame from the exchange (%s): %.200r", self.address, exc, data)
+            return
+        try:
+            self._handlers[type(message)](message)
+        except Exception:
+            logger.exception("%s: failed to handle %s", self.address, type(message).__name__)
+
+    def _on_msg(self, msg: Msg) -> None:
+        call = self._calls.get(msg.call_id)
+        if call is not None:
+            call._deliver(msg)
+        elif logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s: MSG for unknown call %s", self.address, msg.call_id)
+
+    def _on_ring(self, msg: Ring) -> None:
+        if self._concurrency == "broadcast":
+            audience = self._audience.get(msg.call_id)
+            if audience is not None:
+                audience.add(msg.from_)
+                self._events.put(msg)
+                return
+            self._audience[msg.call_id] = {msg.from_}
+        if msg.call_id in self._calls or msg.call_id in self._ringing_in:
+            return
+        incoming = IncomingCall(self, msg.call_id, msg.from_, msg.metadata)
+        self._ringing_in[msg.call_id] = incoming
+        self._incoming.put(incoming)
+
+    def _unassigned_dial(self, to: str | None) -> _PendingDial | None:
+        """The oldest dial the exchange has not yet named, preferring one to ``to``."""
+        first: _PendingDial | None = None
+        for dial in self._dials:
+            if dial.call_id is None:
+                if to is None or dial.to == to:
+                    return dial
+                if first is None:
+                    first = dial
+        return first
+
+    def _on_ringing(self, msg: Ringing) -> None:
+        dial = self._unassigned_dial(msg.to)
+        if dial is None:
+            return
+        dial.call_id = msg.call_id
+        if dial.abandoned:
+            self._settle(dial)
+            self._hang_up_abandoned(msg.call_id)
+        else:
+            self._dials_by_id[msg.call_id] = dial
+
+    def _hang_up_abandoned(self, call_id: str) -> None:
+        abandoned = self._abandoned_ids
+        abandoned[call_id] = None
+        if len(abandoned) > _ABANDONED_KEPT:
+            del abandoned[next(iter(abandoned))]
+        if self._closed is None:
+            self._send_message(Hangup(call_id=call_id, reason="normal"))
+
+    def _on_connected(self, msg: Connected) -> None:
+        if msg.call_id in self._calls:
+            return  # a repeated CONNECTED (second ANSWER, broadcast re-dial)
+        dial = self._dials_by_id.pop(msg.call_id, None)
+        if dial is None:
+            if msg.call_id in self._abandoned_ids:
+                return
+            # No RINGING named this call (a broadcast, or a router that never sends RINGING).
+            dial = self._unassigned_dial(msg.to)
+            if dial is None:
+                return
+        self._settle(dial)
+        if dial.abandoned or dial.future.done():
+            self._hang_up_abandoned(msg.call_id)
+            return
+        call = Call(self, msg.call_id, dial.to, outgoing=True, metadata=dial.metadata)
+        self._calls[msg.call_id] = call
+        dial.future.set_result(call)
+
+    def _settle(self, dial: _PendingDial) -> None:
+        dial.settled = True
+        try:
+            self._dials.remove(dial)
+        except ValueError:
+            pass
+        if dial.call_id is not None:
+            self._dials_by_id.pop(dial.call_id, None)
+
+    def _on_busy(self, msg: Busy) -> None:
+        if msg.call_id is not None:
+            # A BUSY naming a call follows the RINGING that named it; an unknown
+            # id is a dial already given up.
+            dial = self._dials_by_id.get(msg.call_id)
+        else:
+            dial = self._unassigned_dial(msg.to)
+        if dial is None:
+            return
+        self._settle(dial)
+        if not dial.future.done():
+            dial.future.set_exception(BusyError(msg.to, msg.reason, msg.call_id or dial.call_id))
+
+    def _on_hangup(self, msg: Hangup) -> None:
+        call_id = msg.call_id
+        reason = msg.reason or "normal"
+        if msg.from_ is not None:
+            audience = self._audience.get(call_id)
+            if audience is not None:
+                audience.discard(msg.from_)
+                self._events.put(msg)
+                if audience:
+                    return  # one listener left; the broadcast goes on
+        call = self._calls.get(call_id)
+        if call is not None:
+            self._forget(call_id)
+            call._end(reason, CallEnded(call_id, reason))
+            return
+        dial = self._dials_by_id.get(call_id)
+        if dial is not None:
+            self._settle(dial)
+            if not dial.future.done():
+                dial.future.set_exception(CallRejected(dial.to, reason, call_id))
+            return
+        incoming = self._ringing_in.get(call_id)
+        if incoming is not None:
+            self._forget(call_id)
+            incoming._end(reason)
+
+    def _forget(self, call_id: str) -> None:
+        """Drop ``call_id`` from every index of calls this client takes part in."""
+        self._calls.pop(call_id, None)
+        self._ringing_in.pop(call_id, None)
+        self._audience.pop(call_id, None)
+
+    def _on_heartbeat_ack(self, msg: HeartbeatAck) -> None:
+        self._heartbeats_acked += 1
+        waiters = self._ping_waiters
+        while waiters and waiters[0][0] <= self._heartbeats_acked:
+            waiter = waiters.popleft()[1]
+            if not waiter.done():
+                waiter.set_result(msg.timestamp)
+
+    def _on_registered(self, msg: Registered) -> None:
+        waiter, self._register_waiter = self._register_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg)
+
+    def _on_register_failed(self, msg: wire.RegisterFailed) -> None:
+        waiter, self._register_waiter = self._register_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(RegisterFailed(msg.reason, msg.detail, msg.address))
+
+    def _on_joined(self, msg: Joined) -> None:
+        name = msg.party
+        waiter = self._join_waiters.pop(name, None)
+        if waiter is None and self._join_waiters:
+            name, waiter = next(iter(self._join_waiters.items()))
+            del self._join_waiters[name]
+        party = self._parties.get(msg.party)
+        if party is None:
+            party = Party(self, msg.party, list(msg.participants))
+            self._parties[msg.party] = party
+        else:
+            party._participants[:] = msg.participants
+        if waiter is not None and not waiter.done():
+            waiter.set_result(party)
+
+    def _on_join_failed(self, msg: wire.JoinFailed) -> None:
+        waiter = self._join_waiters.pop(msg.party, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(JoinFailed(msg.party, msg.reason, msg.detail))
+
+    def _on_left(self, msg: Left) -> None:
+        party = self._parties.pop(msg.party, None)
+        if party is not None:
+            party._end("left", PartyClosed(msg.party, "left"))
+        remaining: deque[tuple[str, asyncio.Future[None]]] = deque()
+        for name, waiter in self._leave_waiters:
+            if name == msg.party:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                remaining.append((name, waiter))
+        self._leave_waiters = remaining
+
+    def _on_party_joined(self, msg: PartyJoined) -> None:
+        party = self._parties.get(msg.party)
+        if party is not None:
+            party._joined(msg.address)
+
+    def _on_party_left(self, msg: PartyLeft) -> None:
+        party = self._parties.get(msg.party)
+        if party is None:
+            return
+        if msg.address == self.address:
+            del self._parties[msg.party]
+            party._end(msg.reason, PartyClosed(msg.party, msg.reason))
+        else:
+            party._left(msg.address, msg.reason)
+
+    def _on_party_msg(self, msg: PartyMsg) -> None:
+        party = self._parties.get(msg.party)
+        if party is not None:
+            party._deliver(msg)
+
+    def _on_presence_result(self, msg: PresenceResult) -> None:
+        if self._presence_waiters:
+            waiter = self._presence_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(msg.addresses)
+
+    def _on_sleep_pending(self, msg: SleepPending) -> None:
+        self._events.put(msg)
+        hook = self.on_sleep_pending
+        if hook is not None:
+            hook(msg)
+
+    def _on_error(self, msg: Error) -> None:
+        waiter = self._error_waiter(msg.context)
+        if waiter is None:
+            if msg.context == "DIAL":
+                dial = self._unassigned_dial(None)
+                if dial is not None:
+                    self._settle(dial)
+                    if not dial.future.done():
+                        dial.future.set_exception(ExchangeError(msg.reason, msg.context, msg.detail))
+                    return
+            logger.warning("%s: ERROR %s (%s): %s", self.address, msg.reason, msg.context, msg.detail)
+            self._events.put(msg)
+        elif not waiter.done():
+            waiter.set_exception(ExchangeError(msg.reason, msg.context, msg.detail))
+
+    def _error_waiter(self, context: str) -> asyncio.Future[Any] | None:
+        """The pending request an ERROR with this ``context`` answers, removed from its queue."""
+        found: asyncio.Future[Any] | None = None
+        if context == "REGISTER":
+            found, self._register_waiter = self._register_waiter, None
+        elif context == "PRESENCE" and self._presence_waiters:
+            found = self._presence_waiters.popleft()
+        elif context == "JOIN" and self._join_waiters:
+            found = self._join_waiters.pop(next(iter(self._join_waiters)))
+        elif context == "LEAVE" and self._leave_waiters:
+            found = self._leave_waiters.popleft()[1]
+        elif context == "STATUS" and self._status_waiters:
+            found = self._status_waiters.popleft()
+        elif context == "SLEEP_ACK":
+            found, self._sleep_waiter = self._sleep_waiter, None
+        return found
+
+    def _on_disconnected(self, code: int, reason: str) -> None:
+        if self._closed is not None:
+            return
+        closed = ConnectionClosed(code, reason)
+        self._closed = closed
+        self._cancel_heartbeat()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s: connection closed %d %s", self.address, code, reason)
+
+        def fail(waiter: asyncio.Future[Any] | None) -> None:
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ConnectionClosed(code, reason))
+
+        for dial in self._dials:
+            dial.settled = True
+            fail(dial.future)
+        for dial in self._dials_by_id.values():
+            dial.settled = True
+            fail(dial.future)
+        self._dials.clear()
+        self._dials_by_id.clear()
+        self._abandoned_ids.clear()
+        calls, self._calls = self._calls, {}
+        for call in calls.values():
+            call._end(CONNECTION_CLOSED, ConnectionClosed(code, reason))
+        ringing, self._ringing_in = self._ringing_in, {}
+        self._audience.clear()
+        for incoming in ringing.values():
+            incoming._end(CONNECTION_CLOSED)
+        parties, self._parties = self._parties, {}
+        for party in parties.values():
+            party._end(CONNECTION_CLOSED, ConnectionClosed(code, reason))
+        self._incoming.close(closed)
+        self._events.close(closed)
+        fail(self._register_waiter)
+        waiters: list[asyncio.Future[Any]] = [
+            *self._presence_waiters,
+            *self._join_waiters.values(),
+            *self._status_waiters,
+            *(w for _, w in self._leave_waiters),
+            *(w for _, w in self._ping_waiters),
+        ]
+        for waiter in waiters:
+            fail(waiter)
+        self._presence_waiters.clear()
+        self._join_waiters.clear()
+        self._leave_waiters.clear()
+        self._status_waiters.clear()
+        self._ping_waiters.clear()
+        self._register_waiter = None
+        # SLEEP_ACK answered by a close is the success case.
+        sleep_waiter, self._sleep_waiter = self._sleep_waiter, None
+        if sleep_waiter is not None and not sleep_waiter.done():
+            sleep_waiter.set_result(None)
+        self._on_resume_writing()
+        self._closed_future.set_result(closed)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class _IncomingCalls:
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def __aiter__(self) -> _IncomingCalls:
+        return self
+
+    async def __anext__(self) -> IncomingCall:
+        try:
+            return await self._client._next_call()
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
+
+
+class _Events:
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def __aiter__(self) -> _Events:
+        return self
+
+    async def __anext__(self) -> ServerEvent:
+        try:
+            return await self._client._events.get()
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
+
+
+class _Connecting:
+    """What :func:`connect` returns: await it for a :class:`Client`, or use it
+    directly as ``async with connect(...) as client``."""
+
+    __slots__ = ("_client", "_coro")
+
+    def __init__(self, coro: Callable[[], Awaitable[Client]]) -> None:
+        self._coro = coro
+        self._client: Client | None = None
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return _await(self._coro()).__await__()
+
+    async def __aenter__(self) -> Client:
+        self._client = await self._coro()
+        return self._client
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+async def _await(awaitable: Awaitable[T]) -> T:
+    return await awaitable
+
+
+def connect(
+    url: str,
+    address: str,
+    *,
+    metadata: dict[str, Any] | None = None,
+    auth: str | None = None,
+    concurrency: Literal["single", "parallel", "broadcast"] | None = None,
+    max_sessions: int | None = None,
+    max_listeners: int | None = None,
+    pool_size: int | None = None,
+    mode: Literal["wake_on_ring", "normal"] | None = None,
+    wake_handler: WakeHandler | dict[str, Any] | None = None,
+    heartbeat_interval: float | None = 30.0,
+    request_timeout: float | None = 10.0,
+    connect_timeout: float | None = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> _Connecting:
+    """Connect and register; see :meth:`Client.connect`.
+
+    ``client = await connect(...)``, ``async with await connect(...) as client``
+    and ``async with connect(...) as client`` all work.
+    """
+    return _Connecting(
+        lambda: Client.connect(
+            url,
+            address,
+            metadata=metadata,
+            auth=auth,
+            concurrency=concurrency,
+            max_sessions=max_sessions,
+            max_listeners=max_listeners,
+            pool_size=pool_size,
+            mode=mode,
+            wake_handler=wake_handler,
+            heartbeat_interval=heartbeat_interval,
+            request_timeout=request_timeout,
+            connect_timeout=connect_timeout,
+            ssl_context=ssl_context,
+        )
+    )

@@ -70,7 +70,7 @@ class Party:
 
     async def _send(self, data: msgspec.Raw, content_type: Any) -> None:
         if self._end_exc is not None:
-            raise self._end_exc
+            raise self._end_exc.with_traceback(None)
         client = self._client
         client._send_message(PartyMsg(party=self.name, data=data, content_type=content_type))
         if client._write_paused:
@@ -104,8 +104,9 @@ class Party:
         await client._wait(waiter, client.request_timeout if timeout is None else timeout)
 
     def _deliver(self, msg: PartyMsg) -> None:
-        self._inbox.put(PartyMessage(msg.party, msg.from_, decode_data(msg.data, msg.content_type),
-                                     msg.content_type))
+        self._inbox.put(
+            PartyMessage(msg.party, msg.from_, decode_data(msg.data, msg.content_type), msg.content_type)
+        )
 
     def _joined(self, address: str) -> None:
         if address not in self._participants:

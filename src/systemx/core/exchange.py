@@ -6,13 +6,13 @@ session closed, a timer fired, a wake failed — each with the current time
 (send, close, start/cancel timer, wake, persist). It never reads a clock, never
 touches a socket and never imports asyncio, so unit tests drive it directly.
 
-Ownership rules (one place updates each index):
+Ownership rules:
 
-* :meth:`Exchange._bind` / :meth:`Exchange._unbind` are the only code that adds
-  an address to or removes it from the directory and the presence index.
+* :meth:`Exchange._on_register` binds an address to a session and
+  :meth:`Exchange._release` unbinds it; both keep the presence index in step.
 * :meth:`Exchange._add_call` / :meth:`Exchange._end_call` are the only code that
-  adds a call to or removes it from the call indexes, and the only code that
-  starts or cancels a call's timer. State changes go through
+  adds a call to or removes it from the call indexes; ``_end_call`` always
+  cancels the call's timer. State changes go through
   :func:`systemx.core.calls.transition`.
 
 The MSG relay is the hot path: one typed decode, one dict lookup of the call,
@@ -46,7 +46,9 @@ from systemx.protocol.codes import (
     ErrorReason,
     HangupReason,
     JoinFailedReason,
+    PartyLeftReason,
     RegisterFailedReason,
+    SleepReason,
     Status,
 )
 from systemx.protocol.errors import describe_invalid
@@ -61,13 +63,14 @@ _decode = m.decode_client
 _DecodeError = msgspec.DecodeError
 _ValidationError = msgspec.ValidationError
 
-_CT_SUFFIX: dict[str, bytes] = {
+_CT_SUFFIX: dict[str | None, bytes] = {
     "text": b',"content_type":"text"}',
     "json": b',"content_type":"json"}',
     "binary": b',"content_type":"binary"}',
+    None: b',"content_type":"text"}',
 }
-_PARTY_CT_SUFFIX: dict[str | None, bytes] = {None: b"}"}
-_PARTY_CT_SUFFIX.update(_CT_SUFFIX)
+# PARTY_MSG carries content_type only when the sender gave one.
+_PARTY_CT_SUFFIX: dict[str | None, bytes] = {**_CT_SUFFIX, None: b"}"}
 
 WAITING, RINGING, CONNECTED, ENDED = (
     CallState.WAITING,
@@ -578,7 +581,13 @@ class Exchange:
         for call in list(s.calls.values()):
             self._drop_party_from_call(s, call, reason, now)
         for line in list(s.parties.values()):
-            self._leave(s, line, "disconnected" if reason != HangupReason.RECONFIGURED else reason)
+            self._leave(
+                s,
+                line,
+                PartyLeftReason.RECONFIGURED
+                if reason == HangupReason.RECONFIGURED
+                else PartyLeftReason.DISCONNECTED,
+            )
         self._actions.cancel_timer(("idle", s))
         self._actions.cancel_timer(("sleep", s))
         s.auto_sleep = None
@@ -670,7 +679,7 @@ class Exchange:
             return
         grace = min(max(idle, 0.2), 5.0)
         s.sleep_pending_at = now
-        self._send_msg(s, m.SleepPending(reason="idle_timeout", seconds_until_sleep=int(grace)))
+        self._send_msg(s, m.SleepPending(reason=SleepReason.IDLE_TIMEOUT, seconds_until_sleep=int(grace)))
         self._actions.start_timer(("sleep", s), grace)
 
     def _sleep_due(self, s: Session, now: float) -> None:
@@ -1137,7 +1146,7 @@ class Exchange:
     def _on_leave(self, s: Session, msg: m.Leave, now: float) -> None:
         line = self._member_line(s, msg.party, "LEAVE")
         if line is not None:
-            self._leave(s, line, "left")
+            self._leave(s, line, PartyLeftReason.LEFT)
             self._send_msg(s, m.Left(party=line.name))
 
     def _leave(self, s: Session, line: PartyLine, reason: str) -> None:

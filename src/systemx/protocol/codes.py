@@ -14,7 +14,9 @@ __all__ = [
     "ErrorReason",
     "HangupReason",
     "JoinFailedReason",
+    "PartyLeftReason",
     "RegisterFailedReason",
+    "SleepReason",
     "Status",
 ]
 
@@ -76,6 +78,16 @@ class JoinFailedReason(enum.StrEnum):
     ADDRESS_IN_USE = "address_in_use"
     PARTY_FULL = "party_full"
     TOO_MANY_PARTIES = "too_many_parties"
+
+
+class PartyLeftReason(enum.StrEnum):
+    LEFT = "left"
+    DISCONNECTED = "disconnected"
+    RECONFIGURED = "reconfigured"
+
+
+class SleepReason(enum.StrEnum):
+    IDLE_TIMEOUT = "idle_timeout"
 
 
 class CloseReason(enum.StrEnum):

@@ -163,7 +163,8 @@ class Hangup(_Message, tag="HANGUP"):
 class Msg(_Message, tag="MSG", gc=False):
     call_id: str
     data: Raw
-    content_type: ContentType = "text"
+    # Absent or null means "text"; the exchange always relays an explicit value.
+    content_type: ContentType | None = "text"
     # Ignored from endpoints: the exchange always sets ``from`` itself.
     from_: str | None = field(default=None, name="from")
 

@@ -32,13 +32,12 @@ seconds, so helpers it started (a shell script's children) go with it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -65,6 +64,7 @@ class _Wake:
     request: WakeRequest
     task: asyncio.Task[None] | None = None
     process: asyncio.subprocess.Process | None = None
+    # Set when the wake ends without success; a process still starting is then stopped.
     cancelled: bool = False
 
 
@@ -75,7 +75,6 @@ class _Child:
     address: str
     process: asyncio.subprocess.Process
     stopping: asyncio.Task[None] | None = None
-    pumps: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class WakeRunner:
@@ -116,7 +115,7 @@ class WakeRunner:
         if previous is not None:
             # The core ends a wake before it starts the next, so the old one is stale.
             log.warning("Wake of %s replaces one still in flight", address)
-            self._detach(previous)
+            self._detach(previous, stop=False)
         wake = _Wake(request)
         self._current[address] = wake
         wake.task = self._spawn_task(loop, self._run(wake), f"wake {address}")
@@ -133,18 +132,23 @@ class WakeRunner:
             self._stop(process)
 
     async def close(self) -> None:
-        """Cancel webhooks, stop spawned processes and release the HTTP session."""
+        """Cancel webhooks, stop spawned processes and release the HTTP session.
+
+        Processes still waiting for their address to register are stopped at
+        once. Agents that did register lose their output pipe with the
+        exchange, so they get ``kill_grace`` seconds to leave on their own and
+        are then stopped too: nothing is left running unreaped.
+        """
         self._closed = True
         for wake in list(self._current.values()):
             self._detach(wake)
-        self._current.clear()
-        children = list(self._children.values())
-        waiting = [c for c in children if not self._is_registered(c.address)]
-        for child in waiting:
-            self._stop(child.process)
-        registered = [c for c in children if c not in waiting]
+        registered: list[_Child] = []
+        for child in list(self._children.values()):
+            if self._is_registered(child.address):
+                registered.append(child)
+            else:
+                self._stop(child.process)
         if registered:
-            # Their output pipes end with the exchange; give them a moment to leave on their own.
             exits = [asyncio.ensure_future(c.process.wait()) for c in registered]
             _, late = await asyncio.wait(exits, timeout=self._kill_grace)
             for fut in late:
@@ -153,14 +157,17 @@ class WakeRunner:
                 if child.process.returncode is None:
                     log.warning("Stopping agent process for %s (pid %d)", child.address, child.process.pid)
                     self._stop(child.process)
-        stops = [c.stopping for c in children if c.stopping is not None]
-        if stops:
-            await asyncio.gather(*stops, return_exceptions=True)
+        if self._tasks:
+            # Watchers end when their process is reaped, pumps at end of output.
+            await asyncio.wait(set(self._tasks), timeout=self._kill_grace + 1.0)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        for child in self._children.values():
+            _signal(child.process, signal.SIGKILL if _POSIX else signal.SIGTERM)
+        self._children.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -175,17 +182,17 @@ class WakeRunner:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _detach(self, wake: _Wake) -> None:
+    def _detach(self, wake: _Wake, *, stop: bool = True) -> None:
         """Stop reporting for ``wake``; an HTTP request in flight no longer matters."""
-        wake.cancelled = True
+        wake.cancelled = stop
         if self._current.get(wake.request.address) is wake:
             del self._current[wake.request.address]
-        if wake.process is None and wake.task is not None and wake.request.handler.get("type") == "webhook":
+        if wake.task is not None and wake.request.handler.get("type") == "webhook":
             wake.task.cancel()
 
     def _fail(self, wake: _Wake, detail: str) -> None:
         address = wake.request.address
-        if wake.cancelled or self._current.get(address) is not wake:
+        if self._current.get(address) is not wake:
             log.debug("Ignoring failure of a finished wake of %s: %s", address, detail)
             return
         del self._current[address]
@@ -247,12 +254,11 @@ class WakeRunner:
                 allow_redirects=False,
             ) as response:
                 status = response.status
-                await response.read()
         except TimeoutError:
             self._fail(wake, f"webhook {url} did not answer within {timeout_ms} ms")
             return
-        except aiohttp.ClientError as exc:
-            self._fail(wake, f"webhook {url} failed: {exc or type(exc).__name__}")
+        except (aiohttp.ClientError, ValueError) as exc:
+            self._fail(wake, f"webhook {url} failed: {str(exc) or type(exc).__name__}")
             return
         if 200 <= status < 300:
             log.debug("Wake webhook for %s answered %d", request.address, status)
@@ -299,20 +305,23 @@ class WakeRunner:
         child = _Child(address, process)
         self._children[process] = child
         log.info(
-            "Wake process for %s started (pid %d): %s", address, process.pid, command[0], extra={"address": address}
+            "Wake process for %s started (pid %d): %s",
+            address,
+            process.pid,
+            command[0],
+            extra={"address": address},
         )
         loop = asyncio.get_running_loop()
         for name, stream in (("stdout", process.stdout), ("stderr", process.stderr)):
             if stream is not None:
-                child.pumps.append(self._spawn_task(loop, _pump(stream, address, name), f"{name} of {address}"))
+                self._spawn_task(loop, _pump(stream, address, name), f"{name} of {address}")
         if wake.cancelled and not self._is_registered(address):
-            # The wake timed out while the process was starting.
+            # The wake timed out (or the runner closed) while the process was starting.
             self._stop(process)
-        try:
-            status = await process.wait()
-        finally:
-            self._children.pop(process, None)
-        if wake.cancelled or self._current.get(address) is not wake:
+        # On cancellation the child stays listed so that close() can still kill it.
+        status = await process.wait()
+        self._children.pop(process, None)
+        if self._current.get(address) is not wake:
             log.info("Wake process for %s (pid %d) ended: %s", address, process.pid, _describe(status))
             return
         if self._is_registered(address):
@@ -340,7 +349,7 @@ class WakeRunner:
 
     async def _kill_later(self, process: asyncio.subprocess.Process) -> None:
         try:
-            await asyncio.wait_for(asyncio.shield(process.wait()), self._kill_grace)
+            await asyncio.wait_for(process.wait(), self._kill_grace)
         except TimeoutError:
             log.warning("Process %d ignored SIGTERM; killing it", process.pid)
             _signal(process, signal.SIGKILL if _POSIX else signal.SIGTERM)

@@ -1,0 +1,351 @@
+"""Command line of the benchmark suite: ``python -m benchmarks`` and ``systemx bench``.
+
+``main(argv)`` parses the scenario and options, starts the server under test
+for every run (unless ``--url`` names one), pins server and generator to
+different CPUs, repeats the scenario ``--runs`` times and prints
+human-readable lines plus exactly one JSON line per scenario with the median
+of the runs. Any failed check makes the exit status non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgspec
+
+from benchmarks.common import Options
+from benchmarks.procstat import pin_to_cpus, raise_fd_limit
+from benchmarks.servers import ExternalServer, ServerError, ServerKind, SpawnedServer, Target
+from benchmarks.stats import median_result
+from benchmarks.wire import Violation
+
+__all__ = ["SCENARIOS", "build_parser", "main"]
+
+Say = Callable[[str], None]
+
+SCENARIOS = ("relay", "latency", "callsetup", "connect", "party", "presence", "bare", "all")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Benchmark the SystemX exchange with a checking load generator.",
+    )
+    p.add_argument("scenario", choices=SCENARIOS)
+    g = p.add_argument_group("run")
+    g.add_argument("--duration", type=float, default=10.0, help="measurement window, seconds (default 10)")
+    g.add_argument("--warmup", type=float, default=2.0, help="traffic before the window opens, seconds")
+    g.add_argument("--runs", type=int, default=1, help="repeat and report the median (default 1)")
+    g.add_argument("--procs", type=int, default=1, help="generator processes for relay/bare/callsetup")
+    g.add_argument("--concurrency", type=int, default=64, help="connection handshakes in flight during set-up")
+    g.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and generator")
+    g.add_argument("--quiet", action="store_true", help="print only the JSON line")
+    s = p.add_argument_group("server")
+    s.add_argument("--url", help="benchmark a running exchange instead of starting one")
+    s.add_argument("--server-pid", type=int, help="pid of the --url server, for CPU and RSS readings")
+    s.add_argument("--server-log-level", default="warn", help="SYSTEMX_LOG_LEVEL of a started exchange")
+    s.add_argument(
+        "--server-env", action="append", default=[], metavar="VAR=VALUE", help="extra environment for the server"
+    )
+    w = p.add_argument_group("scenarios")
+    w.add_argument("--size", type=int, default=100, help="relay/latency/party: data bytes per message")
+    w.add_argument("--pairs", type=int, default=50, help="relay/callsetup: connection pairs")
+    w.add_argument("--inflight", type=int, default=4, help="messages outstanding per direction / sender")
+    w.add_argument("--no-bare", dest="bare", action="store_false", help="relay: skip the bare relay")
+    w.add_argument("--samples", type=int, default=20_000, help="latency: measured samples")
+    w.add_argument("--warm-samples", type=int, default=2_000, help="latency: samples before measuring")
+    w.add_argument("--calls", type=int, default=0, help="callsetup: stop after this many calls")
+    w.add_argument("--conns", type=int, default=5_000, help="connect: connections that REGISTER")
+    w.add_argument("--participants", type=int, default=0, help="party: participants (default 200 and 1000)")
+    w.add_argument("--registrations", type=int, default=20_000, help="presence: registered connections")
+    w.add_argument("--limit", type=int, default=100, help="presence: result limit per query")
+    return p
+
+
+def _options(ns: argparse.Namespace) -> Options:
+    env: dict[str, str] = {}
+    for item in ns.server_env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--server-env wants VAR=VALUE, got {item!r}")
+        env[key] = value
+    return Options(
+        duration=ns.duration,
+        warmup=ns.warmup,
+        runs=max(1, ns.runs),
+        procs=max(1, ns.procs),
+        size=ns.size,
+        pairs=ns.pairs,
+        inflight=max(1, ns.inflight),
+        samples=ns.samples,
+        warm_samples=ns.warm_samples,
+        calls=ns.calls,
+        conns=ns.conns,
+        participants=ns.participants,
+        registrations=ns.registrations,
+        limit=ns.limit,
+        concurrency=max(1, ns.concurrency),
+        bare=ns.bare,
+        pin=ns.pin,
+        url=ns.url,
+        server_pid=ns.server_pid,
+        log_level=ns.server_log_level,
+        quiet=ns.quiet,
+        server_env=env,
+    )
+
+
+@contextlib.contextmanager
+def _server(kind: ServerKind, opts: Options) -> Iterator[Target]:
+    if kind == "systemx" and opts.url:
+        with ExternalServer(opts.url, opts.server_pid) as target:
+            yield target
+        return
+    cpu = 0 if opts.pin and (os.cpu_count() or 1) >= 2 else None
+    with SpawnedServer(kind, cpu=cpu, log_level=opts.log_level, env=opts.server_env) as target:
+        try:
+            yield target
+        except BaseException:
+            if target.spawned is not None and target.spawned.tail:
+                print(f"--- {kind} server stderr (tail) ---", file=sys.stderr)
+                print(target.spawned.stderr_tail(), file=sys.stderr, flush=True)
+            raise
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{value * 100:.0f}%"
+
+
+# --------------------------------------------------------------------------
+# scenarios: each returns the JSON fields of its one line
+
+
+def _relay_like(opts: Options, say: Say, kinds: tuple[ServerKind, ...]) -> dict[str, Any]:
+    from benchmarks.relay import run_relay
+
+    per_kind: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    for i in range(opts.runs):
+        order = kinds if i % 2 == 0 else tuple(reversed(kinds))
+        for kind in order:
+            with _server(kind, opts) as target:
+                r = run_relay(target, opts)
+            per_kind[kind].append(r)
+            say(
+                f"  run {i + 1}/{opts.runs} {kind:7s}: {_fmt(r['msgs_per_s'], 0)} MSG/s, "
+                f"server {_fmt(r['server_cpu_us_per_msg'])} us/MSG ({_pct(r['server_cpu_util'])} busy), "
+                f"generator {_pct(r['gen_cpu_util'])} busy, latency p50 {_fmt(r['p50_us'], 0)} "
+                f"p99 {_fmt(r['p99_us'], 0)} us"
+            )
+    out: dict[str, Any] = {"size": opts.size, "pairs": opts.pairs, "inflight": opts.inflight}
+    main_kind = kinds[0]
+    out.update(median_result(per_kind[main_kind]))
+    if "bare" in kinds and main_kind != "bare":
+        bare = median_result(per_kind["bare"])
+        out["bare_msgs_per_s"] = bare["msgs_per_s"]
+        out["bare_cpu_us_per_msg"] = bare["server_cpu_us_per_msg"]
+        out["bare_p50_us"] = bare["p50_us"]
+        out["bare_p99_us"] = bare["p99_us"]
+        router, base = out["server_cpu_us_per_msg"], bare["server_cpu_us_per_msg"]
+        out["ratio_to_bare"] = (base / router) if router and base else None
+        say(
+            f"  ratio to bare relay (bare CPU/MSG over exchange CPU/MSG): {_fmt(out['ratio_to_bare'], 3)} "
+            f"(exchange {_fmt(router)} us/MSG, bare {_fmt(base)} us/MSG)"
+        )
+    return out
+
+
+def scenario_relay(opts: Options, say: Say) -> dict[str, Any]:
+    say(f"relay: {opts.pairs} pairs, {opts.inflight} in flight per side, {opts.size} B data")
+    kinds: tuple[ServerKind, ...] = ("systemx", "bare") if opts.bare else ("systemx",)
+    return _relay_like(opts, say, kinds)
+
+
+def scenario_bare(opts: Options, say: Say) -> dict[str, Any]:
+    say(f"bare relay: {opts.pairs} pairs, {opts.inflight} in flight per side, {opts.size} B data")
+    return _relay_like(opts, say, ("bare",))
+
+
+def scenario_latency(opts: Options, say: Say) -> dict[str, Any]:
+    from benchmarks.relay import run_latency
+
+    say(f"latency: one pair, one MSG in flight, {opts.samples} samples, {opts.size} B data")
+    runs = []
+    for i in range(opts.runs):
+        with _server("systemx", opts) as target:
+            r = run_latency(target, opts)
+        runs.append(r)
+        say(
+            f"  run {i + 1}/{opts.runs}: one-way p50 {_fmt(r['p50_us'], 1)} us, p99 {_fmt(r['p99_us'], 1)} us, "
+            f"server {_fmt(r['server_cpu_us_per_msg'])} us/MSG"
+        )
+    return {"size": opts.size, **median_result(runs)}
+
+
+def scenario_callsetup(opts: Options, say: Say) -> dict[str, Any]:
+    from benchmarks.callsetup import run_callsetup
+
+    say(f"callsetup: {opts.pairs} pairs dialling in parallel (DIAL RING ANSWER CONNECTED HANGUP)")
+    runs = []
+    for i in range(opts.runs):
+        with _server("systemx", opts) as target:
+            r = run_callsetup(target, opts)
+        runs.append(r)
+        say(
+            f"  run {i + 1}/{opts.runs}: {_fmt(r['calls_per_s'], 0)} calls/s, "
+            f"server {_fmt(r['server_cpu_us_per_call'])} us/call ({_pct(r['server_cpu_util'])} busy), "
+            f"setup p50 {_fmt(r['p50_us'], 0)} p99 {_fmt(r['p99_us'], 0)} us"
+        )
+    return {"pairs": opts.pairs, **median_result(runs)}
+
+
+def scenario_connect(opts: Options, say: Say) -> dict[str, Any]:
+    from benchmarks.connect import run_connect
+
+    say(f"connect: {opts.conns} connections each REGISTERing")
+    runs = []
+    for i in range(opts.runs):
+        with _server("systemx", opts) as target:
+            r = run_connect(target, opts)
+        runs.append(r)
+        say(
+            f"  run {i + 1}/{opts.runs}: {_fmt(r['registrations_per_s'], 0)} registrations/s, "
+            f"server {_fmt(r['server_cpu_us_per_registration'])} us/registration "
+            f"(handshake {_fmt(r['server_cpu_us_per_handshake'])} + REGISTER "
+            f"{_fmt(r['server_cpu_us_per_register'])}), RSS {_fmt(r['rss_kb_per_conn'])} KiB/conn"
+        )
+    return {"conns": opts.conns, **median_result(runs)}
+
+
+def scenario_party(opts: Options, say: Say) -> dict[str, Any]:
+    from benchmarks.party import run_party
+
+    say(f"party: {opts.participants} participants, one sender, {opts.inflight} PARTY_MSGs in flight")
+    runs = []
+    for i in range(opts.runs):
+        with _server("systemx", opts) as target:
+            r = run_party(target, opts)
+        runs.append(r)
+        say(
+            f"  run {i + 1}/{opts.runs}: {_fmt(r['deliveries_per_s'], 0)} deliveries/s, "
+            f"server {_fmt(r['server_cpu_us_per_delivery'], 3)} us/delivery "
+            f"({_pct(r['server_cpu_util'])} busy, generator {_pct(r['gen_cpu_util'])}), "
+            f"fan-out p50 {_fmt(r['p50_us'], 0)} p99 {_fmt(r['p99_us'], 0)} us"
+        )
+    return {"participants": opts.participants, **median_result(runs)}
+
+
+def scenario_presence(opts: Options, say: Say) -> dict[str, Any]:
+    from benchmarks.presence import core_figures, effective_registrations, run_presence
+
+    n = effective_registrations(opts.registrations)
+    if n != opts.registrations:
+        say(f"  (open-file limit: {opts.registrations} registrations reduced to {n})")
+    opts = _replace(opts, registrations=n)
+    say(f"presence: {n} registered connections, selective PRESENCE queries, {opts.inflight} in flight")
+    runs = []
+    for i in range(opts.runs):
+        with _server("systemx", opts) as target:
+            r = run_presence(target, opts)
+        runs.append(r)
+        kinds = ", ".join(
+            f"{k} {_fmt(r.get(f'{k}_server_cpu_us_per_query'), 1)}" for k in ("domain", "capability", "near")
+        )
+        say(
+            f"  run {i + 1}/{opts.runs}: {_fmt(r['queries_per_s'], 0)} queries/s, "
+            f"server {_fmt(r['server_cpu_us_per_query'], 1)} us/query ({kinds})"
+        )
+    out: dict[str, Any] = {"registrations": n, **median_result(runs)}
+    core = core_figures(say)
+    if core is not None:
+        out["core"] = core
+    return out
+
+
+def _replace(opts: Options, **changes: Any) -> Options:
+    import dataclasses
+
+    return dataclasses.replace(opts, **changes)
+
+
+_RUNNERS: dict[str, Callable[[Options, Say], dict[str, Any]]] = {
+    "relay": scenario_relay,
+    "bare": scenario_bare,
+    "latency": scenario_latency,
+    "callsetup": scenario_callsetup,
+    "connect": scenario_connect,
+    "party": scenario_party,
+    "presence": scenario_presence,
+}
+
+
+def _plan(scenario: str, opts: Options) -> list[tuple[str, Options]]:
+    if scenario == "party":
+        sizes = [opts.participants] if opts.participants > 0 else [200, 1000]
+        return [("party", _replace(opts, participants=n)) for n in sizes]
+    if scenario != "all":
+        return [(scenario, opts)]
+    plan = [
+        ("relay", _replace(opts, size=100)),
+        ("relay", _replace(opts, size=4096)),
+        ("latency", opts),
+        ("callsetup", opts),
+        ("connect", opts),
+    ]
+    plan += _plan("party", opts)
+    plan.append(("presence", opts))
+    return plan
+
+
+def _emit(line: dict[str, Any]) -> None:
+    sys.stdout.write(msgspec.json.encode(line).decode() + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the scenario named in ``argv``; 0 when every check passed."""
+    ns = build_parser().parse_args(argv)
+    opts = _options(ns)
+    raise_fd_limit()
+    if opts.pin and (os.cpu_count() or 1) >= 2:
+        # The server gets CPU 0; the generator (and its children) the others.
+        pin_to_cpus(0, set(range(1, os.cpu_count() or 2)))
+
+    def say(text: str) -> None:
+        if not opts.quiet:
+            print(text, flush=True)
+
+    status = 0
+    for scenario, sc_opts in _plan(ns.scenario, opts):
+        line: dict[str, Any] = {"scenario": scenario}
+        try:
+            line.update(_RUNNERS[scenario](sc_opts, say))
+            line["ok"] = True
+        except (Violation, ServerError, RuntimeError, OSError) as exc:
+            print(f"FAILED {scenario}: {exc}", file=sys.stderr, flush=True)
+            line["ok"] = False
+            line["error"] = str(exc)
+            status = 1
+        line["runs"] = sc_opts.runs
+        line["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        _emit(line)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

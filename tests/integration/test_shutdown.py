@@ -1,0 +1,79 @@
+"""Process lifecycle of ``systemx serve``: SIGTERM/SIGINT shutdown, its bound, restart, startup errors."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ServerFactory, SystemXProcess
+from tests.wsclient import TIMEOUT, WSClient, scaled
+
+
+async def _call(server: SystemXProcess) -> tuple[WSClient, WSClient, str]:
+    caller, callee = await server.connect(), await server.connect()
+    await caller.register("caller@example.com")
+    await callee.register("callee@example.com")
+    caller.send_json({"type": "DIAL", "to": "callee@example.com"})
+    ring = await callee.expect("RING")
+    callee.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
+    await caller.expect("CONNECTED", call_id=ring["call_id"], skip=("RINGING",))
+    return caller, callee, ring["call_id"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_hangs_up_calls_and_closes_1001(systemx_server: ServerFactory, sig: int) -> None:
+    server = await systemx_server(env={"SYSTEMX_SHUTDOWN_TIMEOUT": "3000"})
+    caller, callee, call_id = await _call(server)
+    idle = await server.connect()
+
+    started = time.monotonic()
+    assert server.proc is not None
+    server.proc.send_signal(sig)
+
+    for client in (caller, callee):
+        await client.expect("HANGUP", call_id=call_id, reason="shutdown")
+        assert await client.expect_close() == (1001, "shutdown")
+    assert await idle.expect_close() == (1001, "shutdown")
+    assert await server.stop(timeout=scaled(3.0) + TIMEOUT) == 0
+    # Every client answered its CLOSE, so nothing waited for the bound.
+    assert time.monotonic() - started < scaled(3.0)
+    assert any("SystemX stopped" in line for line in server.logs)
+
+
+async def test_shutdown_wait_is_bounded(systemx_server: ServerFactory) -> None:
+    server = await systemx_server(env={"SYSTEMX_SHUTDOWN_TIMEOUT": "500"})
+    deaf = await server.connect()
+    await deaf.register("deaf@example.com")
+    deaf.pause_reading()  # never reads, so never answers the server's CLOSE
+
+    started = time.monotonic()
+    assert await server.stop(timeout=TIMEOUT) == 0
+    assert time.monotonic() - started >= 0.5
+    assert any("aborting 1 connection" in line for line in server.logs)
+
+
+async def test_restart_keeps_data_dir_and_port(systemx_server: ServerFactory) -> None:
+    server = await systemx_server()
+    url, data_dir = server.url, server.data_dir
+    await server.restart()
+    assert (server.url, server.data_dir) == (url, data_dir)
+    client = await server.connect()
+    await client.register("again@example.com")
+
+
+async def test_config_error_exits_2(tmp_path: Path) -> None:
+    server = SystemXProcess(tmp_path, env={"SYSTEMX_HEARTBEAT_TIMEOUT": "soon"})
+    with pytest.raises(RuntimeError, match="configuration error: SYSTEMX_HEARTBEAT_TIMEOUT"):
+        await server.start()
+    assert server.proc is not None and server.proc.returncode == 2
+
+
+async def test_port_in_use_exits_1(systemx_server: ServerFactory, tmp_path: Path) -> None:
+    first = await systemx_server()
+    second = SystemXProcess(tmp_path / "second", args=["--port", str(first.port)])
+    with pytest.raises(RuntimeError, match="cannot serve"):
+        await second.start()
+    assert second.proc is not None and second.proc.returncode == 1

@@ -1,0 +1,212 @@
+"""The WebSocket transport of ``systemx serve``: HTTP, frames, limits, closes, backpressure, logs."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+from picows import WSMsgType
+
+from tests.conftest import ServerFactory, SystemXProcess
+from tests.integration.conftest import ClientFactory
+from tests.wsclient import TIMEOUT, WSClient
+
+
+async def _http_get(url: str) -> tuple[int, dict[str, str], bytes]:
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+    async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as response:
+        return response.status, dict(response.headers), await response.read()
+
+
+async def _connected_pair(connect: ClientFactory, a: str, b: str) -> tuple[WSClient, WSClient, str]:
+    caller, callee = await connect(), await connect()
+    await caller.register(a)
+    await callee.register(b)
+    caller.send_json({"type": "DIAL", "to": b})
+    ring = await callee.expect("RING", **{"from": a})
+    callee.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
+    await caller.expect("CONNECTED", call_id=ring["call_id"], skip=("RINGING",))
+    return caller, callee, ring["call_id"]
+
+
+# -- HTTP ----------------------------------------------------------------------
+
+
+async def test_healthz_returns_json(server: SystemXProcess, connect: ClientFactory) -> None:
+    client = await connect()
+    await client.register("health@example.com")
+
+    status, headers, body = await _http_get(server.http_url + "/healthz")
+
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/json")
+    health = json.loads(body)
+    assert health["status"] == "ok"
+    assert health["sessions"] == 1
+    assert health["registered"] == 1
+    assert health["calls"] == 0
+
+
+async def test_plain_http_gets_426(server: SystemXProcess) -> None:
+    for path in ("/", "/ws", "/healthz/extra"):
+        status, headers, _body = await _http_get(server.http_url + path)
+        assert status == 426, path
+        assert headers["Upgrade"].lower() == "websocket"
+
+
+async def test_any_path_upgrades(connect: ClientFactory) -> None:
+    for path in ("/", "/ws", "/some/deep/path?token=x", "/healthz"):
+        client = await connect(path)
+        await client.roundtrip()
+
+
+# -- frames --------------------------------------------------------------------
+
+
+async def test_invalid_json_closes_1003(connect: ClientFactory) -> None:
+    client = await connect()
+    client.send_raw(b'{"type": "HEARTBEAT"')
+    assert await client.expect_close() == (1003, "Invalid JSON")
+
+
+async def test_invalid_utf8_closes_1007(connect: ClientFactory) -> None:
+    client = await connect()
+    client.send_raw(b'{"type": "HEARTBEAT", "x": "\xff\xfe"}')
+    code, _reason = await client.expect_close()
+    assert code == 1007
+
+
+async def test_binary_frame_is_a_message(connect: ClientFactory) -> None:
+    client = await connect()
+    client.send_raw(b'{"type": "HEARTBEAT"}', binary=True)
+    await client.expect("HEARTBEAT_ACK")
+
+
+async def test_fragmented_register_is_reassembled(connect: ClientFactory) -> None:
+    client = await connect()
+    message = b'{"type": "REGISTER", "address": "frag@example.com", "metadata": {"note": "three frames"}}'
+    client.send_fragmented(message, 3)
+    registered = await client.expect("REGISTERED", address="frag@example.com")
+    assert registered["session_id"]
+    # Control frames may sit between fragments.
+    client.send_frame(WSMsgType.TEXT, b'{"type": ', fin=False)
+    client.send_frame(WSMsgType.PING, b"between")
+    client.send_frame(WSMsgType.CONTINUATION, b'"HEARTBEAT"}', fin=True)
+    await client.expect("HEARTBEAT_ACK")
+
+
+async def test_unexpected_continuation_is_a_protocol_error(connect: ClientFactory) -> None:
+    client = await connect()
+    client.send_frame(WSMsgType.CONTINUATION, b'{"type": "HEARTBEAT"}', fin=True)
+    code, _reason = await client.expect_close()
+    assert code == 1002
+
+
+async def test_client_close_is_answered(connect: ClientFactory, server: SystemXProcess) -> None:
+    client = await connect()
+    await client.register("leaving@example.com")
+    await client.close(code=1000)
+    assert client._listener.disconnected.is_set()
+    # The address is free again once the socket is gone.
+    again = await connect()
+    await again.register("leaving@example.com")
+
+
+async def test_router_close_code_and_reason(connect: ClientFactory) -> None:
+    client = await connect()
+    await client.register("bye@example.com")
+    client.send_json({"type": "UNREGISTER"})
+    assert await client.expect_close() == (4000, "client_requested")
+
+
+async def test_oversized_messages_close_1009(systemx_server: ServerFactory) -> None:
+    server = await systemx_server(env={"SYSTEMX_MAX_MESSAGE_BYTES": "1024"})
+    padding = "x" * 2000
+
+    single = await server.connect()
+    single.send_json({"type": "HEARTBEAT", "padding": padding})
+    code, _reason = await single.expect_close()
+    assert code == 1009
+
+    fragmented = await server.connect()
+    fragmented.send_fragmented(b'{"type": "HEARTBEAT", "padding": "%s"}' % padding.encode(), 4)
+    assert await fragmented.expect_close() == (1009, "Message too big")
+
+    fits = await server.connect()
+    fits.send_fragmented(b'{"type": "HEARTBEAT", "padding": "%s"}' % (b"y" * 900), 3)
+    await fits.expect("HEARTBEAT_ACK")
+
+
+# -- slow consumers ------------------------------------------------------------
+
+
+async def test_slow_consumer_is_closed_1008_others_unaffected(systemx_server: ServerFactory) -> None:
+    server = await systemx_server(env={"SYSTEMX_MAX_BUFFERED_BYTES": "262144"})
+    clients: list[WSClient] = []
+
+    async def connect(path: str = "/") -> WSClient:
+        client = await server.connect(path)
+        clients.append(client)
+        return client
+
+    flooder, slow, call_id = await _connected_pair(connect, "flood@example.com", "slow@example.com")
+    bystander_a, bystander_b, other_call = await _connected_pair(connect, "a@example.com", "b@example.com")
+
+    slow.pause_reading()
+    chunk = "z" * 16384
+    hangup = None
+    for _ in range(2000):
+        for _ in range(16):
+            flooder.send_json({"type": "MSG", "call_id": call_id, "data": chunk})
+        flooder.send_json({"type": "HEARTBEAT"})
+        while True:
+            message = await flooder.recv()
+            if message["type"] == "HEARTBEAT_ACK":
+                break
+            assert message["type"] == "HANGUP", message
+            hangup = message
+        if hangup is not None:
+            break
+    assert hangup is not None, "the slow consumer was never dropped"
+    assert hangup["call_id"] == call_id
+
+    await server.wait_for_log(r"\[WARN\] Slow consumer closed \(1008\)")
+
+    # The flooder and an unrelated call keep working.
+    await flooder.roundtrip()
+    bystander_a.send_json({"type": "MSG", "call_id": other_call, "data": "still here"})
+    message = await bystander_b.expect("MSG", call_id=other_call, data="still here")
+    assert message["from"] == "a@example.com"
+
+    # Once the slow reader drains its backlog it finds the 1008 close behind it.
+    slow.resume_reading()
+    assert await slow.expect_close(TIMEOUT * 2) == (1008, "slow_consumer")
+
+
+# -- logs ----------------------------------------------------------------------
+
+
+async def test_json_log_format(systemx_server: ServerFactory) -> None:
+    server = await systemx_server(env={"SYSTEMX_LOG_FORMAT": "json"})
+    client = await server.connect()
+    await client.register("logger@example.com")
+    await server.wait_for_log("logger@example.com")
+    await client.close()
+    assert await server.stop() == 0
+
+    records = [json.loads(line) for line in server.logs if line.strip()]
+    assert records
+    for record in records:
+        assert {"ts", "level", "logger", "msg"} <= record.keys(), record
+        assert record["logger"].startswith(("systemx", "picows")), record
+        assert record["ts"].endswith("Z")
+    assert any(r["msg"].startswith("SystemX listening on ws://127.0.0.1:") for r in records)
+    assert any(r["level"] == "INFO" and "logger@example.com" in r["msg"] for r in records)
+
+
+async def test_text_log_format(server: SystemXProcess, connect: ClientFactory) -> None:
+    client = await connect()
+    await client.register("texty@example.com")
+    line = await server.wait_for_log("texty@example.com")
+    assert " [INFO] " in line
+    assert line[:4].isdigit() and line.split(" ", 1)[0].endswith("Z")
