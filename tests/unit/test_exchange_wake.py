@@ -52,6 +52,7 @@ def test_dial_sleeping_wakes_then_rings_with_original_call() -> None:
         {"type": "RING", "from": "a@example.com", "call_id": "call-1", "metadata": {"subject": "wake up"}}
     ]
     assert ("wake", "agent@example.com") not in h.actions.timers
+    assert h.actions.cancelled_wakes == ["agent@example.com"]  # the wake is over
     h.send("S2", {"type": "ANSWER", "call_id": "call-1"})
     assert h.frames("A")[-1] == {"type": "CONNECTED", "call_id": "call-1", "to": "agent@example.com"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,33 +75,37 @@ class _Model:
         wanted = frozenset(capabilities or ())
         dom = domain.lower() if domain is not None else None
         # A scan of everything; the cheap filters first only to keep the test fast.
-        if dom is None and status is None:
-            matches = list(self.records.items())
-        else:
+        matches: Iterable[tuple[str, _Record]] = self.records.items()
+        if dom is not None or status is not None:
             matches = [
                 (a, r)
-                for a, r in self.records.items()
+                for a, r in matches
                 if (dom is None or r.domain == dom) and (status is None or r.status == status)
             ]
         if wanted:
             matches = [(a, r) for a, r in matches if wanted <= r.capabilities]
-        matches = [(a, r) for a, r in matches if a != exclude]
-        if near is None:
-            return [(a, r.status, r.metadata) for a, r in matches[: max(limit, 0)]]
-        lat, lon, radius = near
-        # A great-circle distance is never shorter than its latitude difference; the
-        # millimetre of slack dwarfs rounding, so this skips no point within ``radius``.
-        band = (radius + 1e-6) / (EARTH_RADIUS_KM * math.pi / 180.0)
-        hits = [
-            (d, r.seq, a, r)
-            for a, r in matches
-            if r.lat is not None
-            and r.lon is not None
-            and abs(r.lat - lat) <= band
-            and (d := haversine_km(lat, lon, r.lat, r.lon)) <= radius
-        ]
-        hits.sort(key=lambda h: (h[0], h[1]))
-        return [(a, r.status, r.metadata) for _, _, a, r in hits[: max(limit, 0)]]
+        if near is not None:
+            lat, lon, radius = near
+            # A great-circle distance is never shorter than its latitude difference; the
+            # millimetre of slack dwarfs rounding, so this skips no point within ``radius``.
+            band = (radius + 1e-6) / (EARTH_RADIUS_KM * math.pi / 180.0)
+            hits = [
+                (d, r.seq, a, r)
+                for a, r in matches
+                if r.lat is not None
+                and r.lon is not None
+                and abs(r.lat - lat) <= band
+                and (d := haversine_km(lat, lon, r.lat, r.lon)) <= radius
+            ]
+            hits.sort(key=lambda h: (h[0], h[1]))
+            matches = [(a, r) for _, _, a, r in hits]
+        rows: list[PresenceRow] = []
+        for a, r in matches:
+            if len(rows) >= limit:
+                break
+            if a != exclude:
+                rows.append((a, r.status, r.metadata))
+        return rows
 
 
 def _random_location(rng: random.Random, hotspots: list[tuple[float, float]]) -> tuple[float, float] | None:

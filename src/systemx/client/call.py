@@ -131,9 +131,8 @@ class Call:
         self._end(reason, CallEnded(self.call_id, reason))
 
     def _deliver(self, msg: Msg) -> None:
-        self._inbox.put(
-            Message(msg.from_, decode_data(msg.data, msg.content_type), msg.content_type, msg.call_id)
-        )
+        content_type = msg.content_type or "text"
+        self._inbox.put(Message(msg.from_, decode_data(msg.data, content_type), content_type, msg.call_id))
 
     def _end(self, reason: str, exc: CallEnded | ConnectionClosed) -> None:
         if self.hangup_reason is not None:

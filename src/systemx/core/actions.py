@@ -51,10 +51,15 @@ class Actions(Protocol):
         """Run the wake handler; report ``Exchange.on_wake_failed`` on failure."""
 
     def cancel_wake(self, address: str) -> None:
-        """The wake of ``address`` timed out: stop a spawned agent that never registered."""
+        """The wake of ``address`` is over: the agent registered, or the wake timed out.
 
-    def persist_profile(self, address: str, profile: dict[str, Any] | None) -> None:
-        """Store (or with ``None`` delete) the durable wake profile of ``address``."""
+        Stop tracking it, and stop a spawned process whose address is not registered
+        (a woken agent that registered is never stopped).
+        """
+
+    def persist_profile(self, key: str, profile: dict[str, Any] | None) -> None:
+        """Store (or with ``None`` delete) the durable wake profile under ``key``
+        (the address with its domain lower-cased; the profile holds the address as written)."""
 
     def lookup(self, address: str) -> None:
         """Ask the directory who holds ``address`` elsewhere (another router process,
@@ -93,8 +98,8 @@ class RecordingActions:
     def cancel_wake(self, address: str) -> None:
         self.cancelled_wakes.append(address)
 
-    def persist_profile(self, address: str, profile: dict[str, Any] | None) -> None:
-        self.profiles[address] = profile
+    def persist_profile(self, key: str, profile: dict[str, Any] | None) -> None:
+        self.profiles[key] = profile
 
     def lookup(self, address: str) -> None:
         self.lookups.append(address)

@@ -99,8 +99,8 @@ class Session:
         "max_listeners",
         "max_sessions",
         "metadata",
-        "remote",
         "parties",
+        "remote",
         "session_id",
         "sleep_pending_at",
         "status",
@@ -540,7 +540,7 @@ class Exchange:
             self._by_key[key] = s
         if msg.mode == "normal":
             if self._profiles.pop(key, None) is not None:
-                self._actions.persist_profile(address, None)
+                self._actions.persist_profile(key, None)
         elif handler is not None or (key in self._profiles and msg.metadata is not None):
             profile = {
                 "address": address,
@@ -548,7 +548,7 @@ class Exchange:
                 "metadata": meta,
             }
             self._profiles[key] = profile
-            self._actions.persist_profile(address, profile)
+            self._actions.persist_profile(key, profile)
         self._presence.put(
             address,
             domain=domain_of(address),
@@ -564,6 +564,7 @@ class Exchange:
         if key in self._waking:
             self._waking.discard(key)
             self._actions.cancel_timer(("wake", key))
+            self._actions.cancel_wake(address)
             log.info("Woken: %s", address)
             queue = self._queues.get(key)
             if queue:
@@ -603,12 +604,22 @@ class Exchange:
         profile = self._profiles.get(key)
         if profile is not None and reason != HangupReason.RECONFIGURED:
             self._presence.set_status(profile["address"], Status.ASLEEP)
-            log.info("Asleep: %s (session: %s, %s)", address, s.session_id, reason)
+            log.info(
+                "Asleep: %s (session: %s, %s)",
+                address,
+                s.session_id,
+                "disconnected" if reason == HangupReason.PEER_DISCONNECTED else reason,
+            )
         else:
             self._presence.remove(address)
             if profile is not None:
                 self._load_profile(profile)
-            log.info("Connection unregistered: %s (session: %s, %s)", address, s.session_id, reason)
+            log.info(
+                "Connection unregistered: %s (session: %s, %s)",
+                address,
+                s.session_id,
+                "disconnected" if reason == HangupReason.PEER_DISCONNECTED else reason,
+            )
         queue = self._queues.get(key)
         if queue:
             if profile is not None:

@@ -102,6 +102,7 @@ class ExchangeLike(Protocol):
     def on_close(self, session: Any, now: float) -> None: ...
     def on_timer(self, key: Hashable, now: float) -> None: ...
     def on_wake_failed(self, address: str, detail: str, now: float) -> None: ...
+    def on_lookup_result(self, address: str, conn: Any, now: float) -> Any: ...
     def is_registered(self, address: str) -> bool: ...
     def shutdown(self, now: float) -> None: ...
     def health(self) -> dict[str, Any]: ...
@@ -206,8 +207,17 @@ class Connection(WSListener):
     This object is the ``conn`` handle the core passes back in its actions.
     """
 
-    __slots__ = ("_close_handle", "_frag_size", "_frags", "_ready", "closing", "paused", "server", "session",
-                 "transport")
+    __slots__ = (
+        "_close_handle",
+        "_frag_size",
+        "_frags",
+        "_ready",
+        "closing",
+        "paused",
+        "server",
+        "session",
+        "transport",
+    )
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -393,8 +403,6 @@ class Server:
         self._loop = asyncio.get_running_loop()
         ssl_context = self._ssl_context() if settings.tls_enabled else None
         profiles = self._open_profiles()
-        self._exchange = self._exchange_factory(settings, self, profiles=profiles)
-        self.on_data = self._exchange.on_data
         self._server = await ws_create_server(
             self._accept,
             settings.host,
@@ -408,6 +416,11 @@ class Server:
         sockets = self._server.sockets
         self.port = sockets[0].getsockname()[1] if sockets else settings.port
         self.settings = dataclasses.replace(settings, port=self.port)
+        # Built after binding so that it knows the real port (with --port 0) when it
+        # refuses webhooks aimed at the exchange itself. No connection is handled
+        # before this line: the loop has not run since the bind returned.
+        self._exchange = self._exchange_factory(self.settings, self, profiles=profiles)
+        self.on_data = self._exchange.on_data
         self._exchange.start(_now())
         log.info("SystemX listening on %s", self.url, extra={"port": self.port})
 
@@ -584,6 +597,14 @@ class Server:
                 store.put(address, profile)
         except Exception:
             log.exception("Persisting the wake profile of %s failed", address)
+
+    def lookup(self, address: str) -> None:
+        # The embedded exchange has no directory beyond its own registry; a
+        # clustered or federated driver answers from Redis or a trunk instead.
+        self.loop.call_soon(self._lookup_missed, address)
+
+    def _lookup_missed(self, address: str) -> None:
+        self.exchange.on_lookup_result(address, None, _now())
 
     def _runner(self) -> WakeRunnerLike:
         if self._wake_runner is None:

@@ -121,7 +121,7 @@ class WakeRunner:
         wake.task = self._spawn_task(loop, self._run(wake), f"wake {address}")
 
     def cancel(self, address: str) -> None:
-        """The wake of ``address`` timed out: stop it unless the address is registered."""
+        """The wake of ``address`` is over (registered or timed out): stop it unless registered."""
         wake = self._current.pop(address, None)
         if wake is None:
             return
