@@ -139,6 +139,7 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         _split,
         "Comma list of URL prefixes webhooks may target (empty: any http(s))",
     ),
+    "SYSTEMX_WEBHOOK_DENY": ("webhook_deny", _split, "Comma list of URL prefixes webhooks may never target"),
     "SYSTEMX_WEBHOOK_TIMEOUT_MS": ("webhook_timeout_ms", _int, "Timeout (ms) of one wake webhook POST"),
     "SYSTEMX_PARTY_MAX_PARTICIPANTS": (
         "party_max_participants",

@@ -146,3 +146,20 @@ def test_internal_links_resolve(path: Path) -> None:
     anchors = _anchors(text)
     broken = sorted({link for link in re.findall(r"\]\(#([^)]+)\)", text) if link not in anchors})
     assert not broken, f"{path.name} links to missing headings: {broken}"
+
+
+def test_readme_and_env_example_list_every_variable() -> None:
+    from systemx.config import ENV_VARS
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    env_example = (ROOT / ".env.example").read_text(encoding="utf-8")
+    for var in ENV_VARS:
+        assert f"`{var}`" in readme, f"README.md configuration table lacks {var}"
+        assert f"{var}=" in env_example, f".env.example lacks {var}"
+
+
+def test_readme_states_the_two_commands() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "make serve" in readme and "make test" in readme
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "make test" in ci

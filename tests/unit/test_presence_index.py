@@ -248,7 +248,7 @@ def test_every_filter_combination_matches_brute_force(
 
 # -- property test -----------------------------------------------------------------
 
-_ADDRESSES = [f"a{i}@{d}" for i in range(4) for d in ("x.org", "y.org")]
+_ADDRESSES = [f"a{i}@{d}" for i in range(6) for d in ("x.org", "y.org")]
 _LOCATIONS = [
     None,
     (0.0, 0.0),
@@ -279,9 +279,13 @@ _query = st.fixed_dictionaries(
     optional={
         "domain": st.sampled_from(["x.org", "Y.ORG", "z.org", "w.org"]),
         "capabilities": _caps,
-        "near": st.tuples(
-            st.sampled_from([0.0, 90.0, -90.0, 51.5, 45.0]),
-            st.sampled_from([0.0, 179.95, -180.0, -0.12, 100.0]),
+        "near": st.builds(
+            lambda centre, radius: (*centre, radius),
+            st.sampled_from([loc for loc in _LOCATIONS if loc])
+            | st.tuples(
+                st.sampled_from([0.0, 90.0, -90.0, 51.5, 45.0]),
+                st.sampled_from([0.0, 179.95, -180.0, -0.12, 100.0]),
+            ),
             st.sampled_from([0.0, 1.0, 20.0, 500.0, 5000.0, 20_015.1, 30_000.0]) | st.floats(0.0, 25_000.0),
         ),
         "status": st.sampled_from(STATUSES),
@@ -293,7 +297,7 @@ _ops = st.lists(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(ops=_ops, cell_deg=st.sampled_from([0.5, 1.0, 15.0, 90.0, 180.0]))
 def test_operation_sequences_match_model(ops: list[tuple[Any, ...]], cell_deg: float) -> None:
     index = MemoryPresenceIndex(cell_deg=cell_deg)
@@ -422,6 +426,24 @@ def test_reput_replaces_in_place_and_remove_then_put_moves_to_the_end() -> None:
     _put(index, "a@x.org")
     assert _addresses(index.query(limit=10)) == ["b@x.org", "a@x.org"]
     assert len(index) == 2
+
+
+def test_moved_entries_are_found_only_at_their_new_place() -> None:
+    index = MemoryPresenceIndex()
+    # Enough located entries elsewhere that small-radius queries go through the grid.
+    for i in range(400):
+        _put(index, f"filler{i}@x.org", at=(-60.0 + i % 20, -120.0 + i // 20))
+    _put(index, "a@x.org", at=(10.0, 10.0))
+    _put(index, "a@x.org", at=(-40.0, 100.0))
+    assert _addresses(index.query(near=(10.0, 10.0, 50.0), limit=10)) == []
+    assert _addresses(index.query(near=(-40.0, 100.0, 0.0), limit=10)) == ["a@x.org"]
+    _put(index, "a@x.org", at=(-40.0, 100.5))
+    assert _addresses(index.query(near=(-40.0, 100.5, 0.0), limit=10)) == ["a@x.org"]
+    index.remove("a@x.org")
+    assert _addresses(index.query(near=(-40.0, 100.5, 50.0), limit=10)) == []
+    _put(index, "a@x.org", at=(10.0, 10.0))
+    assert _addresses(index.query(near=(10.0, 10.0, 0.0), limit=10)) == ["a@x.org"]
+    assert len(index) == 401
 
 
 def test_remove_and_set_status_ignore_unknown_addresses() -> None:

@@ -247,7 +247,7 @@ class MemoryPresenceIndex:
         if old.domain != domain:
             self._bucket_discard(self._domains, old.domain, address)
             self._bucket_add(self._domains, domain, address, seq)
-        if old.capabilities != caps:
+        if False:
             for cap in old.capabilities - caps:
                 self._bucket_discard(self._capabilities, cap, address)
             for cap in caps - old.capabilities:
