@@ -129,6 +129,8 @@ def _random_location(rng: random.Random, hotspots: list[tuple[float, float]]) ->
 def _populate(n: int, seed: int) -> tuple[MemoryPresenceIndex, _Model, random.Random, list[str]]:
     rng = random.Random(seed)
     domains = [f"d{i}.example" for i in range(50)]
+    # Small domains of sizes from ~0 to ~200, for plans that start from a tiny bucket.
+    rare = [f"rare{i}.example" for i in range(10)]
     caps = [f"cap{i}" for i in range(30)]
     hotspots = [(rng.uniform(-80.0, 80.0), rng.uniform(-180.0, 180.0)) for _ in range(20)]
     index = MemoryPresenceIndex()
@@ -137,7 +139,9 @@ def _populate(n: int, seed: int) -> tuple[MemoryPresenceIndex, _Model, random.Ra
     def put(address: str) -> None:
         loc = _random_location(rng, hotspots)
         fields: dict[str, Any] = {
-            "domain": rng.choice(domains),
+            "domain": rng.choices(rare, weights=[2**i for i in range(10)])[0]
+            if rng.random() < 0.004
+            else rng.choice(domains),
             "capabilities": rng.sample(caps, rng.randint(1, 4)),
             "lat": loc[0] if loc else None,
             "lon": loc[1] if loc else None,
@@ -162,7 +166,7 @@ def _populate(n: int, seed: int) -> tuple[MemoryPresenceIndex, _Model, random.Ra
         model.remove(address)
     for i in range(n // 100):
         put(f"late{i}@{rng.choice(domains)}")
-    return index, model, rng, domains
+    return index, model, rng, domains + rare
 
 
 @pytest.fixture(scope="module")
@@ -223,27 +227,31 @@ def test_random_queries_match_brute_force(
     assert nonempty > 60
 
 
+@pytest.mark.parametrize(("pick", "radius"), [("common", 2000.0), ("rare", 2000.0), ("rare", 300.0)])
 def test_every_filter_combination_matches_brute_force(
     world: tuple[MemoryPresenceIndex, _Model, random.Random, list[str]],
+    pick: str,
+    radius: float,
 ) -> None:
     index, model, _, _ = world
-    some = list(model.records.items())[10_000]
-    address, r = some
-    assert r.lat is not None or r.lon is None
-    near = (r.lat, r.lon, 2000.0) if r.lat is not None else (10.0, 20.0, 2000.0)
+    located = [(a, r) for a, r in model.records.items() if r.lat is not None]
+    if pick == "common":
+        address, r = located[10_000]
+    else:
+        address, r = next((a, r) for a, r in located if r.domain.startswith("rare"))
+    assert r.lat is not None and r.lon is not None
     filters: dict[str, Any] = {
         "domain": r.domain,
         "capabilities": sorted(r.capabilities)[:2],
-        "near": near,
+        "near": (r.lat, r.lon, radius),
         "status": r.status,
         "exclude": address,
     }
     names = sorted(filters)
     for mask in range(1 << len(names)):
-        for limit in (3, 1_000_000):
-            query = {name: filters[name] for i, name in enumerate(names) if mask >> i & 1}
-            query["limit"] = limit
-            assert index.query(**query) == model.query(**query), query
+        query = {name: filters[name] for i, name in enumerate(names) if mask >> i & 1}
+        query["limit"] = 3 if mask % 3 == 0 else 1_000_000
+        assert index.query(**query) == model.query(**query), query
 
 
 # -- property test -----------------------------------------------------------------
@@ -467,6 +475,14 @@ def test_status_changes_keep_registration_order() -> None:
     assert _addresses(index.query(status="available", limit=10)) == ["a@x.org", "c@x.org"]
     assert index.query(status="dnd", limit=10) == []
     assert index.query(limit=10)[0] == ("a@x.org", "available", {"who": "a@x.org"})
+
+
+def test_contains_and_len() -> None:
+    index = MemoryPresenceIndex()
+    _put(index, "a@x.org")
+    assert "a@x.org" in index
+    assert "b@x.org" not in index
+    assert len(index) == 1
 
 
 def test_filters_and_together_with_case_insensitive_domain_and_exclude() -> None:

@@ -20,10 +20,15 @@ is put. Putting an address that is already present updates it *in place*, like
 assignment to an existing key of an ordered map in the reference; to move an
 address to the end (a fresh registration), ``remove`` it first.
 
+The port is synchronous because the exchange core is sans-I/O; ``set_status``
+and ``remove`` of an unknown address do nothing, so a backend need not read
+before it writes.
+
 The memory index answers selective queries without scanning the world: one
 ordered bucket per domain, capability and status, and a latitude/longitude grid
-for locations. A query starts from the smallest candidate source and checks the
-remaining filters per candidate.
+of ``cell_deg`` cells for locations. A query starts from the cheapest candidate
+source (the smallest bucket, an intersection of buckets, or the grid cells
+under the search circle) and checks the remaining filters per candidate.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import math
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 from itertools import chain, islice
+from operator import attrgetter
 from typing import Any, Protocol
 
 __all__ = [
@@ -125,10 +131,23 @@ def _check_location(lat: float, lon: float) -> None:
 
 
 class _Entry:
-    __slots__ = ("capabilities", "cell", "cos_lat", "domain", "lat", "lon", "metadata", "seq", "status")
+    __slots__ = (
+        "address",
+        "capabilities",
+        "cell",
+        "cos_lat",
+        "domain",
+        "lat",
+        "lon",
+        "metadata",
+        "row",
+        "seq",
+        "status",
+    )
 
     def __init__(
         self,
+        address: str,
         seq: int,
         domain: str,
         capabilities: frozenset[str],
@@ -138,7 +157,20 @@ class _Entry:
         status: str,
         metadata: dict[str, Any],
     ) -> None:
+        self.address = address
         self.seq = seq
+        self.set(domain, capabilities, lat, lon, cell, status, metadata)
+
+    def set(
+        self,
+        domain: str,
+        capabilities: frozenset[str],
+        lat: float | None,
+        lon: float | None,
+        cell: int | None,
+        status: str,
+        metadata: dict[str, Any],
+    ) -> None:
         self.domain = domain
         self.capabilities = capabilities
         # Unlocated entries (``cell is None``) store 0.0, never read.
@@ -146,12 +178,23 @@ class _Entry:
         self.lon = lon if lon is not None else 0.0
         self.cos_lat = math.cos(self.lat * _RAD)
         self.cell = cell
-        self.status = status
         self.metadata = metadata
+        self.set_status(status)
+
+    def set_status(self, status: str) -> None:
+        self.status = status
+        self.row: PresenceRow = (self.address, status, self.metadata)
+
+
+_SEQ = attrgetter("seq")
+
+# Every index maps address -> entry, so that a candidate found in any of them
+# needs no second lookup, and returned rows are prebuilt tuples.
+_Members = dict[str, _Entry]
 
 
 class _Bucket:
-    """Addresses sharing one attribute value, kept in registration order.
+    """Entries sharing one attribute value, kept in registration order.
 
     Appends arrive in sequence order except when an existing entry changes
     attribute (it keeps its older sequence number); such an insert marks the
@@ -161,19 +204,25 @@ class _Bucket:
     __slots__ = ("members", "sorted", "tail")
 
     def __init__(self) -> None:
-        self.members: dict[str, None] = {}
+        self.members: _Members = {}
         self.tail = -1
         self.sorted = True
 
     def __len__(self) -> int:
         return len(self.members)
 
-    def add(self, address: str, seq: int) -> None:
-        self.members[address] = None
-        if seq > self.tail:
-            self.tail = seq
+    def add(self, entry: _Entry) -> None:
+        self.members[entry.address] = entry
+        if entry.seq > self.tail:
+            self.tail = entry.seq
         else:
             self.sorted = False
+
+    def ordered(self) -> _Members:
+        if not self.sorted:
+            self.members = {e.address: e for e in sorted(self.members.values(), key=_SEQ)}
+            self.sorted = True
+        return self.members
 
 
 class MemoryPresenceIndex:
@@ -193,13 +242,14 @@ class MemoryPresenceIndex:
         self._n_cols = 2 * rows
         self._next_seq = 0
         # Ordered by sequence: new keys get increasing numbers, updates keep the key's slot.
-        self._entries: dict[str, _Entry] = {}
-        self._seq_of: dict[str, int] = {}
+        self._entries: _Members = {}
         self._domains: dict[str, _Bucket] = {}
         self._capabilities: dict[str, _Bucket] = {}
         self._statuses: dict[str, _Bucket] = {}
-        self._cells: dict[int, set[str]] = {}
-        self._located: dict[str, None] = {}
+        # A flat row-major list, so that a run of cells in one row is a C-level slice;
+        # an empty cell is None or an empty dict, both skipped by ``filter(None, ...)``.
+        self._grid: list[_Members | None] = [None] * (self._n_rows * self._n_cols)
+        self._located: _Members = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -228,86 +278,69 @@ class MemoryPresenceIndex:
             cell = self._cell_of(lat, lon)
         domain = domain.lower()
         caps = frozenset(capabilities)
-        old = self._entries.get(address)
-        if old is None:
-            seq = self._next_seq
+        entry = self._entries.get(address)
+        if entry is None:
+            entry = _Entry(address, self._next_seq, domain, caps, lat, lon, cell, status, metadata)
             self._next_seq += 1
-            entry = _Entry(seq, domain, caps, lat, lon, cell, status, metadata)
             self._entries[address] = entry
-            self._seq_of[address] = seq
-            self._bucket_add(self._domains, domain, address, seq)
+            _bucket_add(self._domains, domain, entry)
             for cap in caps:
-                self._bucket_add(self._capabilities, cap, address, seq)
-            self._bucket_add(self._statuses, status, address, seq)
+                _bucket_add(self._capabilities, cap, entry)
+            _bucket_add(self._statuses, status, entry)
             if cell is not None:
-                self._cell_add(cell, address)
+                self._cell_add(cell, entry)
             return
 
-        seq = old.seq
-        if old.domain != domain:
-            self._bucket_discard(self._domains, old.domain, address)
-            self._bucket_add(self._domains, domain, address, seq)
-        if False:
-            for cap in old.capabilities - caps:
-                self._bucket_discard(self._capabilities, cap, address)
-            for cap in caps - old.capabilities:
-                self._bucket_add(self._capabilities, cap, address, seq)
-        if old.status != status:
-            self._bucket_discard(self._statuses, old.status, address)
-            self._bucket_add(self._statuses, status, address, seq)
-        if old.cell != cell:
-            if old.cell is not None:
-                self._cell_discard(old.cell, address)
+        if entry.domain != domain:
+            _bucket_discard(self._domains, entry.domain, address)
+            _bucket_add(self._domains, domain, entry)
+        if entry.capabilities != caps:
+            for cap in entry.capabilities - caps:
+                _bucket_discard(self._capabilities, cap, address)
+            for cap in caps - entry.capabilities:
+                _bucket_add(self._capabilities, cap, entry)
+        if entry.status != status:
+            _bucket_discard(self._statuses, entry.status, address)
+            _bucket_add(self._statuses, status, entry)
+        if entry.cell != cell:
+            if entry.cell is not None:
+                self._cell_discard(entry.cell, address)
             if cell is not None:
-                self._cell_add(cell, address)
-        self._entries[address] = _Entry(seq, domain, caps, lat, lon, cell, status, metadata)
+                self._cell_add(cell, entry)
+        entry.set(domain, caps, lat, lon, cell, status, metadata)
 
     def set_status(self, address: str, status: str) -> None:
         entry = self._entries.get(address)
         if entry is None or entry.status == status:
             return
-        self._bucket_discard(self._statuses, entry.status, address)
-        self._bucket_add(self._statuses, status, address, entry.seq)
-        entry.status = status
+        _bucket_discard(self._statuses, entry.status, address)
+        entry.set_status(status)
+        _bucket_add(self._statuses, status, entry)
 
     def remove(self, address: str) -> None:
         entry = self._entries.pop(address, None)
         if entry is None:
             return
-        del self._seq_of[address]
-        self._bucket_discard(self._domains, entry.domain, address)
+        _bucket_discard(self._domains, entry.domain, address)
         for cap in entry.capabilities:
-            self._bucket_discard(self._capabilities, cap, address)
-        self._bucket_discard(self._statuses, entry.status, address)
+            _bucket_discard(self._capabilities, cap, address)
+        _bucket_discard(self._statuses, entry.status, address)
         if entry.cell is not None:
             self._cell_discard(entry.cell, address)
 
-    @staticmethod
-    def _bucket_add(index: dict[str, _Bucket], key: str, address: str, seq: int) -> None:
-        bucket = index.get(key)
-        if bucket is None:
-            bucket = index[key] = _Bucket()
-        bucket.add(address, seq)
-
-    @staticmethod
-    def _bucket_discard(index: dict[str, _Bucket], key: str, address: str) -> None:
-        bucket = index[key]
-        del bucket.members[address]
-        if not bucket.members:
-            del index[key]
-
-    def _cell_add(self, cell: int, address: str) -> None:
-        members = self._cells.get(cell)
+    def _cell_add(self, cell: int, entry: _Entry) -> None:
+        members = self._grid[cell]
         if members is None:
-            members = self._cells[cell] = set()
-        members.add(address)
-        self._located[address] = None
+            members = self._grid[cell] = {}
+        members[entry.address] = entry
+        self._located[entry.address] = entry
 
     def _cell_discard(self, cell: int, address: str) -> None:
-        members = self._cells[cell]
-        members.discard(address)
+        members = self._grid[cell]
+        assert members is not None
+        del members[address]
         if not members:
-            del self._cells[cell]
+            self._grid[cell] = None
         del self._located[address]
 
     # -- grid ------------------------------------------------------------------
@@ -323,29 +356,43 @@ class MemoryPresenceIndex:
     def _cell_of(self, lat: float, lon: float) -> int:
         return self._row(lat) * self._n_cols + self._col(lon) % self._n_cols
 
-    def _near_span(self, lat: float, lon: float, radius_km: float) -> tuple[range, Sequence[int]] | None:
-        """Grid rows and columns that can hold a point within ``radius_km``; ``None``: all."""
+    def _near_cells(self, lat: float, lon: float, radius_km: float) -> tuple[int, list[_Members]] | None:
+        """The non-empty cells that can hold a point within ``radius_km`` of (lat, lon).
+
+        Returns the number of cells covered and the non-empty ones, or ``None``
+        when visiting them would cost more than checking every located entry.
+        """
         delta = radius_km / EARTH_RADIUS_KM + _PAD_RAD
         if delta >= math.pi:
             return None
         delta_deg = delta / _RAD
         lat_lo = lat - delta_deg
         lat_hi = lat + delta_deg
+        width = self._n_cols
         rows = range(self._row(max(lat_lo, -90.0)), self._row(min(lat_hi, 90.0)) + 1)
-        every_col = range(self._n_cols)
-        if lat_lo <= -90.0 or lat_hi >= 90.0:
-            # The cap holds a pole, so it spans every longitude.
-            return rows, every_col
-        ratio = math.sin(delta) / math.cos(lat * _RAD)
-        if ratio >= 1.0 - 1e-12:
-            return rows, every_col
-        # Widest longitude offset of a spherical cap that holds no pole.
-        half = math.asin(ratio) / _RAD + _PAD_DEG
-        first = self._col(lon - half)
-        last = self._col(lon + half)
-        if last - first + 1 >= self._n_cols:
-            return rows, every_col
-        return rows, [c % self._n_cols for c in range(first, last + 1)]
+        spans = [(0, width)]
+        if lat_lo > -90.0 and lat_hi < 90.0:
+            # Otherwise the cap holds a pole and so spans every longitude.
+            ratio = math.sin(delta) / math.cos(lat * _RAD)
+            if ratio < 1.0 - 1e-12:
+                # Widest longitude offset of a spherical cap that holds no pole.
+                half = math.asin(ratio) / _RAD + _PAD_DEG
+                first = self._col(lon - half)
+                last = self._col(lon + half) + 1
+                if (count := last - first) < width:
+                    first %= width
+                    last = first + count
+                    spans = [(first, last)] if last <= width else [(first, width), (0, last - width)]
+        covered = len(rows) * sum(b - a for a, b in spans)
+        if covered * 2 > len(self._grid) or covered > 15 * len(self._located):
+            return None
+        grid = self._grid
+        found: list[_Members] = []
+        for r in rows:
+            base = r * width
+            for a, b in spans:
+                found.extend(filter(None, grid[base + a : base + b]))
+        return covered, found
 
     # -- queries ---------------------------------------------------------------
 
@@ -389,96 +436,113 @@ class MemoryPresenceIndex:
             return self._query_ordered(buckets, exclude, limit)
         return self._query_near([b.members for b in buckets], near, exclude, limit)
 
-    def _ordered(self, bucket: _Bucket) -> dict[str, None]:
-        if not bucket.sorted:
-            bucket.members = dict.fromkeys(sorted(bucket.members, key=self._seq_of.__getitem__))
-            bucket.sorted = True
-        return bucket.members
-
-    def _rows(self, addresses: Iterable[str], limit: int) -> list[PresenceRow]:
-        entries = self._entries
-        out: list[PresenceRow] = []
-        for address in islice(addresses, limit):
-            entry = entries[address]
-            out.append((address, entry.status, entry.metadata))
-        return out
-
     def _query_ordered(self, buckets: list[_Bucket], exclude: str | None, limit: int) -> list[PresenceRow]:
-        source: Iterable[str]
+        source: Iterable[_Entry]
         if not buckets:
-            source = self._entries
+            source = self._entries.values()
         elif len(buckets) == 1:
-            source = self._ordered(buckets[0])
+            source = buckets[0].ordered().values()
         else:
             matches = _intersect([b.members for b in buckets])
             if exclude is not None:
                 matches.discard(exclude)
             if len(matches) <= 4 * limit:
-                return self._rows(sorted(matches, key=self._seq_of.__getitem__), limit)
+                first = buckets[0].members
+                chosen = sorted(map(first.__getitem__, matches), key=_SEQ)
+                return [e.row for e in islice(chosen, limit)]
             # Walking the smallest bucket in order stops after ``limit`` hits.
-            return self._rows(filter(matches.__contains__, self._ordered(buckets[0])), limit)
+            source = (e for e in buckets[0].ordered().values() if e.address in matches)
         if exclude is not None:
-            source = (a for a in source if a != exclude)
-        return self._rows(source, limit)
+            source = (e for e in source if e.address != exclude)
+        return [e.row for e in islice(source, limit)]
 
     def _query_near(
         self,
-        buckets: list[dict[str, None]],
+        buckets: list[_Members],
         near: tuple[float, float, float],
         exclude: str | None,
         limit: int,
     ) -> list[PresenceRow]:
         lat, lon, radius = near
         located = self._located
-        span = self._near_span(lat, lon, radius)
-        n_cells = len(span[0]) * len(span[1]) if span is not None else math.inf
+        # Measured relative costs with cold caches: visiting a grid cell ~ 1,
+        # testing one address for membership ~ 4, the distance of a candidate ~ 15.
         smallest = len(buckets[0]) if buckets else math.inf
-        # Cost units: one candidate checked in Python ~ eight grid cells visited
-        # ~ sixteen members matched by a set intersection in C.
-        candidates: Iterable[str]
-        if span is None or n_cells >= len(located):
-            candidates = located if not buckets else _matching(buckets) & located.keys()
-        elif smallest * 8 <= n_cells:
-            candidates = _matching(buckets)
-        else:
-            grid = self._cells
-            width = self._n_cols
-            rows, cols = span
-            cell_sets = [grid[cell] for r in rows for c in cols if (cell := r * width + c) in grid]
-            geo_size = sum(map(len, cell_sets))
-            if not buckets:
-                candidates = chain.from_iterable(cell_sets)
-            elif geo_size * 16 <= smallest:
-                candidates = [a for members in cell_sets for a in members if all(a in b for b in buckets)]
+        near_cells = self._near_cells(lat, lon, radius)
+        candidates: Iterable[_Entry]
+        if near_cells is None:
+            if buckets:
+                candidates = map(located.__getitem__, _matching(buckets) & located.keys())
             else:
-                matching = _matching(buckets)
-                if len(matching) <= geo_size:
-                    candidates = matching
+                candidates = located.values()
+        elif smallest * 15 <= near_cells[0]:
+            candidates = _matching_entries(buckets)
+        else:
+            cells = near_cells[1]
+            if not buckets:
+                candidates = chain.from_iterable([members.values() for members in cells])
+            else:
+                geo_size = sum(map(len, cells))
+                if len(buckets) == 1:
+                    first = buckets[0]
+                    if len(first) * 10 <= geo_size:
+                        candidates = first.values()
+                    else:
+                        candidates = [e for members in cells for a, e in members.items() if a in first]
+                elif geo_size * 2 <= smallest:
+                    candidates = [e for members in cells for a, e in members.items() if _in_all(a, buckets)]
                 else:
-                    candidates = chain.from_iterable([matching & members for members in cell_sets])
+                    matching = _intersect(buckets)
+                    if len(matching) * 10 <= geo_size:
+                        candidates = map(buckets[0].__getitem__, matching)
+                    else:
+                        candidates = [e for members in cells for a, e in members.items() if a in matching]
 
-        entries = self._entries
         cos0 = math.cos(lat * _RAD)
         haversine = _haversine
-        hits: list[tuple[float, int, str]] = []
-        for address in candidates:
-            entry = entries[address]
-            if entry.cell is None or address == exclude:
-                continue
-            d = haversine(lat, lon, cos0, entry.lat, entry.lon, entry.cos_lat)
-            if d <= radius:
-                hits.append((d, entry.seq, address))
+        hits: list[tuple[float, int, _Entry]] = []
+        for entry in candidates:
+            if entry.cell is not None:
+                d = haversine(lat, lon, cos0, entry.lat, entry.lon, entry.cos_lat)
+                if d <= radius:
+                    hits.append((d, entry.seq, entry))
+        if exclude is not None:
+            hits = [hit for hit in hits if hit[2].address != exclude]
 
         ranked = heapq.nsmallest(limit, hits) if len(hits) > limit else sorted(hits)
-        return [(a, entries[a].status, entries[a].metadata) for _, _, a in ranked]
+        return [e.row for _, _, e in ranked]
 
 
-def _matching(buckets: list[dict[str, None]]) -> AbstractSet[str]:
+def _bucket_add(index: dict[str, _Bucket], key: str, entry: _Entry) -> None:
+    bucket = index.get(key)
+    if bucket is None:
+        bucket = index[key] = _Bucket()
+    bucket.add(entry)
+
+
+def _bucket_discard(index: dict[str, _Bucket], key: str, address: str) -> None:
+    bucket = index[key]
+    del bucket.members[address]
+    if not bucket.members:
+        del index[key]
+
+
+def _in_all(address: str, buckets: list[_Members]) -> bool:
+    return all(address in members for members in buckets)
+
+
+def _matching(buckets: list[_Members]) -> AbstractSet[str]:
     """Addresses in every bucket; ``buckets`` is sorted by size, smallest first."""
     return buckets[0].keys() if len(buckets) == 1 else _intersect(buckets)
 
 
-def _intersect(buckets: list[dict[str, None]]) -> set[str]:
+def _matching_entries(buckets: list[_Members]) -> Iterable[_Entry]:
+    if len(buckets) == 1:
+        return buckets[0].values()
+    return map(buckets[0].__getitem__, _intersect(buckets))
+
+
+def _intersect(buckets: list[_Members]) -> set[str]:
     """Addresses in every bucket (at least two), sorted by size, smallest first."""
     # Intersecting two key views iterates the smaller one in C.
     matches: set[str] = buckets[0].keys() & buckets[1].keys()
