@@ -149,8 +149,8 @@ class SystemXProcess:
             await self.stop()
         await self.start(timeout)
 
-    async def connect(self, path: str = "/", **kwargs: object) -> WSClient:
-        return await WSClient.connect(self.url + path, **kwargs)  # type: ignore[arg-type]
+    async def connect(self, path: str = "/", *, receive_buffer: int | None = None) -> WSClient:
+        return await WSClient.connect(self.url + path, receive_buffer=receive_buffer)
 
 
 ServerFactory = Callable[..., Awaitable[SystemXProcess]]

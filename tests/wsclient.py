@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import ssl
 from typing import Any
 
 import msgspec
-from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSFrame, WSListener, WSMsgType, WSParsedURL, WSTransport, ws_connect
 
 __all__ = ["TIMEOUT", "TIMEOUT_SCALE", "ConnectionClosed", "WSClient", "scaled"]
 
@@ -77,10 +78,32 @@ class WSClient:
 
     @classmethod
     async def connect(
-        cls, url: str, *, ssl_context: ssl.SSLContext | None = None, timeout: float = TIMEOUT
+        cls,
+        url: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        receive_buffer: int | None = None,
+        timeout: float = TIMEOUT,
     ) -> WSClient:
+        """Open a connection; ``receive_buffer`` sets SO_RCVBUF before connecting (a small TCP window)."""
+
+        def make_socket(target: WSParsedURL) -> socket.socket | None:
+            if receive_buffer is None:
+                return None
+            family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            return sock
+
         transport, listener = await asyncio.wait_for(
-            ws_connect(_Listener, url, ssl_context=ssl_context, max_frame_size=64 * 1024 * 1024), timeout
+            ws_connect(
+                _Listener,
+                url,
+                ssl_context=ssl_context,
+                max_frame_size=64 * 1024 * 1024,
+                socket_factory=make_socket,
+            ),
+            timeout,
         )
         assert isinstance(listener, _Listener)
         return cls(transport, listener)

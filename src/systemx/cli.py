@@ -95,10 +95,12 @@ def _bench(argv: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:
+        # Everything after "bench" (including --help) belongs to the benchmark runner.
+        return _bench(arguments[1:])
+    args = build_parser().parse_args(arguments)
     if args.command == "serve":
         return _serve(args)
-    if args.command == "bench":
-        return _bench(list(args.args))
     build_parser().print_help(sys.stderr)
     return EXIT_CONFIG

@@ -24,8 +24,8 @@ async def connect(server: SystemXProcess) -> AsyncIterator[ClientFactory]:
     """``await connect()`` -> a client of ``server`` (closed at the end of the test)."""
     clients: list[WSClient] = []
 
-    async def open_client(path: str = "/") -> WSClient:
-        client = await server.connect(path)
+    async def open_client(path: str = "/", *, receive_buffer: int | None = None) -> WSClient:
+        client = await server.connect(path, receive_buffer=receive_buffer)
         clients.append(client)
         return client
 

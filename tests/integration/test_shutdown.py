@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+import systemx
 from tests.conftest import ServerFactory, SystemXProcess
 from tests.wsclient import TIMEOUT, WSClient, scaled
 
@@ -77,3 +80,18 @@ async def test_port_in_use_exits_1(systemx_server: ServerFactory, tmp_path: Path
     with pytest.raises(RuntimeError, match="cannot serve"):
         await second.start()
     assert second.proc is not None and second.proc.returncode == 1
+
+
+async def test_flags_override_environment(systemx_server: ServerFactory) -> None:
+    server = await systemx_server(env={"SYSTEMX_LOG_FORMAT": "json"}, args=["--log-format", "text"])
+    line = await server.wait_for_log("listening on")
+    assert " [INFO] SystemX listening on ws://127.0.0.1:" in line
+
+
+async def test_version(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "systemx", "--version", cwd=tmp_path, stdout=asyncio.subprocess.PIPE
+    )
+    out, _err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
+    assert proc.returncode == 0
+    assert out.decode().strip() == f"systemx {systemx.__version__}"

@@ -41,7 +41,8 @@ async def test_wss_register_round_trip(systemx_server: ServerFactory, tmp_path: 
     await bob.register("bob@secure.example.com")
 
     alice.send_json({"type": "DIAL", "to": "bob@secure.example.com"})
-    ring = await bob.expect("RING", **{"from": "alice@secure.example.com"})
+    ring = await bob.expect("RING")
+    assert ring["from"] == "alice@secure.example.com"
     bob.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
     await alice.expect("CONNECTED", call_id=ring["call_id"], skip=("RINGING",))
     alice.send_json({"type": "MSG", "call_id": ring["call_id"], "data": "over tls"})
@@ -62,9 +63,8 @@ async def test_https_healthz(systemx_server: ServerFactory, tmp_path: Path) -> N
 
 
 async def test_unreadable_certificate_is_a_config_error(tmp_path: Path) -> None:
-    server = SystemXProcess(
-        tmp_path, args=["--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(tmp_path / "missing.key")]
-    )
+    missing = ["--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(tmp_path / "missing.key")]
+    server = SystemXProcess(tmp_path, args=missing)
     with pytest.raises(RuntimeError, match="configuration error: TLS_CERT_PATH"):
         await server.start()
     assert server.proc is not None and server.proc.returncode == 2

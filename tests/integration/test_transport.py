@@ -18,12 +18,15 @@ async def _http_get(url: str) -> tuple[int, dict[str, str], bytes]:
         return response.status, dict(response.headers), await response.read()
 
 
-async def _connected_pair(connect: ClientFactory, a: str, b: str) -> tuple[WSClient, WSClient, str]:
-    caller, callee = await connect(), await connect()
+async def _connected_pair(
+    connect: ClientFactory, a: str, b: str, callee_buffer: int | None = None
+) -> tuple[WSClient, WSClient, str]:
+    caller, callee = await connect(), await connect(receive_buffer=callee_buffer)
     await caller.register(a)
     await callee.register(b)
     caller.send_json({"type": "DIAL", "to": b})
-    ring = await callee.expect("RING", **{"from": a})
+    ring = await callee.expect("RING")
+    assert ring["from"] == a
     callee.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
     await caller.expect("CONNECTED", call_id=ring["call_id"], skip=("RINGING",))
     return caller, callee, ring["call_id"]
@@ -144,8 +147,8 @@ async def test_slow_consumer_is_closed_1008_others_unaffected(systemx_server: Se
     server = await systemx_server(env={"SYSTEMX_MAX_BUFFERED_BYTES": "262144"})
     clients: list[WSClient] = []
 
-    async def connect(path: str = "/") -> WSClient:
-        client = await server.connect(path)
+    async def connect(path: str = "/", *, receive_buffer: int | None = None) -> WSClient:
+        client = await server.connect(path, receive_buffer=receive_buffer)
         clients.append(client)
         return client
 
@@ -210,3 +213,17 @@ async def test_text_log_format(server: SystemXProcess, connect: ClientFactory) -
     line = await server.wait_for_log("texty@example.com")
     assert " [INFO] " in line
     assert line[:4].isdigit() and line.split(" ", 1)[0].endswith("Z")
+
+
+async def test_large_messages_survive_backpressure(connect: ClientFactory) -> None:
+    caller, callee, call_id = await _connected_pair(connect, "big@example.com", "reader@example.com", 4096)
+    callee.pause_reading()
+    # Large frames (over 8 KB) queued behind a full socket, each followed by a small one.
+    payloads = [f"{i:04d}" + chr(ord("a") + i % 26) * (9_000 + 997 * i if i % 2 else 10) for i in range(120)]
+    for data in payloads:
+        caller.send_json({"type": "MSG", "call_id": call_id, "data": data})
+    await caller.roundtrip()
+    callee.resume_reading()
+    for data in payloads:
+        message = await callee.expect("MSG", call_id=call_id)
+        assert message["data"] == data

@@ -1,0 +1,236 @@
+"""The benchmark suite still runs and still checks: a regression guard, not a timing test.
+
+Every scenario runs for about a second with small sizes against a real
+``systemx serve`` (and the bare relay) through ``python -m benchmarks``; the
+run must pass its frame checks, exit 0 and print one JSON line with the
+expected keys. Nothing here asserts a figure. The last tests put a faulty
+relay in front of the generator and expect it to notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import msgspec
+import pytest
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
+
+from tests.wsclient import scaled
+
+SHORT = ["--duration", "1", "--warmup", "0.3"]
+COMMON = {"scenario", "ok", "runs", "date"}
+
+
+async def _bench(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "benchmarks",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), scaled(timeout))
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def _json_lines(stdout: str) -> list[dict[str, Any]]:
+    lines = [msgspec.json.decode(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert lines, f"no JSON line in:\n{stdout}"
+    return lines
+
+
+async def _passes(*args: str) -> list[dict[str, Any]]:
+    code, out, err = await _bench(*args)
+    assert code == 0, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+    results = _json_lines(out)
+    for result in results:
+        assert result["ok"] is True
+        assert result.keys() >= COMMON
+    return results
+
+
+def _has(result: dict[str, Any], *keys: str) -> None:
+    missing = [k for k in keys if k not in result]
+    assert not missing, f"missing {missing} in {result}"
+    for k in keys:
+        value = result[k]
+        assert value is None or isinstance(value, int | float | bool | dict), (k, value)
+
+
+async def test_relay_against_exchange_and_bare_relay() -> None:
+    (result,) = await _passes("relay", "--pairs", "10", *SHORT)
+    assert result["scenario"] == "relay"
+    _has(
+        result,
+        "size",
+        "msgs",
+        "msgs_per_s",
+        "server_cpu_us_per_msg",
+        "p50_us",
+        "p99_us",
+        "bare_cpu_us_per_msg",
+        "bare_msgs_per_s",
+        "ratio_to_bare",
+        "rss_kb",
+    )
+    assert result["msgs"] > 0
+    assert result["server_cpu_us_per_msg"] is not None
+    assert result["ratio_to_bare"] is not None
+
+
+async def test_relay_4k_with_two_generator_processes() -> None:
+    (result,) = await _passes("relay", "--pairs", "6", "--size", "4096", "--procs", "2", "--no-bare", *SHORT)
+    _has(result, "msgs", "msgs_per_s", "server_cpu_us_per_msg", "p50_us", "p99_us")
+    assert result["size"] == 4096
+    assert result["msgs"] > 0
+
+
+async def test_latency() -> None:
+    (result,) = await _passes("latency", "--samples", "200", "--warm-samples", "50")
+    _has(result, "samples", "p50_us", "p99_us", "server_cpu_us_per_msg")
+    assert result["samples"] == 200
+
+
+async def test_callsetup() -> None:
+    (result,) = await _passes("callsetup", "--pairs", "10", "--calls", "200", "--warmup", "0.3")
+    _has(result, "calls", "calls_per_s", "server_cpu_us_per_call", "p50_us", "p99_us")
+    assert result["calls"] == 200
+
+
+async def test_connect() -> None:
+    (result,) = await _passes("connect", "--conns", "200")
+    _has(
+        result,
+        "registrations_per_s",
+        "server_cpu_us_per_registration",
+        "server_cpu_us_per_handshake",
+        "server_cpu_us_per_register",
+        "rss_kb_per_conn",
+    )
+    assert result["registrations"] == 200
+
+
+async def test_party() -> None:
+    (result,) = await _passes("party", "--participants", "50", *SHORT)
+    _has(result, "participants", "deliveries", "deliveries_per_s", "server_cpu_us_per_delivery", "p50_us")
+    assert result["participants"] == 50
+    assert result["deliveries"] > 0
+
+
+async def test_presence() -> None:
+    (result,) = await _passes("presence", "--registrations", "500", "--core-entries", "2000", *SHORT)
+    _has(
+        result,
+        "registrations",
+        "queries_per_s",
+        "server_cpu_us_per_query",
+        "domain_server_cpu_us_per_query",
+        "capability_server_cpu_us_per_query",
+        "near_server_cpu_us_per_query",
+    )
+    assert result["registrations"] == 500
+
+
+# --------------------------------------------------------------------------
+# A relay that breaks one promise: the generator must fail the run.
+
+
+class _FaultyLink(WSListener):
+    def __init__(self, relay: _FaultyRelay) -> None:
+        self.relay = relay
+        self.transport: WSTransport | None = None
+        self.peer: _FaultyLink | None = None
+        self.address = ""
+        self.forwarded = 0
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is WSMsgType.CLOSE:
+            transport.disconnect()
+            return
+        msg = msgspec.json.decode(frame.get_payload_as_bytes())
+        if self.peer is None:
+            self.address = msg["address"]
+            other = self.relay.waiting.pop(msg["pair"], None)
+            if other is None:
+                self.relay.waiting[msg["pair"]] = self
+                return
+            self.peer, other.peer = other, self
+            paired = msgspec.json.encode({"type": "PAIRED", "pair": msg["pair"]})
+            for link in (self, other):
+                assert link.transport is not None
+                link.transport.send(WSMsgType.TEXT, paired)
+            return
+        self.forwarded += 1
+        msg["from"] = self.address
+        if self.forwarded == 40:
+            fault = self.relay.fault
+            if fault == "drop":
+                return
+            if fault == "alter":
+                msg["data"] = msg["data"][:-1] + "!"
+            elif fault == "spoof":
+                msg["from"] = "mallory@relay.bench.local"
+            elif fault == "duplicate":
+                assert self.peer.transport is not None
+                self.peer.transport.send(WSMsgType.TEXT, msgspec.json.encode(msg))
+        assert self.peer.transport is not None
+        self.peer.transport.send(WSMsgType.TEXT, msgspec.json.encode(msg))
+
+
+class _FaultyRelay:
+    def __init__(self, fault: str) -> None:
+        self.fault = fault
+        self.waiting: dict[str, _FaultyLink] = {}
+
+    def listener(self, request: WSUpgradeRequest) -> WSListener:
+        return _FaultyLink(self)
+
+
+@pytest.mark.parametrize(
+    ("fault", "complaint"),
+    [("drop", "lost"), ("alter", "data altered"), ("spoof", "MSG from"), ("duplicate", "duplicate")],
+)
+async def test_generator_fails_the_run_on_a_broken_relay(fault: str, complaint: str) -> None:
+    server = await ws_create_server(_FaultyRelay(fault).listener, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        code, out, err = await _bench(
+            "bare", "--url", f"ws://127.0.0.1:{port}", "--pairs", "2", "--no-pin", *SHORT, timeout=60.0
+        )
+    finally:
+        server.close()
+    assert code != 0, f"the run passed despite a {fault} fault:\n{out}"
+    assert complaint in err, err
+    (result,) = _json_lines(out)
+    assert result["ok"] is False
+    assert complaint in result["error"]
+
+
+def test_cli_rejects_an_unknown_scenario() -> None:
+    from benchmarks.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["no-such-scenario"])
+    assert exc.value.code == 2
+
+
+def test_help_lists_scenarios(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.cli import SCENARIOS, main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    for scenario in SCENARIOS:
+        assert scenario in text
