@@ -122,7 +122,9 @@ async def serve(host: str, port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bare_relay", description="The bare relay baseline.")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bare_relay", description="The bare relay baseline."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)

@@ -26,7 +26,16 @@ from benchmarks.common import (
 )
 from benchmarks.servers import Target
 from benchmarks.stats import Window
-from benchmarks.wire import Conn, Failures, Frame, Violation, close_all, decode_frame, encode, open_conns, register
+from benchmarks.wire import (
+    Conn,
+    Failures,
+    Violation,
+    close_all,
+    decode_frame,
+    encode,
+    open_conns,
+    register,
+)
 from benchmarks.wire import keepalive as start_keepalive
 
 __all__ = ["CallLoop", "run_callsetup"]
@@ -73,7 +82,7 @@ class CallLoop:
         self.dialled_at = time.perf_counter_ns()
         self.caller.send(self.dial_frame)
 
-    def _violation(self, what: str, m: Frame, payload: bytes) -> Violation:
+    def _violation(self, what: str, payload: bytes) -> Violation:
         return Violation(f"{what} (phase {self.phase}, call {self.call_id!r}): {payload[:300]!r}")
 
     def on_callee_frame(self, payload: bytes) -> None:
@@ -81,33 +90,33 @@ class CallLoop:
         kind = m.type
         if kind == "RING":
             if self.phase != _DIALLED or self.call_id:
-                raise self._violation("unexpected RING", m, payload)
+                raise self._violation("unexpected RING", payload)
             if m.from_ != self.caller.address:
-                raise self._violation(f"RING not from {self.caller.address}", m, payload)
+                raise self._violation(f"RING not from {self.caller.address}", payload)
             if not m.call_id or m.call_id == self.last_id:
-                raise self._violation("RING without a fresh call_id", m, payload)
+                raise self._violation("RING without a fresh call_id", payload)
             if self.ringing_id and self.ringing_id != m.call_id:
-                raise self._violation(f"RING id differs from RINGING id {self.ringing_id}", m, payload)
+                raise self._violation(f"RING id differs from RINGING id {self.ringing_id}", payload)
             self.call_id = m.call_id
             self.phase = _ANSWERED
             self.callee.send(b'{"type":"ANSWER","call_id":' + encode(m.call_id) + b"}")
         elif kind == "HANGUP":
             if self.phase != _HUNG_UP or m.call_id != self.call_id:
-                raise self._violation("unexpected HANGUP", m, payload)
+                raise self._violation("unexpected HANGUP", payload)
             if m.reason != "normal":
-                raise self._violation("HANGUP reason is not normal", m, payload)
+                raise self._violation("HANGUP reason is not normal", payload)
             self._completed()
         elif kind != "HEARTBEAT_ACK":
-            raise self._violation("callee got an unexpected frame", m, payload)
+            raise self._violation("callee got an unexpected frame", payload)
 
     def on_caller_frame(self, payload: bytes) -> None:
         m = decode_frame(payload)
         kind = m.type
         if kind == "CONNECTED":
             if self.phase != _ANSWERED or m.call_id != self.call_id:
-                raise self._violation("unexpected CONNECTED", m, payload)
+                raise self._violation("unexpected CONNECTED", payload)
             if m.to != self.callee.address:
-                raise self._violation(f"CONNECTED not to {self.callee.address}", m, payload)
+                raise self._violation(f"CONNECTED not to {self.callee.address}", payload)
             w = self.shared.window
             if w.measuring:
                 self.shared.lat.append(time.perf_counter_ns() - self.dialled_at)
@@ -115,18 +124,18 @@ class CallLoop:
             self.caller.send(b'{"type":"HANGUP","call_id":' + encode(m.call_id) + b"}")
         elif kind == "RINGING":
             if self.phase not in (_DIALLED, _ANSWERED) or self.ringing_id:
-                raise self._violation("unexpected RINGING", m, payload)
+                raise self._violation("unexpected RINGING", payload)
             if m.to != self.callee.address or not m.call_id:
-                raise self._violation("bad RINGING", m, payload)
+                raise self._violation("bad RINGING", payload)
             if self.call_id and m.call_id != self.call_id:
-                raise self._violation("RINGING id differs from RING id", m, payload)
+                raise self._violation("RINGING id differs from RING id", payload)
             self.ringing_id = m.call_id
         elif kind == "HANGUP":
             # Some exchanges confirm the hanger-up's own HANGUP; it must name the call.
             if m.call_id not in (self.call_id, self.last_id):
-                raise self._violation("caller got a HANGUP for another call", m, payload)
+                raise self._violation("caller got a HANGUP for another call", payload)
         elif kind != "HEARTBEAT_ACK":
-            raise self._violation("caller got an unexpected frame", m, payload)
+            raise self._violation("caller got an unexpected frame", payload)
 
     def _completed(self) -> None:
         shared = self.shared
@@ -156,7 +165,9 @@ def _shard_worker(url: str, opts: Options) -> Any:
             role = "caller" if i % 2 == 0 else "callee"
             await register(conn, f"{role}{i // 2}.{tag}@calls.bench.local")
 
-        conns = await open_conns(url, failures, 2 * pairs, f"call-{tag}-", concurrency=opts.concurrency, on_open=hello)
+        conns = await open_conns(
+            url, failures, 2 * pairs, f"call-{tag}-", concurrency=opts.concurrency, on_open=hello
+        )
         ticker = start_keepalive(conns, 15.0) if opts.keepalive else None
         try:
             start, end = await gate.ready()
@@ -180,6 +191,7 @@ def _shard_worker(url: str, opts: Options) -> Any:
             elapsed=window.elapsed,
             gen_cpu=window.gen_cpu,
             server_cpu=window.server_cpu,
+            host_busy=window.host_busy,
             lat_ns=shared.lat,
             extra={"total_calls": sum(lp.calls for lp in loops)},
         )
@@ -190,7 +202,12 @@ def _shard_worker(url: str, opts: Options) -> Any:
 def run_callsetup(target: Target, opts: Options) -> dict[str, Any]:
     """One ``callsetup`` run."""
     shards = run_shards(
-        _shard_worker(target.url, opts), opts.procs, target.meter, opts.warmup, opts.duration, generator_cpus(opts.pin)
+        _shard_worker(target.url, opts),
+        opts.procs,
+        target.meter,
+        opts.warmup,
+        opts.duration,
+        generator_cpus(opts.pin),
     )
     target.check()
     out = combine_shards(shards, "call")

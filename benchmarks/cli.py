@@ -14,13 +14,14 @@ import contextlib
 import datetime as dt
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
 
 from benchmarks.common import Options
-from benchmarks.procstat import pin_to_cpus, raise_fd_limit
+from benchmarks.procstat import host_busy_seconds, pin_to_cpus, raise_fd_limit
 from benchmarks.servers import ExternalServer, ServerError, ServerKind, SpawnedServer, Target
 from benchmarks.stats import median_result
 from benchmarks.wire import Violation
@@ -43,21 +44,45 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup", type=float, default=2.0, help="traffic before the window opens, seconds")
     g.add_argument("--runs", type=int, default=1, help="repeat and report the median (default 1)")
     g.add_argument("--procs", type=int, default=1, help="generator processes for relay/bare/callsetup")
-    g.add_argument("--concurrency", type=int, default=64, help="connection handshakes in flight during set-up")
+    g.add_argument(
+        "--concurrency", type=int, default=64, help="connection handshakes in flight during set-up"
+    )
     g.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server and generator")
+    g.add_argument(
+        "--nice",
+        type=int,
+        default=-10,
+        help="scheduling priority of generator and server when permitted (default -10; 0 leaves it)",
+    )
     g.add_argument("--quiet", action="store_true", help="print only the JSON line")
+    g.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before each run wait up to S seconds for the machine to be idle (<10%% of a CPU busy)",
+    )
     s = p.add_argument_group("server")
-    s.add_argument("--url", help="benchmark a running exchange instead of starting one")
+    s.add_argument("--url", help="benchmark a running server (the exchange; for `bare`, a bare relay)")
     s.add_argument("--server-pid", type=int, help="pid of the --url server, for CPU and RSS readings")
     s.add_argument("--server-log-level", default="warn", help="SYSTEMX_LOG_LEVEL of a started exchange")
     s.add_argument(
-        "--server-env", action="append", default=[], metavar="VAR=VALUE", help="extra environment for the server"
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="VAR=VALUE",
+        help="extra environment for the server",
     )
     w = p.add_argument_group("scenarios")
     w.add_argument("--size", type=int, default=100, help="relay/latency/party: data bytes per message")
     w.add_argument("--pairs", type=int, default=50, help="relay/callsetup: connection pairs")
     w.add_argument("--inflight", type=int, default=4, help="messages outstanding per direction / sender")
     w.add_argument("--no-bare", dest="bare", action="store_false", help="relay: skip the bare relay")
+    w.add_argument(
+        "--cork",
+        action="store_true",
+        help="relay: the generator writes the MSGs it sends to one connection per loop pass in one write",
+    )
     w.add_argument("--samples", type=int, default=20_000, help="latency: measured samples")
     w.add_argument("--warm-samples", type=int, default=2_000, help="latency: samples before measuring")
     w.add_argument("--calls", type=int, default=0, help="callsetup: stop after this many calls")
@@ -65,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--participants", type=int, default=0, help="party: participants (default 200 and 1000)")
     w.add_argument("--registrations", type=int, default=20_000, help="presence: registered connections")
     w.add_argument("--limit", type=int, default=100, help="presence: result limit per query")
+    s.add_argument(
+        "--profile", metavar="FILE", help="one extra run with py-spy on the server; stacks to FILE"
+    )
+    w.add_argument(
+        "--core-entries",
+        type=int,
+        default=100_000,
+        help="presence: entries for the in-process index figure (0: skip)",
+    )
     return p
 
 
@@ -90,6 +124,10 @@ def _options(ns: argparse.Namespace) -> Options:
         participants=ns.participants,
         registrations=ns.registrations,
         limit=ns.limit,
+        core_entries=ns.core_entries,
+        profile=ns.profile,
+        wait_idle=ns.wait_idle,
+        cork=ns.cork,
         concurrency=max(1, ns.concurrency),
         bare=ns.bare,
         pin=ns.pin,
@@ -102,9 +140,11 @@ def _options(ns: argparse.Namespace) -> Options:
 
 
 @contextlib.contextmanager
-def _server(kind: ServerKind, opts: Options) -> Iterator[Target]:
-    if kind == "systemx" and opts.url:
-        with ExternalServer(opts.url, opts.server_pid) as target:
+def _server(kind: ServerKind, opts: Options, external: bool = True) -> Iterator[Target]:
+    """The server for one run: ``--url`` when given for this kind, else a fresh subprocess."""
+    _wait_idle(opts)
+    if external and opts.url:
+        with ExternalServer(opts.url, opts.server_pid, kind) as target:
             yield target
         return
     cpu = 0 if opts.pin and (os.cpu_count() or 1) >= 2 else None
@@ -116,6 +156,23 @@ def _server(kind: ServerKind, opts: Options) -> Iterator[Target]:
                 print(f"--- {kind} server stderr (tail) ---", file=sys.stderr)
                 print(target.spawned.stderr_tail(), file=sys.stderr, flush=True)
             raise
+
+
+def _wait_idle(opts: Options) -> None:
+    """Wait (up to ``--wait-idle`` s) until other processes use under 10% of a CPU; warn if they still do."""
+    deadline = time.monotonic() + opts.wait_idle
+    busy = 0.0
+    while True:
+        before = host_busy_seconds()
+        time.sleep(0.5)
+        after = host_busy_seconds()
+        if before is None or after is None:
+            return
+        busy = (after - before) / 0.5
+        if busy < 0.1 or time.monotonic() >= deadline:
+            break
+    if busy >= 0.1 and not opts.quiet:
+        print(f"  warning: the machine is busy ({busy:.2f} CPUs used by other processes)", flush=True)
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -135,15 +192,48 @@ def _pct(value: Any) -> str:
 # --------------------------------------------------------------------------
 # scenarios: each returns the JSON fields of its one line
 
+OneRun = Callable[[Target, Options], dict[str, Any]]
+
+
+def _repeat(
+    kind: ServerKind, opts: Options, one: OneRun, say: Say, line: Callable[[dict[str, Any]], str]
+) -> list[dict[str, Any]]:
+    runs = []
+    for i in range(opts.runs):
+        with _server(kind, opts) as target:
+            r = one(target, opts)
+        runs.append(r)
+        say(f"  run {i + 1}/{opts.runs}: {line(r)}")
+    _profile(kind, opts, one, say)
+    return runs
+
+
+def _profile(kind: ServerKind, opts: Options, one: OneRun, say: Say) -> None:
+    """With ``--profile``: one extra run with py-spy sampling the server (its figures are not used)."""
+    if not opts.profile:
+        return
+    from benchmarks.profile import PySpy, format_top
+
+    with _server(kind, opts) as target:
+        if target.meter is None:
+            say("  (cannot profile an external server without --server-pid)")
+            return
+        with PySpy(target.meter.pid, opts.profile):
+            one(target, opts)
+    say(f"py-spy profile of the {kind} server (extra run), collapsed stacks in {opts.profile}:")
+    for text in format_top(opts.profile):
+        say(text)
+
 
 def _relay_like(opts: Options, say: Say, kinds: tuple[ServerKind, ...]) -> dict[str, Any]:
     from benchmarks.relay import run_relay
 
     per_kind: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     for i in range(opts.runs):
+        # Alternate the order so drift on a shared machine does not favour one side.
         order = kinds if i % 2 == 0 else tuple(reversed(kinds))
         for kind in order:
-            with _server(kind, opts) as target:
+            with _server(kind, opts, external=kind == kinds[0]) as target:
                 r = run_relay(target, opts)
             per_kind[kind].append(r)
             say(
@@ -152,7 +242,12 @@ def _relay_like(opts: Options, say: Say, kinds: tuple[ServerKind, ...]) -> dict[
                 f"generator {_pct(r['gen_cpu_util'])} busy, latency p50 {_fmt(r['p50_us'], 0)} "
                 f"p99 {_fmt(r['p99_us'], 0)} us"
             )
-    out: dict[str, Any] = {"size": opts.size, "pairs": opts.pairs, "inflight": opts.inflight}
+    out: dict[str, Any] = {
+        "size": opts.size,
+        "pairs": opts.pairs,
+        "inflight": opts.inflight,
+        "cork": opts.cork,
+    }
     main_kind = kinds[0]
     out.update(median_result(per_kind[main_kind]))
     if "bare" in kinds and main_kind != "bare":
@@ -167,6 +262,7 @@ def _relay_like(opts: Options, say: Say, kinds: tuple[ServerKind, ...]) -> dict[
             f"  ratio to bare relay (bare CPU/MSG over exchange CPU/MSG): {_fmt(out['ratio_to_bare'], 3)} "
             f"(exchange {_fmt(router)} us/MSG, bare {_fmt(base)} us/MSG)"
         )
+    _profile(main_kind, opts, run_relay, say)
     return out
 
 
@@ -185,15 +281,16 @@ def scenario_latency(opts: Options, say: Say) -> dict[str, Any]:
     from benchmarks.relay import run_latency
 
     say(f"latency: one pair, one MSG in flight, {opts.samples} samples, {opts.size} B data")
-    runs = []
-    for i in range(opts.runs):
-        with _server("systemx", opts) as target:
-            r = run_latency(target, opts)
-        runs.append(r)
-        say(
-            f"  run {i + 1}/{opts.runs}: one-way p50 {_fmt(r['p50_us'], 1)} us, p99 {_fmt(r['p99_us'], 1)} us, "
+    runs = _repeat(
+        "systemx",
+        opts,
+        run_latency,
+        say,
+        lambda r: (
+            f"one-way p50 {_fmt(r['p50_us'], 1)} us, p99 {_fmt(r['p99_us'], 1)} us, "
             f"server {_fmt(r['server_cpu_us_per_msg'])} us/MSG"
-        )
+        ),
+    )
     return {"size": opts.size, **median_result(runs)}
 
 
@@ -201,16 +298,17 @@ def scenario_callsetup(opts: Options, say: Say) -> dict[str, Any]:
     from benchmarks.callsetup import run_callsetup
 
     say(f"callsetup: {opts.pairs} pairs dialling in parallel (DIAL RING ANSWER CONNECTED HANGUP)")
-    runs = []
-    for i in range(opts.runs):
-        with _server("systemx", opts) as target:
-            r = run_callsetup(target, opts)
-        runs.append(r)
-        say(
-            f"  run {i + 1}/{opts.runs}: {_fmt(r['calls_per_s'], 0)} calls/s, "
-            f"server {_fmt(r['server_cpu_us_per_call'])} us/call ({_pct(r['server_cpu_util'])} busy), "
+    runs = _repeat(
+        "systemx",
+        opts,
+        run_callsetup,
+        say,
+        lambda r: (
+            f"{_fmt(r['calls_per_s'], 0)} calls/s, server {_fmt(r['server_cpu_us_per_call'])} us/call "
+            f"({_pct(r['server_cpu_util'])} busy), "
             f"setup p50 {_fmt(r['p50_us'], 0)} p99 {_fmt(r['p99_us'], 0)} us"
-        )
+        ),
+    )
     return {"pairs": opts.pairs, **median_result(runs)}
 
 
@@ -218,17 +316,18 @@ def scenario_connect(opts: Options, say: Say) -> dict[str, Any]:
     from benchmarks.connect import run_connect
 
     say(f"connect: {opts.conns} connections each REGISTERing")
-    runs = []
-    for i in range(opts.runs):
-        with _server("systemx", opts) as target:
-            r = run_connect(target, opts)
-        runs.append(r)
-        say(
-            f"  run {i + 1}/{opts.runs}: {_fmt(r['registrations_per_s'], 0)} registrations/s, "
+    runs = _repeat(
+        "systemx",
+        opts,
+        run_connect,
+        say,
+        lambda r: (
+            f"{_fmt(r['registrations_per_s'], 0)} registrations/s, "
             f"server {_fmt(r['server_cpu_us_per_registration'])} us/registration "
             f"(handshake {_fmt(r['server_cpu_us_per_handshake'])} + REGISTER "
             f"{_fmt(r['server_cpu_us_per_register'])}), RSS {_fmt(r['rss_kb_per_conn'])} KiB/conn"
-        )
+        ),
+    )
     return {"conns": opts.conns, **median_result(runs)}
 
 
@@ -236,17 +335,18 @@ def scenario_party(opts: Options, say: Say) -> dict[str, Any]:
     from benchmarks.party import run_party
 
     say(f"party: {opts.participants} participants, one sender, {opts.inflight} PARTY_MSGs in flight")
-    runs = []
-    for i in range(opts.runs):
-        with _server("systemx", opts) as target:
-            r = run_party(target, opts)
-        runs.append(r)
-        say(
-            f"  run {i + 1}/{opts.runs}: {_fmt(r['deliveries_per_s'], 0)} deliveries/s, "
+    runs = _repeat(
+        "systemx",
+        opts,
+        run_party,
+        say,
+        lambda r: (
+            f"{_fmt(r['deliveries_per_s'], 0)} deliveries/s, "
             f"server {_fmt(r['server_cpu_us_per_delivery'], 3)} us/delivery "
             f"({_pct(r['server_cpu_util'])} busy, generator {_pct(r['gen_cpu_util'])}), "
             f"fan-out p50 {_fmt(r['p50_us'], 0)} p99 {_fmt(r['p99_us'], 0)} us"
-        )
+        ),
+    )
     return {"participants": opts.participants, **median_result(runs)}
 
 
@@ -258,22 +358,22 @@ def scenario_presence(opts: Options, say: Say) -> dict[str, Any]:
         say(f"  (open-file limit: {opts.registrations} registrations reduced to {n})")
     opts = _replace(opts, registrations=n)
     say(f"presence: {n} registered connections, selective PRESENCE queries, {opts.inflight} in flight")
-    runs = []
-    for i in range(opts.runs):
-        with _server("systemx", opts) as target:
-            r = run_presence(target, opts)
-        runs.append(r)
+
+    def line(r: dict[str, Any]) -> str:
         kinds = ", ".join(
             f"{k} {_fmt(r.get(f'{k}_server_cpu_us_per_query'), 1)}" for k in ("domain", "capability", "near")
         )
-        say(
-            f"  run {i + 1}/{opts.runs}: {_fmt(r['queries_per_s'], 0)} queries/s, "
+        return (
+            f"{_fmt(r['queries_per_s'], 0)} queries/s, "
             f"server {_fmt(r['server_cpu_us_per_query'], 1)} us/query ({kinds})"
         )
+
+    runs = _repeat("systemx", opts, run_presence, say, line)
     out: dict[str, Any] = {"registrations": n, **median_result(runs)}
-    core = core_figures(say)
-    if core is not None:
-        out["core"] = core
+    if opts.core_entries > 0:
+        core = core_figures(say, opts.core_entries)
+        if core is not None:
+            out["core"] = core
     return out
 
 
@@ -312,6 +412,17 @@ def _plan(scenario: str, opts: Options) -> list[tuple[str, Options]]:
     return plan
 
 
+def _set_priority(nice: int) -> int | None:
+    """Raise this process's priority (inherited by the servers it starts); the value set, or None."""
+    if nice == 0 or not hasattr(os, "setpriority"):
+        return None
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError:
+        return None
+    return nice
+
+
 def _emit(line: dict[str, Any]) -> None:
     sys.stdout.write(msgspec.json.encode(line).decode() + "\n")
     sys.stdout.flush()
@@ -322,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     opts = _options(ns)
     raise_fd_limit()
+    nice = _set_priority(ns.nice)
     if opts.pin and (os.cpu_count() or 1) >= 2:
         # The server gets CPU 0; the generator (and its children) the others.
         pin_to_cpus(0, set(range(1, os.cpu_count() or 2)))
@@ -331,7 +443,10 @@ def main(argv: list[str] | None = None) -> int:
             print(text, flush=True)
 
     status = 0
-    for scenario, sc_opts in _plan(ns.scenario, opts):
+    plan = _plan(ns.scenario, opts)
+    for index, (scenario, sc_opts) in enumerate(plan):
+        if sc_opts.profile and len(plan) > 1:
+            sc_opts = _replace(sc_opts, profile=f"{sc_opts.profile}.{index}-{scenario}")
         line: dict[str, Any] = {"scenario": scenario}
         try:
             line.update(_RUNNERS[scenario](sc_opts, say))
@@ -342,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
             line["error"] = str(exc)
             status = 1
         line["runs"] = sc_opts.runs
+        line["nice"] = nice
+        if sc_opts.profile:
+            line["profile"] = sc_opts.profile
         line["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         _emit(line)
     return status

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from benchmarks.procstat import ProcessMeter, pin_to_cpus
+from benchmarks.procstat import ProcessMeter, host_busy_seconds, pin_to_cpus
 
 __all__ = [
     "Gate",
@@ -55,6 +55,10 @@ class Options:
     participants: int = 200
     registrations: int = 20_000
     limit: int = 100
+    core_entries: int = 100_000
+    profile: str | None = None
+    wait_idle: float = 0.0
+    cork: bool = False
     concurrency: int = 64
     bare: bool = True
     pin: bool = True
@@ -92,6 +96,7 @@ class ShardResult:
     elapsed: float
     gen_cpu: float
     server_cpu: float | None
+    host_busy: float | None = None
     lat_ns: list[int] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -162,7 +167,7 @@ def run_shards(
         child_end.close()
         children.append((proc, parent_end))
     try:
-        for i, (proc, pipe) in enumerate(children):
+        for i, (_, pipe) in enumerate(children):
             if not pipe.poll(setup_timeout):
                 raise RuntimeError(f"shard {i} not ready after {setup_timeout:.0f} s")
             msg = pipe.recv()
@@ -174,8 +179,10 @@ def run_shards(
             pipe.send(("go", start, end))
         time.sleep(max(0.0, start - time.monotonic()))
         cpu0 = meter.cpu_seconds() if meter else 0.0
+        host0 = host_busy_seconds()
         time.sleep(max(0.0, end - time.monotonic()))
         cpu1 = meter.cpu_seconds() if meter else 0.0
+        host1 = host_busy_seconds()
         results: list[ShardResult] = []
         errors: list[str] = []
         for i, (_, pipe) in enumerate(children):
@@ -192,6 +199,7 @@ def run_shards(
         server_cpu = (cpu1 - cpu0) if meter else None
         for r in results:
             r.server_cpu = server_cpu
+            r.host_busy = host1 - host0 if host0 is not None and host1 is not None else None
         return results
     finally:
         for proc, pipe in children:
@@ -211,7 +219,7 @@ def generator_cpus(pin: bool) -> list[int] | None:
 
 def combine_shards(results: list[ShardResult], unit: str) -> dict[str, Any]:
     """Merge shard results into the figures of one run, per ``unit`` of work."""
-    from benchmarks.stats import summarize_latency
+    from benchmarks.stats import load_figures, summarize_latency
 
     count = sum(r.count for r in results)
     elapsed = max(max(r.elapsed for r in results), 1e-9)
@@ -223,10 +231,8 @@ def combine_shards(results: list[ShardResult], unit: str) -> dict[str, Any]:
         f"{unit}s": count,
         f"{unit}s_per_s": count / elapsed,
         f"server_cpu_us_per_{unit}": (server_cpu / count * 1e6) if server_cpu is not None and count else None,
-        "server_cpu_util": (server_cpu / elapsed) if server_cpu is not None else None,
-        "gen_cpu_util": sum(r.gen_cpu for r in results) / elapsed,
-        "window_s": elapsed,
     }
+    out.update(load_figures(elapsed, server_cpu, sum(r.gen_cpu for r in results), results[0].host_busy))
     out.update(summarize_latency(lat))
     for r in results:
         for key, value in r.extra.items():

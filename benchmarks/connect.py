@@ -17,8 +17,9 @@ import time
 from typing import Any
 
 from benchmarks.common import Options, run_loop, run_tag
+from benchmarks.procstat import host_busy_seconds
 from benchmarks.servers import Target
-from benchmarks.stats import summarize_latency
+from benchmarks.stats import load_figures, summarize_latency
 from benchmarks.wire import Conn, Failures, Violation, close_all, open_conns, register, wait_closed
 
 __all__ = ["run_connect"]
@@ -46,13 +47,19 @@ async def _connect(target: Target, opts: Options) -> dict[str, Any]:
     async def warm_hello(conn: Conn, i: int) -> None:
         await register(conn, f"warm{i}.{tag}@connect.bench.local")
 
-    warm = await open_conns(target.url, failures, warm_n, f"warm-{tag}-", concurrency=opts.concurrency, on_open=warm_hello)
+    warm = await open_conns(
+        target.url, failures, warm_n, f"warm-{tag}-", concurrency=opts.concurrency, on_open=warm_hello
+    )
     conns: list[Conn] = []
     try:
         rss0 = meter.rss_kb() if meter else None
+        host0 = host_busy_seconds()
+        gen0 = time.process_time()
         cpu0 = meter.cpu_seconds() if meter else 0.0
         t0 = time.perf_counter()
-        conns = await open_conns(target.url, failures, opts.conns, f"conn-{tag}-", concurrency=opts.concurrency)
+        conns = await open_conns(
+            target.url, failures, opts.conns, f"conn-{tag}-", concurrency=opts.concurrency
+        )
         cpu1 = meter.cpu_seconds() if meter else 0.0
         t1 = time.perf_counter()
         lat: list[int] = []
@@ -69,6 +76,8 @@ async def _connect(target: Target, opts: Options) -> dict[str, Any]:
         )
         cpu2 = meter.cpu_seconds() if meter else 0.0
         t2 = time.perf_counter()
+        gen2 = time.process_time()
+        host2 = host_busy_seconds()
         rss1 = meter.rss_kb() if meter else None
         target.check()
         await _heartbeat_all(conns, failures, opts.concurrency)
@@ -94,6 +103,8 @@ async def _connect(target: Target, opts: Options) -> dict[str, Any]:
         "rss_after_kb": rss1,
         "rss_kb_per_conn": ((rss1 - rss0) / n) if rss0 is not None and rss1 is not None and n else None,
     }
+    host = host2 - host0 if host0 is not None and host2 is not None else None
+    out.update(load_figures(t2 - t0, (cpu2 - cpu0) if meter else None, gen2 - gen0, host))
     out.update(summarize_latency(lat, "register_"))
     return out
 

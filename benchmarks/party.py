@@ -34,7 +34,9 @@ _NOTICES = frozenset({"PARTY_JOINED", "PARTY_LEFT", "HEARTBEAT_ACK"})
 class _Fanout:
     """The sender's window and the receivers' checks for one party line."""
 
-    def __init__(self, window: Window, sender: Conn, party: str, receivers: int, size: int, inflight: int) -> None:
+    def __init__(
+        self, window: Window, sender: Conn, party: str, receivers: int, size: int, inflight: int
+    ) -> None:
         self.window = window
         self.sender = sender
         self.party = party
@@ -148,7 +150,11 @@ async def _party(target: Target, opts: Options) -> dict[str, Any]:
     # The first JOIN creates the line before the others join concurrently.
     first = await open_conns(target.url, failures, 1, f"party-{tag}-", on_open=join)
     rest = await open_conns(
-        target.url, failures, n - 1, f"party-{tag}-x", concurrency=opts.concurrency,
+        target.url,
+        failures,
+        n - 1,
+        f"party-{tag}-x",
+        concurrency=opts.concurrency,
         on_open=lambda c, i: join(c, i + 1),
     )
     conns = first + rest
@@ -188,10 +194,8 @@ async def _party(target: Target, opts: Options) -> dict[str, Any]:
         "party_msgs_per_s": msgs / elapsed,
         "server_cpu_us_per_delivery": window.per_unit_us(),
         "server_cpu_us_per_party_msg": window.per_unit_us(msgs) if msgs else None,
-        "server_cpu_util": (window.server_cpu / elapsed) if window.server_cpu is not None else None,
-        "gen_cpu_util": window.gen_cpu / elapsed,
+        **window.load(),
         "sender_echo": fan.echoes > 0,
-        "window_s": elapsed,
         "rss_kb": target.meter.rss_kb() if target.meter else None,
     }
     out.update(summarize_latency(fan.lat))

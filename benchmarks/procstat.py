@@ -13,7 +13,7 @@ import os
 import resource
 import time
 
-__all__ = ["ProcessMeter", "pin_to_cpus", "raise_fd_limit"]
+__all__ = ["ProcessMeter", "host_busy_seconds", "pin_to_cpus", "raise_fd_limit"]
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # CPUCLOCK_SCHED (2) on the process (not thread) clock of ``pid``: see clock_getcpuclockid(3).
@@ -34,11 +34,6 @@ class ProcessMeter:
             time.clock_gettime(self._clock)
         except OSError:
             self._clock = None
-
-    @property
-    def precise(self) -> bool:
-        """True when CPU time has nanosecond rather than clock-tick resolution."""
-        return self._clock is not None
 
     def cpu_seconds(self) -> float:
         """User plus system CPU time the process has used so far."""
@@ -64,6 +59,19 @@ class ProcessMeter:
 
     def alive(self) -> bool:
         return os.path.exists(f"/proc/{self.pid}")
+
+
+def host_busy_seconds() -> float | None:
+    """CPU seconds all CPUs have spent not idle (user, system, irq, softirq, steal) since boot."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != b"cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
 
 
 def raise_fd_limit() -> int:

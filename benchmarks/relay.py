@@ -25,10 +25,28 @@ from picows import WSMsgType
 from benchmarks.common import Gate, Options, ShardResult, combine_shards, generator_cpus, run_shards, run_tag
 from benchmarks.servers import Target
 from benchmarks.stats import Window
-from benchmarks.wire import Conn, Failures, Violation, close_all, decode_frame, encode, open_conns, register
+from benchmarks.wire import (
+    Conn,
+    Corker,
+    Failures,
+    Violation,
+    close_all,
+    decode_frame,
+    encode,
+    open_conns,
+    register,
+)
 from benchmarks.wire import keepalive as start_keepalive
 
-__all__ = ["Direction", "RelayState", "latency_shard", "relay_shard", "run_latency", "run_relay", "setup_pairs"]
+__all__ = [
+    "Direction",
+    "RelayState",
+    "latency_shard",
+    "relay_shard",
+    "run_latency",
+    "run_relay",
+    "setup_pairs",
+]
 
 _CONTENT_TYPES = ("text", "json", "binary")
 _LAT_CAP = 400_000
@@ -57,6 +75,7 @@ class Direction:
     __slots__ = (
         "call_id",
         "content_type",
+        "corker",
         "from_address",
         "next",
         "pad",
@@ -71,7 +90,14 @@ class Direction:
     )
 
     def __init__(
-        self, state: RelayState, sender: Conn, receiver: Conn, call_id: str, content_type: str, size: int
+        self,
+        state: RelayState,
+        sender: Conn,
+        receiver: Conn,
+        call_id: str,
+        content_type: str,
+        size: int,
+        corker: Corker | None = None,
     ) -> None:
         if size < 10:
             raise ValueError("size must be at least 10 bytes (the sequence number)")
@@ -81,6 +107,7 @@ class Direction:
         self.call_id = call_id
         self.content_type = content_type
         self.from_address = sender.address
+        self.corker = corker
         pad = ("abcdefghijklmnopqrstuvwxyz0123456789" * (size // 36 + 1))[: size - 10]
         self.pad = pad
         self.prefix = (
@@ -103,9 +130,13 @@ class Direction:
         self.sent = seq + 1
         self.state.outstanding += 1
         self.times.append(time.perf_counter_ns())
+        frame = self.prefix + b"%010d" % seq + self.tail
+        if self.corker is not None:
+            self.corker.send(self.sender, frame)
+            return
         transport = self.sender.transport
         assert transport is not None
-        transport.send(WSMsgType.TEXT, self.prefix + b"%010d" % seq + self.tail)
+        transport.send(WSMsgType.TEXT, frame)
 
     def on_frame(self, payload: bytes) -> None:
         now = time.perf_counter_ns()
@@ -168,7 +199,9 @@ async def setup_pairs(
         else:
             await register(conn, address)
 
-    conns = await open_conns(url, failures, pairs * 2, f"relay-{tag}-", concurrency=concurrency, on_open=hello)
+    conns = await open_conns(
+        url, failures, pairs * 2, f"relay-{tag}-", concurrency=concurrency, on_open=hello
+    )
     sem = asyncio.Semaphore(concurrency)
 
     async def connect(a: Conn, b: Conn, i: int) -> tuple[Conn, Conn, str]:
@@ -232,10 +265,11 @@ def relay_shard(url: str, kind: str, opts: Options) -> Any:
         window = Window(gate.meter)
         state = RelayState(window)
         directions: list[Direction] = []
+        corker = Corker() if opts.cork else None
         for i, (a, b, call_id) in enumerate(ends):
             ct = _CONTENT_TYPES[i % len(_CONTENT_TYPES)]
-            directions.append(Direction(state, a, b, call_id, ct, opts.size))
-            directions.append(Direction(state, b, a, call_id, ct, opts.size))
+            directions.append(Direction(state, a, b, call_id, ct, opts.size, corker))
+            directions.append(Direction(state, b, a, call_id, ct, opts.size, corker))
         window.schedule_at(start, end)
         for d in directions:
             for _ in range(opts.inflight):
@@ -254,6 +288,7 @@ def relay_shard(url: str, kind: str, opts: Options) -> Any:
             elapsed=window.elapsed,
             gen_cpu=window.gen_cpu,
             server_cpu=window.server_cpu,
+            host_busy=window.host_busy,
             lat_ns=state.lat,
         )
 
@@ -287,6 +322,7 @@ def latency_shard(url: str, kind: str, opts: Options) -> Any:
             elapsed=window.elapsed,
             gen_cpu=window.gen_cpu,
             server_cpu=window.server_cpu,
+            host_busy=window.host_busy,
             lat_ns=state.lat,
         )
 

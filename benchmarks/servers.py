@@ -35,6 +35,7 @@ _LISTENING = re.compile(r"listening on (wss?://[^\s,;]+)")
 # The exchange only prints its "listening on" line at INFO; at quieter levels
 # readiness is probed on a port chosen here.
 _LINE_LEVELS = frozenset({"debug", "info"})
+_STRIPPED_ENV = ("SYSTEMX_", "TLS_", "FEDERATION_")
 
 
 class ServerError(RuntimeError):
@@ -100,7 +101,8 @@ class SpawnedServer:
     # ------------------------------------------------------------------
     def start(self) -> Target:
         self._scratch = tempfile.TemporaryDirectory(prefix="systemx-bench-")
-        env = dict(os.environ)
+        # The caller's exchange settings must not leak into a measured server.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_ENV)}
         env.pop("PYTHONASYNCIODEBUG", None)
         port = 0
         if self.kind == "systemx":
@@ -156,7 +158,9 @@ class SpawnedServer:
             if self._ready.wait(0.02):
                 return
             if self.proc.poll() is not None:
-                raise ServerError(f"{self.kind} server exited with {self.proc.returncode}:\n{self.stderr_tail()}")
+                raise ServerError(
+                    f"{self.kind} server exited with {self.proc.returncode}:\n{self.stderr_tail()}"
+                )
             if port:
                 try:
                     with socket.create_connection((self.host, port), timeout=0.5):
@@ -165,7 +169,9 @@ class SpawnedServer:
                 except OSError:
                     continue
         self.stop()
-        raise ServerError(f"{self.kind} server not ready after {self.start_timeout:.0f} s:\n{self.stderr_tail()}")
+        raise ServerError(
+            f"{self.kind} server not ready after {self.start_timeout:.0f} s:\n{self.stderr_tail()}"
+        )
 
     # ------------------------------------------------------------------
     def stderr_tail(self, lines: int = 30) -> str:

@@ -16,9 +16,9 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from benchmarks.procstat import ProcessMeter
+from benchmarks.procstat import ProcessMeter, host_busy_seconds
 
-__all__ = ["Window", "median_result", "percentile", "summarize_latency"]
+__all__ = ["Window", "load_figures", "median_result", "percentile", "summarize_latency"]
 
 
 class Window:
@@ -42,6 +42,9 @@ class Window:
         self.t0 = self.t1 = 0.0
         self.cpu0 = self.cpu1 = 0.0
         self.gen0 = self.gen1 = 0.0
+        self.host0: float | None = None
+        #: CPU seconds every process on the machine used inside the window.
+        self.host_busy: float | None = None
         self.server_cpu: float | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -49,6 +52,7 @@ class Window:
         if self.measuring or self.closed.done():
             return
         self.gen0 = time.process_time()
+        self.host0 = host_busy_seconds()
         self.cpu0 = self.meter.cpu_seconds() if self.meter else 0.0
         self.t0 = time.perf_counter()
         self.measuring = True
@@ -61,6 +65,8 @@ class Window:
         self.t1 = time.perf_counter()
         self.cpu1 = self.meter.cpu_seconds() if self.meter else 0.0
         self.gen1 = time.process_time()
+        host1 = host_busy_seconds()
+        self.host_busy = host1 - self.host0 if host1 is not None and self.host0 is not None else None
         self.measuring = False
         self.server_cpu = (self.cpu1 - self.cpu0) if self.meter else None
         self.closed.set_result(None)
@@ -96,17 +102,27 @@ class Window:
             return None
         return self.server_cpu / n * 1e6
 
-    def figures(self, unit: str) -> dict[str, Any]:
-        """The common figures of a window, named after ``unit`` (``msg``, ``call``...)."""
-        elapsed = self.elapsed
-        return {
-            f"{unit}s": self.count,
-            f"{unit}s_per_s": self.count / elapsed,
-            f"server_cpu_us_per_{unit}": self.per_unit_us(),
-            "server_cpu_util": (self.server_cpu / elapsed) if self.server_cpu is not None else None,
-            "gen_cpu_util": self.gen_cpu / elapsed,
-            "window_s": elapsed,
-        }
+    def load(self) -> dict[str, float | None]:
+        """How busy the server, the generator and everything else were, in CPUs."""
+        return load_figures(self.elapsed, self.server_cpu, self.gen_cpu, self.host_busy)
+
+
+def load_figures(
+    elapsed: float, server_cpu: float | None, gen_cpu: float, host_busy: float | None
+) -> dict[str, float | None]:
+    """Utilisation in CPUs: server, generator, and the rest of the machine.
+
+    ``other_cpu_util`` is every CPU's busy time minus the server's and the
+    generator's: loopback network work done in softirq context plus anything
+    else running. Well above ~0.3 on an otherwise idle machine means the run
+    shared its CPUs and its figures are suspect.
+    """
+    server = server_cpu / elapsed if server_cpu is not None else None
+    gen = gen_cpu / elapsed
+    other = None
+    if host_busy is not None:
+        other = max(0.0, host_busy / elapsed - gen - (server or 0.0))
+    return {"server_cpu_util": server, "gen_cpu_util": gen, "other_cpu_util": other, "window_s": elapsed}
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> float | None:

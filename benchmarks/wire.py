@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import struct
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_
 
 __all__ = [
     "Conn",
+    "Corker",
     "Failures",
     "Frame",
     "Violation",
@@ -93,9 +95,10 @@ class Failures:
         """Await ``aw``; raise :class:`Violation` on a recorded failure or after ``timeout``."""
         self.check()
         task: asyncio.Future[T] = asyncio.ensure_future(aw)
-        failed = asyncio.ensure_future(self.event.wait())
+        failed: asyncio.Future[Any] = asyncio.ensure_future(self.event.wait())
+        waiters: set[asyncio.Future[Any]] = {task, failed}
         try:
-            done, _ = await asyncio.wait({task, failed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             failed.cancel()
         if task in done:
@@ -103,6 +106,47 @@ class Failures:
         task.cancel()
         self.check()
         raise Violation(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def _client_header(size: int) -> bytes:
+    # FIN + text opcode, mask bit set, then an all-zero masking key.
+    if size < 126:
+        return bytes((0x81, 0x80 | size, 0, 0, 0, 0))
+    if size < 65536:
+        return struct.pack("!BBH4x", 0x81, 0xFE, size)
+    return struct.pack("!BBQ4x", 0x81, 0xFF, size)
+
+
+class Corker:
+    """Coalesces the frames sent to each connection into one write per event-loop pass.
+
+    A client that sends several MSGs in reaction to one read (as a busy
+    endpoint does) can write them with one system call. Frames carry an
+    all-zero masking key so the payload goes out unmodified; a server cannot
+    tell and unmasks with whatever key a frame carries.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.dirty: list[Conn] = []
+
+    def send(self, conn: Conn, payload: bytes) -> None:
+        corked = conn.corked
+        if not corked:
+            if not self.dirty:
+                self.loop.call_soon(self.flush)
+            self.dirty.append(conn)
+        corked.append(_client_header(len(payload)))
+        corked.append(payload)
+
+    def flush(self) -> None:
+        for conn in self.dirty:
+            data = b"".join(conn.corked)
+            conn.corked.clear()
+            transport = conn.transport
+            if transport is not None and not conn.closing:
+                transport.underlying_transport.write(data)
+        self.dirty.clear()
 
 
 class Conn(WSListener):
@@ -120,6 +164,8 @@ class Conn(WSListener):
         self._queue: collections.deque[bytes] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._fragments: list[bytes] | None = None
+        #: Frames waiting for :meth:`Corker.flush`.
+        self.corked: list[bytes] = []
         self.disconnected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # picows callbacks ----------------------------------------------------
@@ -301,7 +347,6 @@ async def wait_closed(conns: list[Conn], timeout: float = 10.0) -> None:
     pending = [c.disconnected for c in conns if not c.disconnected.done()]
     if pending:
         await asyncio.wait(pending, timeout=timeout)
-
 
 
 def keepalive(conns: list[Conn], interval: float) -> asyncio.Task[None]:

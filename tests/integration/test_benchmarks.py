@@ -87,10 +87,13 @@ async def test_relay_against_exchange_and_bare_relay() -> None:
     assert result["ratio_to_bare"] is not None
 
 
-async def test_relay_4k_with_two_generator_processes() -> None:
-    (result,) = await _passes("relay", "--pairs", "6", "--size", "4096", "--procs", "2", "--no-bare", *SHORT)
+async def test_relay_4k_corked_with_two_generator_processes() -> None:
+    (result,) = await _passes(
+        "relay", "--pairs", "6", "--size", "4096", "--procs", "2", "--cork", "--no-bare", *SHORT
+    )
     _has(result, "msgs", "msgs_per_s", "server_cpu_us_per_msg", "p50_us", "p99_us")
     assert result["size"] == 4096
+    assert result["cork"] is True
     assert result["msgs"] > 0
 
 
@@ -199,16 +202,21 @@ class _FaultyRelay:
 
 
 @pytest.mark.parametrize(
-    ("fault", "complaint"),
-    [("drop", "lost"), ("alter", "data altered"), ("spoof", "MSG from"), ("duplicate", "duplicate")],
+    ("fault", "complaint", "cork"),
+    [
+        ("drop", "lost", False),
+        ("drop", "lost", True),
+        ("alter", "data altered", False),
+        ("spoof", "MSG from", False),
+        ("duplicate", "duplicate", False),
+    ],
 )
-async def test_generator_fails_the_run_on_a_broken_relay(fault: str, complaint: str) -> None:
+async def test_generator_fails_the_run_on_a_broken_relay(fault: str, complaint: str, cork: bool) -> None:
     server = await ws_create_server(_FaultyRelay(fault).listener, "127.0.0.1", 0)
     try:
         port = server.sockets[0].getsockname()[1]
-        code, out, err = await _bench(
-            "bare", "--url", f"ws://127.0.0.1:{port}", "--pairs", "2", "--no-pin", *SHORT, timeout=60.0
-        )
+        args = ["bare", "--url", f"ws://127.0.0.1:{port}", "--pairs", "2", "--no-pin", *SHORT]
+        code, out, err = await _bench(*args, *(["--cork"] if cork else []), timeout=60.0)
     finally:
         server.close()
     assert code != 0, f"the run passed despite a {fault} fault:\n{out}"
