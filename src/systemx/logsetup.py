@@ -10,6 +10,7 @@ library's per-connection chatter is kept at WARNING unless the level is debug.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -19,7 +20,7 @@ import msgspec
 
 from systemx.config import Settings
 
-__all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "parse_level"]
+__all__ = ["JsonFormatter", "LoopFlushingHandler", "TextFormatter", "configure_logging", "parse_level"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -51,10 +52,17 @@ def parse_level(name: str) -> int:
         raise ValueError(f"unknown log level {name!r}") from None
 
 
+_second_cache: list[Any] = [-1, ""]
+
+
 def _timestamp(created: float) -> str:
     seconds = int(created)
-    millis = int((created - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    cache = _second_cache
+    if cache[0] != seconds:
+        # strftime is most of a record's formatting cost; one call per second suffices.
+        cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        cache[0] = seconds
+    return f"{cache[1]}.{int((created - seconds) * 1000):03d}Z"
 
 
 def _level_name(levelno: int) -> str:
@@ -100,13 +108,50 @@ class JsonFormatter(logging.Formatter):
         return _json_encode(entry).decode()
 
 
+class LoopFlushingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that flushes once per event-loop pass instead of per record.
+
+    Inside a running asyncio loop, records are written to the stream's buffer and
+    one flush is scheduled with ``call_soon``, so a pass that logs several lines
+    makes one ``write`` system call. Outside a loop, and for WARNING and above,
+    every record is flushed at once.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        super().__init__(stream)
+        self._flush_pending = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+            return
+        loop = asyncio._get_running_loop()
+        if loop is None or record.levelno >= logging.WARNING:
+            self.flush()
+        elif not self._flush_pending:
+            self._flush_pending = True
+            loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_pending = False
+        self.flush()
+
+
 def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None:
     """Send all log records at ``settings.log_level`` or above to ``stream`` (stderr).
 
     Calling it again replaces the handler it installed before.
     """
     level = parse_level(settings.log_level)
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    # The logging HOWTO's optimisations: no caller lookup (a stack walk per record)
+    # and no thread/process fields, which no SystemX format prints.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    handler = LoopFlushingHandler(stream if stream is not None else sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     root = logging.getLogger()

@@ -475,3 +475,15 @@ def test_encoded_frames_are_valid_json(h: Harness) -> None:
     h.connect("A", "B")
     for _, data in h.actions.sent:
         msgspec.json.decode(data)
+
+
+def test_generated_ids_are_random_version_4_uuids() -> None:
+    import uuid
+
+    from systemx.core.exchange import _uuid4
+
+    ids = [_uuid4() for _ in range(600)]  # crosses the 256-id entropy blocks
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == value

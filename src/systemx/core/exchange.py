@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
+import os
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any
@@ -246,7 +246,7 @@ class Exchange:
         self.settings = settings
         self._actions = actions
         self._send = actions.send
-        self._new_id = new_id or (lambda: str(uuid.uuid4()))
+        self._new_id = new_id or _uuid4
         self._sessions: dict[Session, None] = {}
         self._by_key: dict[str, Session] = {}
         self._calls: dict[str, Call] = {}
@@ -299,7 +299,7 @@ class Exchange:
         self._actions.start_timer(("sweep",), self._hb_interval)
 
     def on_open(self, conn: Any, now: float) -> Session:
-        session = Session(conn, str(uuid.uuid4()), now)
+        session = Session(conn, _uuid4(), now)
         self._sessions[session] = None
         if self._stopping:
             self._close(session, CloseCode.GOING_AWAY, CloseReason.SHUTDOWN)
@@ -815,7 +815,7 @@ class Exchange:
                 self._end_call(call, CallEvent.UNREACHABLE, BusyReason.NO_SUCH_ADDRESS, now)
             self._pump(key, now)
             return None
-        endpoint = Session(conn, str(uuid.uuid4()), now)
+        endpoint = Session(conn, _uuid4(), now)
         endpoint.remote = True
         endpoint.address = address
         endpoint.key = key
@@ -937,7 +937,8 @@ class Exchange:
                 caller: (s.conn, _msg_prefix(call.call_id, caller)),
                 s: (caller.conn, _msg_prefix(call.call_id, s)),
             }
-            log.info("Call connected: %s ↔ %s (call: %s)", caller.address, s.address, call.call_id)
+            if self._debug:
+                log.debug("Call connected: %s ↔ %s (call: %s)", caller.address, s.address, call.call_id)
         if call.state is CONNECTED:
             self._send_msg(caller, m.Connected(call_id=call.call_id, to=call.to))
 
@@ -1207,6 +1208,32 @@ class Exchange:
             context,
             f"{context} is not enabled on this exchange: federation is not configured",
         )
+
+
+class _UUIDs:
+    """Random version-4 UUID strings, drawing entropy from the OS in blocks.
+
+    ``uuid.uuid4()`` makes one ``os.urandom`` system call per id; call setup
+    needs one id per call, so 256 are drawn at a time.
+    """
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def __call__(self) -> str:
+        at = self._at
+        if at >= len(self._pool):
+            self._pool = os.urandom(16 * 256)
+            at = 0
+        self._at = at + 16
+        h = self._pool[at : at + 16].hex()
+        # Version nibble 4; variant bits 10xx (RFC 9562).
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+_uuid4 = _UUIDs()
 
 
 def _is_utf8(data: bytes) -> bool:
