@@ -7,6 +7,7 @@ exact messages a third-party endpoint, such as the reference SDK, sees.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import Any
 
@@ -269,3 +270,41 @@ async def test_presence_on_the_wire(server: SystemXProcess) -> None:
         {"type": "REGISTER", "address": "bad@example.com", "metadata": {"location": {"lat": "x", "lon": 0}}}
     )
     await bad.expect("ERROR", context="REGISTER")
+
+
+async def test_bad_input_leaves_nothing_behind(server: SystemXProcess) -> None:
+    from aiohttp import ClientSession
+
+    bystander = await registered(server, "bystander@example.com")
+    peer = await registered(server, "peer@example.com")
+    bystander.send_json({"type": "DIAL", "to": "peer@example.com"})
+    ring = await peer.expect("RING")
+    peer.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
+    await bystander.expect("CONNECTED", skip=("RINGING",))
+    bad_frames = [b"{oops", b'{"type":"MSG","data":"\xff"}', b"[1,2]", b'{"type":"DIAL","to":{}}', b"null"]
+    for round_ in range(40):
+        client = await registered(server, f"noisy{round_}@example.com")
+        client.send_json(
+            {"type": "JOIN", "party": f"room{round_ % 3}@x.example.com", "create_if_missing": True}
+        )
+        client.send_json({"type": "DIAL", "to": "peer@example.com"})
+        client.send_raw(bad_frames[round_ % len(bad_frames)])
+        if round_ % len(bad_frames) < 2:  # unparsable JSON, invalid UTF-8: the exchange closes
+            assert (await client.expect_close())[0] in (1003, 1007)
+        else:
+            await client.expect(
+                "ERROR", skip=("JOINED", "PARTY_JOINED", "RINGING", "BUSY"), reason="invalid_payload"
+            )
+            await client.close()
+    bystander.send_json({"type": "MSG", "call_id": ring["call_id"], "data": "unharmed"})
+    assert (await peer.expect("MSG"))["data"] == "unharmed"
+    await bystander.close()
+    await peer.close()
+    for address in [f"noisy{n}@example.com" for n in range(40)] + [
+        "bystander@example.com",
+        "peer@example.com",
+    ]:
+        await server.wait_for_log(rf"Connection unregistered: {re.escape(address)} ")
+    async with ClientSession() as http, http.get(server.http_url + "/healthz") as response:
+        health = await response.json()
+    assert health == {**health, "sessions": 0, "registered": 0, "calls": 0, "parties": 0}
