@@ -487,3 +487,14 @@ def test_generated_ids_are_random_version_4_uuids() -> None:
     for value in ids:
         parsed = uuid.UUID(value)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == value
+
+
+def test_repeated_bad_input_warnings_are_rate_limited(h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    h.register("A", "alice@example.com")
+    for _ in range(50):
+        h.send("A", {"type": "MSG", "call_id": "nope", "data": "x"})
+    assert caplog.text.count("MSG ignored") == 1
+    h.now += 1.5
+    h.send("A", {"type": "MSG", "call_id": "nope", "data": "x"})
+    assert caplog.text.count("MSG ignored") == 2
+    assert "(49 similar warnings suppressed)" in caplog.text

@@ -104,6 +104,8 @@ class Session:
         "session_id",
         "sleep_pending_at",
         "status",
+        "warned_at",
+        "warnings_dropped",
     )
 
     def __init__(self, conn: Any, session_id: str, now: float) -> None:
@@ -129,6 +131,8 @@ class Session:
         # An endpoint held by another router process or behind a trunk: its
         # liveness is that node's business, never this one's heartbeat sweep.
         self.remote = False
+        self.warned_at = -1.0
+        self.warnings_dropped = 0
 
     def __repr__(self) -> str:
         return f"<Session {self.session_id} {self.address or '(unregistered)'}>"
@@ -316,7 +320,7 @@ class Exchange:
         try:
             msg = _decode(data)
         except _ValidationError as exc:
-            self._invalid(s, data, exc)
+            self._invalid(s, data, exc, now)
             return
         except _DecodeError:
             log.warning("Invalid JSON from %s; closing", s.address or s.session_id)
@@ -338,7 +342,7 @@ class Exchange:
                 elif call.listeners is not None and call.state is CONNECTED:
                     self._broadcast_msg(s, call, msg)
                     return
-            log.warning("MSG ignored: call %s is not a connected call of %s", msg.call_id, s.address)
+            self._warn(s, now, "MSG ignored: call %s is not a connected call of %s", msg.call_id, s.address)
             return
         self._handlers[type(msg)](s, msg, now)
 
@@ -445,9 +449,24 @@ class Exchange:
     def _close(self, s: Session, code: int, reason: str) -> None:
         self._actions.close(s.conn, int(code), str(reason))
 
-    def _invalid(self, s: Session, data: bytes, exc: msgspec.ValidationError) -> None:
+    def _warn(self, s: Session, now: float, msg: str, *args: Any) -> None:
+        """A WARN about one session's input, at most one a second per session.
+
+        A client repeating a bad frame must not be able to flood the log (each line
+        costs far more than the frame); the next line says how many were held back.
+        """
+        if now - s.warned_at < 1.0:
+            s.warnings_dropped += 1
+            return
+        if s.warnings_dropped:
+            msg += f" ({s.warnings_dropped} similar warnings suppressed)"
+            s.warnings_dropped = 0
+        s.warned_at = now
+        log.warning(msg, *args)
+
+    def _invalid(self, s: Session, data: bytes, exc: msgspec.ValidationError, now: float) -> None:
         context, detail = describe_invalid(data, exc)
-        log.warning("Invalid %s from %s: %s", context, s.address or s.session_id, detail)
+        self._warn(s, now, "Invalid %s from %s: %s", context, s.address or s.session_id, detail)
         self._error(s, ErrorReason.INVALID_PAYLOAD, context, detail)
 
     def _effective_status(self, s: Session) -> str:
@@ -729,7 +748,7 @@ class Exchange:
             else:
                 s.dial_count += 1
                 if s.dial_count > self._dial_max:
-                    log.warning("Dial rate limit: %s (session: %s)", s.address, s.session_id)
+                    self._warn(s, now, "Dial rate limit: %s (session: %s)", s.address, s.session_id)
                     self._error(s, ErrorReason.RATE_LIMITED, "DIAL", "Too many dial attempts")
                     return
         if s.key is None:
@@ -922,7 +941,7 @@ class Exchange:
     def _on_answer(self, s: Session, msg: m.Answer, now: float) -> None:
         call = self._calls.get(msg.call_id)
         if call is None or call.callee is not s:
-            log.warning("ANSWER ignored: call %s is not ringing %s", msg.call_id, s.address)
+            self._warn(s, now, "ANSWER ignored: call %s is not ringing %s", msg.call_id, s.address)
             return
         s.last_activity = now
         if call.listeners is not None:
@@ -947,7 +966,7 @@ class Exchange:
         if call is None or (
             s is not call.caller and s is not call.callee and not (call.listeners and s in call.listeners)
         ):
-            log.warning("HANGUP ignored: call %s is not a call of %s", msg.call_id, s.address)
+            self._warn(s, now, "HANGUP ignored: call %s is not a call of %s", msg.call_id, s.address)
             return
         s.last_activity = now
         reason = msg.reason or HangupReason.NORMAL
