@@ -27,7 +27,9 @@ loop are framed into one buffer and written with a single ``write`` at the end
 of the pass (a ``call_soon`` flush, before the loop polls again). On this class
 of machine a loopback write costs about 5 µs of CPU whatever its size, so a
 socket that receives four frames in a pass pays for one write, not four;
-latency does not change, since the flush runs in the same loop iteration.
+latency does not change, since the flush runs in the same loop iteration. A
+socket with a single frame in the pass is written by picows' own (Cython)
+framing, which is cheaper than framing in Python.
 
 Slow consumers: sends are never refused while the kernel accepts data. Once
 the socket's user-space write buffer crosses its high-water mark the transport
@@ -102,6 +104,8 @@ _BINARY = WSMsgType.BINARY
 _CONTINUATION = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
 _PROTOCOL_ERROR = 1002
+# Largest frame WSTransport.send copies into its own buffer (see _frame_into).
+_PICOWS_SAFE_SEND = 8192
 # Server-to-client frame headers (FIN + TEXT, unmasked) for payloads under 126 bytes.
 _SMALL_HEADERS = [bytes((0x81, n)) for n in range(126)]
 _MAX_REASON_BYTES = 123
@@ -189,10 +193,11 @@ def _reason_bytes(reason: str) -> bytes:
 
 
 def _frame_into(out: bytearray, data: bytes) -> None:
-    # Framed here rather than by WSTransport.send: picows hands frames over 8 KB to
-    # writelines() with the header as a view of a buffer it reuses, and uvloop queues
-    # that view uncopied when the socket is backed up, so a later frame would
-    # overwrite it. Our buffer is never reused once written.
+    # Framed here rather than by WSTransport.send when several frames share a write,
+    # or for one frame over 8 KB: picows hands those to writelines() with the header
+    # as a view of a buffer it reuses, and uvloop queues that view uncopied when the
+    # socket is backed up, so a later frame would overwrite it. Our buffer is never
+    # reused once written.
     n = len(data)
     if n < 126:
         out += _SMALL_HEADERS[n]
@@ -251,7 +256,7 @@ class Connection(WSListener):
         self.paused = False
         self.closing = False
         # Frames sent during this loop pass, written by Server._flush.
-        self.out: bytearray | None = None
+        self.out: list[bytes] | None = None
         self._close_handle: asyncio.TimerHandle | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -328,7 +333,14 @@ class Connection(WSListener):
         if transport is None or transport.is_disconnected:
             return
         underlying = transport.underlying_transport
-        underlying.write(out)
+        if len(out) == 1 and len(out[0]) <= _PICOWS_SAFE_SEND:
+            # The common case under light load: picows' Cython framing is cheaper.
+            transport.send(_TEXT, out[0])
+        else:
+            buffer = bytearray()
+            for data in out:
+                _frame_into(buffer, data)
+            underlying.write(buffer)
         if self.paused:
             buffered = underlying.get_write_buffer_size()
             if buffered > self.server.settings.max_buffered_bytes:
@@ -591,12 +603,13 @@ class Server:
         if out is None:
             if conn.closing:
                 return
-            out = conn.out = bytearray()
+            conn.out = [data]
             self._dirty.append(conn)
             if not self._flush_pending:
                 self._flush_pending = True
                 self.loop.call_soon(self._flush)
-        _frame_into(out, data)
+            return
+        out.append(data)
 
     def _flush(self) -> None:
         self._flush_pending = False
