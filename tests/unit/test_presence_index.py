@@ -534,3 +534,24 @@ def test_cell_size_must_divide_180() -> None:
         MemoryPresenceIndex(cell_deg=0.7)
     with pytest.raises(ValueError):
         MemoryPresenceIndex(cell_deg=0.0)
+
+
+def test_status_query_under_call_churn_walks_the_ordered_table() -> None:
+    # Calls move addresses between "available" and "busy" all the time; a query on
+    # the big "available" bucket must not re-sort it each time (O(n log n) a query).
+    index = MemoryPresenceIndex()
+    for i in range(5_000):
+        index.put(
+            f"a{i}@x.example",
+            domain="x.example",
+            capabilities=(),
+            lat=None,
+            lon=None,
+            status="available",
+            metadata={},
+        )
+    index.set_status("a1@x.example", "busy")
+    index.set_status("a1@x.example", "available")  # back in the bucket, out of order
+    rows = index.query(status="available", limit=3)
+    assert [address for address, _, _ in rows] == ["a0@x.example", "a1@x.example", "a2@x.example"]
+    assert index._statuses["available"].sorted is False  # answered without sorting

@@ -441,7 +441,7 @@ class MemoryPresenceIndex:
         if not buckets:
             source = self._entries.values()
         elif len(buckets) == 1:
-            source = buckets[0].ordered().values()
+            source = self._in_order(buckets[0], limit)
         else:
             matches = _intersect([b.members for b in buckets])
             if exclude is not None:
@@ -451,10 +451,27 @@ class MemoryPresenceIndex:
                 chosen = sorted(map(first.__getitem__, matches), key=_SEQ)
                 return [e.row for e in islice(chosen, limit)]
             # Walking the smallest bucket in order stops after ``limit`` hits.
-            source = (e for e in buckets[0].ordered().values() if e.address in matches)
+            source = (e for e in self._in_order(buckets[0], limit) if e.address in matches)
         if exclude is not None:
             source = (e for e in source if e.address != exclude)
         return [e.row for e in islice(source, limit)]
+
+    def _in_order(self, bucket: _Bucket, limit: int) -> Iterable[_Entry]:
+        """``bucket``'s entries in registration order, cheaply enough for a query.
+
+        A status bucket is put out of order by every call that starts or ends, so
+        re-sorting a large one on each query would cost O(n log n) per query under
+        call churn. When the bucket holds a large share of all entries, walking the
+        (always ordered) entry table and stopping after ``limit`` hits is cheaper.
+        """
+        if bucket.sorted:
+            return bucket.members.values()
+        size = len(bucket)
+        expected_scan = limit * len(self._entries) / size
+        if expected_scan < size * max(math.log2(size), 1.0):
+            members = bucket.members
+            return (e for e in self._entries.values() if e.address in members)
+        return bucket.ordered().values()
 
     def _query_near(
         self,
