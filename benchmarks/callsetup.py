@@ -186,15 +186,7 @@ def _shard_worker(url: str, opts: Options) -> Any:
             if ticker is not None:
                 ticker.cancel()
             close_all(conns)
-        return ShardResult(
-            count=window.count,
-            elapsed=window.elapsed,
-            gen_cpu=window.gen_cpu,
-            server_cpu=window.server_cpu,
-            host_busy=window.host_busy,
-            lat_ns=shared.lat,
-            extra={"total_calls": sum(lp.calls for lp in loops)},
-        )
+        return ShardResult.of_window(window, shared.lat, {"total_calls": sum(lp.calls for lp in loops)})
 
     return worker
 

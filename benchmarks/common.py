@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from benchmarks.procstat import ProcessMeter, host_busy_seconds, pin_to_cpus
+from benchmarks.stats import Window
 
 __all__ = [
     "Gate",
@@ -99,6 +100,19 @@ class ShardResult:
     host_busy: float | None = None
     lat_ns: list[int] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of_window(cls, window: Window, lat_ns: list[int], extra: dict[str, Any] | None = None) -> ShardResult:
+        """What ``window`` counted, with the latencies the shard recorded."""
+        return cls(
+            count=window.count,
+            elapsed=window.elapsed,
+            gen_cpu=window.gen_cpu,
+            server_cpu=window.server_cpu,
+            host_busy=window.host_busy,
+            lat_ns=lat_ns,
+            extra=extra or {},
+        )
 
 
 class Gate:

@@ -283,14 +283,7 @@ def relay_shard(url: str, kind: str, opts: Options) -> Any:
             if ticker is not None:
                 ticker.cancel()
             close_all(conns)
-        return ShardResult(
-            count=window.count,
-            elapsed=window.elapsed,
-            gen_cpu=window.gen_cpu,
-            server_cpu=window.server_cpu,
-            host_busy=window.host_busy,
-            lat_ns=state.lat,
-        )
+        return ShardResult.of_window(window, state.lat)
 
     return worker
 
@@ -317,14 +310,7 @@ def latency_shard(url: str, kind: str, opts: Options) -> Any:
             await _finish(state, [ab, ba], conns, failures)
         finally:
             close_all(conns)
-        return ShardResult(
-            count=window.count,
-            elapsed=window.elapsed,
-            gen_cpu=window.gen_cpu,
-            server_cpu=window.server_cpu,
-            host_busy=window.host_busy,
-            lat_ns=state.lat,
-        )
+        return ShardResult.of_window(window, state.lat)
 
     return worker
 
