@@ -568,15 +568,7 @@ class Exchange:
             }
             self._profiles[key] = profile
             self._actions.persist_profile(key, profile)
-        self._presence.put(
-            address,
-            domain=domain_of(address),
-            capabilities=meta.get("capabilities") or (),
-            lat=_location(meta)[0],
-            lon=_location(meta)[1],
-            status=self._effective_status(s),
-            metadata=meta,
-        )
+        self._publish(address, meta, self._effective_status(s))
         self._send_msg(s, m.Registered(address=address, session_id=s.session_id))
         if fresh:
             log.info("Connection registered: %s (session: %s)", address, s.session_id)
@@ -621,24 +613,15 @@ class Exchange:
         s.key = None
         s.address = None
         profile = self._profiles.get(key)
+        why = "disconnected" if reason == HangupReason.PEER_DISCONNECTED else reason
         if profile is not None and reason != HangupReason.RECONFIGURED:
             self._presence.set_status(profile["address"], Status.ASLEEP)
-            log.info(
-                "Asleep: %s (session: %s, %s)",
-                address,
-                s.session_id,
-                "disconnected" if reason == HangupReason.PEER_DISCONNECTED else reason,
-            )
+            log.info("Asleep: %s (session: %s, %s)", address, s.session_id, why)
         else:
             self._presence.remove(address)
             if profile is not None:
                 self._load_profile(profile)
-            log.info(
-                "Connection unregistered: %s (session: %s, %s)",
-                address,
-                s.session_id,
-                "disconnected" if reason == HangupReason.PEER_DISCONNECTED else reason,
-            )
+            log.info("Connection unregistered: %s (session: %s, %s)", address, s.session_id, why)
         queue = self._queues.get(key)
         if queue:
             if profile is not None:
@@ -649,22 +632,25 @@ class Exchange:
                         self._busy(call.caller, call.to, BusyReason.TIMEOUT, call.call_id)
                     self._end_call(call, CallEvent.DISCONNECT, BusyReason.TIMEOUT, now)
 
+    def _publish(self, address: str, meta: dict[str, Any], status: str) -> None:
+        """Put ``address`` in the presence index with its (validated) metadata."""
+        lat, lon = _location(meta)
+        self._presence.put(
+            address,
+            domain=domain_of(address),
+            capabilities=meta.get("capabilities") or (),
+            lat=lat,
+            lon=lon,
+            status=status,
+            metadata=meta,
+        )
+
     def _load_profile(self, profile: dict[str, Any]) -> None:
         address = profile["address"]
         key = address_key(address)
         self._profiles[key] = profile
         if key not in self._by_key:
-            meta = profile.get("metadata") or {}
-            lat, lon = _location(meta)
-            self._presence.put(
-                address,
-                domain=domain_of(address),
-                capabilities=meta.get("capabilities") or (),
-                lat=lat,
-                lon=lon,
-                status=Status.ASLEEP,
-                metadata=meta,
-            )
+            self._publish(address, profile.get("metadata") or {}, Status.ASLEEP)
 
     # -------------------------------------------------------- status, liveness
 
