@@ -21,6 +21,10 @@ class CallState(enum.Enum):
     CONNECTED = "connected"
     ENDED = "ended"
 
+    # Members are singletons: identity hashing is correct and runs in C, where
+    # Enum's own __hash__ is a Python call on every transition lookup.
+    __hash__ = object.__hash__
+
 
 class CallEvent(enum.Enum):
     RING = "ring"  # the callee is present and free: RING sent
@@ -31,6 +35,8 @@ class CallEvent(enum.Enum):
     UNREACHABLE = "unreachable"  # the directory knows no holder of the address
     DISCONNECT = "disconnect"  # a party's session ended (closed, expired, slept, renamed)
     SHUTDOWN = "shutdown"  # the exchange is stopping
+
+    __hash__ = object.__hash__
 
 
 S, E = CallState, CallEvent
