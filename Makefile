@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck unit bench clean
+.PHONY: serve test lint typecheck unit bench bench-bun-install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/systemx bench relay
+
+# Bun for the optional Bun baseline (`python -m benchmarks relay --bun`), in .bench/.
+bench-bun-install:
+	mkdir -p .bench
+	npm install --prefix .bench bun@1.4.5
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -22,15 +22,25 @@ import msgspec
 
 from benchmarks.common import Options
 from benchmarks.procstat import host_busy_seconds, pin_to_cpus, raise_fd_limit
-from benchmarks.servers import ExternalServer, ServerError, ServerKind, SpawnedServer, Target
+from benchmarks.servers import (
+    ExternalServer,
+    ServerError,
+    ServerKind,
+    SpawnedServer,
+    Target,
+    bun_missing,
+    find_bun,
+)
 from benchmarks.stats import median_result
 from benchmarks.wire import Violation
 
-__all__ = ["SCENARIOS", "build_parser", "main"]
+__all__ = ["BUN_SCENARIOS", "SCENARIOS", "build_parser", "main"]
 
 Say = Callable[[str], None]
 
 SCENARIOS = ("relay", "latency", "callsetup", "connect", "party", "presence", "bare", "all")
+#: The scenarios that can also measure the Bun relay (``--bun``).
+BUN_SCENARIOS = frozenset({"relay", "bare", "latency", "connect", "all"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--pairs", type=int, default=50, help="relay/callsetup: connection pairs")
     w.add_argument("--inflight", type=int, default=4, help="messages outstanding per direction / sender")
     w.add_argument("--no-bare", dest="bare", action="store_false", help="relay: skip the bare relay")
+    w.add_argument(
+        "--bun",
+        action="store_true",
+        help=(
+            "relay/bare/latency/connect: also measure the Bun relay (benchmarks/bun_relay.js: parse, set "
+            "from, re-serialise, send; a lower bound for any Bun router) on the same CPU, alternating "
+            "the order run by run; adds bun_* figures and ratio_to_bun (Bun CPU per unit over the "
+            "measured server's; 1 or more: the server uses no more CPU than Bun). Needs bun: "
+            "$SYSTEMX_BENCH_BUN, else bun on PATH, else .bench/ (`make bench-bun-install`)"
+        ),
+    )
     w.add_argument(
         "--cork",
         action="store_true",
@@ -130,6 +151,7 @@ def _options(ns: argparse.Namespace) -> Options:
         cork=ns.cork,
         concurrency=max(1, ns.concurrency),
         bare=ns.bare,
+        bun=ns.bun,
         pin=ns.pin,
         url=ns.url,
         server_pid=ns.server_pid,
@@ -225,23 +247,87 @@ def _profile(kind: ServerKind, opts: Options, one: OneRun, say: Say) -> None:
         say(text)
 
 
-def _relay_like(opts: Options, say: Say, kinds: tuple[ServerKind, ...]) -> dict[str, Any]:
-    from benchmarks.relay import run_relay
-
+def _alternate(
+    opts: Options,
+    say: Say,
+    kinds: tuple[ServerKind, ...],
+    one: OneRun,
+    line: Callable[[dict[str, Any]], str],
+) -> dict[str, list[dict[str, Any]]]:
+    """Run ``one`` against every kind ``--runs`` times; only the first kind may be ``--url``."""
     per_kind: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     for i in range(opts.runs):
         # Alternate the order so drift on a shared machine does not favour one side.
         order = kinds if i % 2 == 0 else tuple(reversed(kinds))
         for kind in order:
             with _server(kind, opts, external=kind == kinds[0]) as target:
-                r = run_relay(target, opts)
+                r = one(target, opts)
             per_kind[kind].append(r)
-            say(
-                f"  run {i + 1}/{opts.runs} {kind:7s}: {_fmt(r['msgs_per_s'], 0)} MSG/s, "
-                f"server {_fmt(r['server_cpu_us_per_msg'])} us/MSG ({_pct(r['server_cpu_util'])} busy), "
-                f"generator {_pct(r['gen_cpu_util'])} busy, latency p50 {_fmt(r['p50_us'], 0)} "
-                f"p99 {_fmt(r['p99_us'], 0)} us"
-            )
+            say(f"  run {i + 1}/{opts.runs} {kind:7s}: {line(r)}")
+    return per_kind
+
+
+_NAMES = {"systemx": "exchange", "bare": "bare relay", "bun": "Bun relay"}
+_SHORT = {"systemx": "exchange", "bare": "bare", "bun": "bun"}
+# The CPU figure a ratio compares, and (figure of a run, key after the baseline's prefix)
+# for the baseline's keys in the JSON line.
+_MSG_CPU = "server_cpu_us_per_msg"
+_MSG_FIGURES = (
+    ("msgs_per_s", "msgs_per_s"),
+    ("server_cpu_us_per_msg", "cpu_us_per_msg"),
+    ("p50_us", "p50_us"),
+    ("p99_us", "p99_us"),
+)
+_CONNECT_CPU = "server_cpu_us_per_registration"
+_CONNECT_FIGURES = (
+    ("server_cpu_us_per_registration", "cpu_us_per_registration"),
+    ("server_cpu_us_per_handshake", "cpu_us_per_handshake"),
+    ("server_cpu_us_per_register", "cpu_us_per_register"),
+)
+
+
+def _add_baseline(
+    out: dict[str, Any],
+    main_kind: str,
+    base_kind: str,
+    runs: list[dict[str, Any]],
+    figures: tuple[tuple[str, str], ...],
+    cpu_key: str,
+    unit: str,
+    say: Say,
+) -> None:
+    """Put the median of a baseline's runs into ``out`` as ``<base>_*`` and ``ratio_to_<base>``.
+
+    The ratio is the baseline's server CPU per unit (``cpu_key``) over the main
+    server's: 1 or more means the main server uses no more CPU per unit than
+    the baseline.
+    """
+    base = median_result(runs)
+    for key, name in figures:
+        out[f"{base_kind}_{name}"] = base.get(key)
+    router, floor = out.get(cpu_key), base.get(cpu_key)
+    ratio = (floor / router) if router and floor else None
+    out[f"ratio_to_{base_kind}"] = ratio
+    main, short = _SHORT[main_kind], _SHORT[base_kind]
+    say(
+        f"  ratio to {_NAMES[base_kind]} ({short} CPU/{unit} over {main} CPU/{unit}): {_fmt(ratio, 3)} "
+        f"({main} {_fmt(router)} us/{unit}, {short} {_fmt(floor)} us/{unit})"
+    )
+
+
+def _relay_line(r: dict[str, Any]) -> str:
+    return (
+        f"{_fmt(r['msgs_per_s'], 0)} MSG/s, "
+        f"server {_fmt(r['server_cpu_us_per_msg'])} us/MSG ({_pct(r['server_cpu_util'])} busy), "
+        f"generator {_pct(r['gen_cpu_util'])} busy, latency p50 {_fmt(r['p50_us'], 0)} "
+        f"p99 {_fmt(r['p99_us'], 0)} us"
+    )
+
+
+def _relay_like(opts: Options, say: Say, kinds: tuple[ServerKind, ...]) -> dict[str, Any]:
+    from benchmarks.relay import run_relay
+
+    per_kind = _alternate(opts, say, kinds, run_relay, _relay_line)
     out: dict[str, Any] = {
         "size": opts.size,
         "pairs": opts.pairs,
@@ -250,48 +336,46 @@ def _relay_like(opts: Options, say: Say, kinds: tuple[ServerKind, ...]) -> dict[
     }
     main_kind = kinds[0]
     out.update(median_result(per_kind[main_kind]))
-    if "bare" in kinds and main_kind != "bare":
-        bare = median_result(per_kind["bare"])
-        out["bare_msgs_per_s"] = bare["msgs_per_s"]
-        out["bare_cpu_us_per_msg"] = bare["server_cpu_us_per_msg"]
-        out["bare_p50_us"] = bare["p50_us"]
-        out["bare_p99_us"] = bare["p99_us"]
-        router, base = out["server_cpu_us_per_msg"], bare["server_cpu_us_per_msg"]
-        out["ratio_to_bare"] = (base / router) if router and base else None
-        say(
-            f"  ratio to bare relay (bare CPU/MSG over exchange CPU/MSG): {_fmt(out['ratio_to_bare'], 3)} "
-            f"(exchange {_fmt(router)} us/MSG, bare {_fmt(base)} us/MSG)"
-        )
+    for base_kind in kinds[1:]:
+        _add_baseline(out, main_kind, base_kind, per_kind[base_kind], _MSG_FIGURES, _MSG_CPU, "MSG", say)
     _profile(main_kind, opts, run_relay, say)
     return out
+
+
+def _with_bun(opts: Options, kinds: tuple[ServerKind, ...]) -> tuple[ServerKind, ...]:
+    return (*kinds, "bun") if opts.bun else kinds
 
 
 def scenario_relay(opts: Options, say: Say) -> dict[str, Any]:
     say(f"relay: {opts.pairs} pairs, {opts.inflight} in flight per side, {opts.size} B data")
     kinds: tuple[ServerKind, ...] = ("systemx", "bare") if opts.bare else ("systemx",)
-    return _relay_like(opts, say, kinds)
+    return _relay_like(opts, say, _with_bun(opts, kinds))
 
 
 def scenario_bare(opts: Options, say: Say) -> dict[str, Any]:
     say(f"bare relay: {opts.pairs} pairs, {opts.inflight} in flight per side, {opts.size} B data")
-    return _relay_like(opts, say, ("bare",))
+    return _relay_like(opts, say, _with_bun(opts, ("bare",)))
 
 
 def scenario_latency(opts: Options, say: Say) -> dict[str, Any]:
     from benchmarks.relay import run_latency
 
     say(f"latency: one pair, one MSG in flight, {opts.samples} samples, {opts.size} B data")
-    runs = _repeat(
-        "systemx",
-        opts,
-        run_latency,
-        say,
-        lambda r: (
+
+    def line(r: dict[str, Any]) -> str:
+        return (
             f"one-way p50 {_fmt(r['p50_us'], 1)} us, p99 {_fmt(r['p99_us'], 1)} us, "
             f"server {_fmt(r['server_cpu_us_per_msg'])} us/MSG"
-        ),
-    )
-    return {"size": opts.size, **median_result(runs)}
+        )
+
+    if not opts.bun:
+        runs = _repeat("systemx", opts, run_latency, say, line)
+        return {"size": opts.size, **median_result(runs)}
+    per_kind = _alternate(opts, say, ("systemx", "bun"), run_latency, line)
+    _profile("systemx", opts, run_latency, say)
+    out: dict[str, Any] = {"size": opts.size, **median_result(per_kind["systemx"])}
+    _add_baseline(out, "systemx", "bun", per_kind["bun"], _MSG_FIGURES, _MSG_CPU, "MSG", say)
+    return out
 
 
 def scenario_callsetup(opts: Options, say: Say) -> dict[str, Any]:
@@ -316,19 +400,23 @@ def scenario_connect(opts: Options, say: Say) -> dict[str, Any]:
     from benchmarks.connect import run_connect
 
     say(f"connect: {opts.conns} connections each REGISTERing")
-    runs = _repeat(
-        "systemx",
-        opts,
-        run_connect,
-        say,
-        lambda r: (
+
+    def line(r: dict[str, Any]) -> str:
+        return (
             f"{_fmt(r['registrations_per_s'], 0)} registrations/s, "
             f"server {_fmt(r['server_cpu_us_per_registration'])} us/registration "
             f"(handshake {_fmt(r['server_cpu_us_per_handshake'])} + REGISTER "
             f"{_fmt(r['server_cpu_us_per_register'])}), RSS {_fmt(r['rss_kb_per_conn'])} KiB/conn"
-        ),
-    )
-    return {"conns": opts.conns, **median_result(runs)}
+        )
+
+    if not opts.bun:
+        runs = _repeat("systemx", opts, run_connect, say, line)
+        return {"conns": opts.conns, **median_result(runs)}
+    per_kind = _alternate(opts, say, ("systemx", "bun"), run_connect, line)
+    _profile("systemx", opts, run_connect, say)
+    out: dict[str, Any] = {"conns": opts.conns, **median_result(per_kind["systemx"])}
+    _add_baseline(out, "systemx", "bun", per_kind["bun"], _CONNECT_FIGURES, _CONNECT_CPU, "registration", say)
+    return out
 
 
 def scenario_party(opts: Options, say: Say) -> dict[str, Any]:
@@ -430,7 +518,14 @@ def _emit(line: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the scenario named in ``argv``; 0 when every check passed."""
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.bun:
+        if ns.scenario not in BUN_SCENARIOS:
+            parser.error(f"--bun applies to {', '.join(sorted(BUN_SCENARIOS))}, not {ns.scenario}")
+        if find_bun() is None:
+            print(f"{parser.prog}: --bun: {bun_missing()}", file=sys.stderr, flush=True)
+            return 2
     opts = _options(ns)
     raise_fd_limit()
     nice = _set_priority(ns.nice)

@@ -62,6 +62,7 @@ class Options:
     cork: bool = False
     concurrency: int = 64
     bare: bool = True
+    bun: bool = False
     pin: bool = True
     url: str | None = None
     server_pid: int | None = None

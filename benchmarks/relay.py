@@ -1,8 +1,8 @@
 """MSG relay throughput (``relay``, ``bare``) and one-way latency (``latency``).
 
-Each pair is two connections in one call (or, against the bare relay, one
-PAIR handshake). Each direction of a pair is a closed loop that keeps
-``inflight`` MSGs outstanding: a MSG is sent whenever the peer receives one.
+Each pair is two connections in one call (or, against the bare relay or the
+Bun relay, one PAIR handshake). Each direction of a pair is a closed loop that
+keeps ``inflight`` MSGs outstanding: a MSG is sent whenever the peer receives one.
 ``data`` is a JSON string of ``size`` characters starting with a ten-digit
 per-direction sequence number, so every received frame is checked for the
 right ``call_id``, ``from`` (the peer's address), ``content_type``, intact data
@@ -23,7 +23,7 @@ from typing import Any
 from picows import WSMsgType
 
 from benchmarks.common import Gate, Options, ShardResult, combine_shards, generator_cpus, run_shards, run_tag
-from benchmarks.servers import Target
+from benchmarks.servers import PAIR_KINDS, Target
 from benchmarks.stats import Window
 from benchmarks.wire import (
     Conn,
@@ -187,13 +187,13 @@ async def setup_pairs(
     """Open ``pairs`` connected pairs; return (caller, callee, call_id) for each.
 
     Against the exchange: REGISTER both, DIAL, RING, ANSWER, CONNECTED. Against
-    the bare relay: the PAIR handshake, with the pair key as call id.
+    a baseline relay (bare or Bun): the PAIR handshake, with the pair key as call id.
     """
 
     async def hello(conn: Conn, i: int) -> None:
         role = "a" if i % 2 == 0 else "b"
         address = f"{role}{i // 2}.{tag}@relay.bench.local"
-        if kind == "bare":
+        if kind in PAIR_KINDS:
             conn.address = address
             conn.send_obj({"type": "PAIR", "pair": f"{tag}-{i // 2}", "address": address})
         else:
@@ -206,7 +206,7 @@ async def setup_pairs(
 
     async def connect(a: Conn, b: Conn, i: int) -> tuple[Conn, Conn, str]:
         async with sem:
-            if kind == "bare":
+            if kind in PAIR_KINDS:
                 key = f"{tag}-{i}"
                 for c in (a, b):
                     reply = await c.expect("PAIRED")
@@ -260,7 +260,7 @@ def relay_shard(url: str, kind: str, opts: Options) -> Any:
         tag = f"{run_tag()}{index}"
         ends = await setup_pairs(url, kind, failures, pairs, tag, opts.concurrency)
         conns = [c for a, b, _ in ends for c in (a, b)]
-        ticker = start_keepalive(conns, 15.0) if opts.keepalive and kind != "bare" else None
+        ticker = start_keepalive(conns, 15.0) if opts.keepalive and kind not in PAIR_KINDS else None
         start, end = await gate.ready()
         window = Window(gate.meter)
         state = RelayState(window)
@@ -316,7 +316,7 @@ def latency_shard(url: str, kind: str, opts: Options) -> Any:
 
 
 def run_relay(target: Target, opts: Options) -> dict[str, Any]:
-    """One ``relay`` run against ``target`` (the exchange or the bare relay)."""
+    """One ``relay`` run against ``target`` (the exchange, the bare relay or the Bun relay)."""
     shards = run_shards(
         relay_shard(target.url, target.kind, opts),
         opts.procs,

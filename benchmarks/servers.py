@@ -1,11 +1,13 @@
 """Starting, pinning, watching and stopping the server under test.
 
-:class:`SpawnedServer` runs either the exchange (``systemx serve``) or the bare
-relay (``python -m benchmarks.bare_relay``) as a subprocess in a scratch
-directory (so no ``.env`` or data directory of the caller leaks in), pins it to
-its own CPU, reads its stderr on a thread (keeping the tail for error reports)
-and finds its URL. :class:`ExternalServer` describes a server someone else
-started (``--url`` and optionally ``--server-pid``).
+:class:`SpawnedServer` runs the exchange (``systemx serve``), the bare relay
+(``python -m benchmarks.bare_relay``) or the Bun relay (``bun
+benchmarks/bun_relay.js``, with the ``bun`` :func:`find_bun` finds) as a
+subprocess in a scratch directory (so no ``.env`` or data directory of the
+caller leaks in), pins it to its own CPU, reads its stderr on a thread (keeping
+the tail for error reports) and finds its URL. :class:`ExternalServer`
+describes a server someone else started (``--url`` and optionally
+``--server-pid``).
 """
 
 from __future__ import annotations
@@ -23,13 +25,36 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Literal
 
 from benchmarks.procstat import ProcessMeter, pin_to_cpus
 
-__all__ = ["ExternalServer", "ServerError", "ServerKind", "SpawnedServer", "Target", "exchange_command"]
+__all__ = [
+    "BUN_ENV",
+    "PAIR_KINDS",
+    "ExternalServer",
+    "ServerError",
+    "ServerKind",
+    "SpawnedServer",
+    "Target",
+    "bun_command",
+    "bun_missing",
+    "exchange_command",
+    "find_bun",
+]
 
-ServerKind = Literal["systemx", "bare"]
+ServerKind = Literal["systemx", "bare", "bun"]
+#: The baselines: they speak the PAIR handshake instead of REGISTER and DIAL.
+PAIR_KINDS: frozenset[str] = frozenset({"bare", "bun"})
+
+#: The environment variable naming the ``bun`` executable for the Bun baseline.
+BUN_ENV = "SYSTEMX_BENCH_BUN"
+_BUN_INSTALL = "make bench-bun-install"
+_BENCH_DIR = Path(__file__).resolve().parent
+_BUN_RELAY = _BENCH_DIR / "bun_relay.js"
+# Where ``make bench-bun-install`` puts bun: ``.bench/`` at the project root.
+_LOCAL_BUN = _BENCH_DIR.parent / ".bench" / "node_modules" / ".bin" / "bun"
 
 _LISTENING = re.compile(r"listening on (wss?://[^\s,;]+)")
 # The exchange only prints its "listening on" line at INFO; at quieter levels
@@ -63,6 +88,41 @@ def exchange_command() -> list[str]:
     if script:
         return [script]
     return [sys.executable, "-c", "import sys; from systemx.cli import main; sys.exit(main())"]
+
+
+def find_bun() -> str | None:
+    """The ``bun`` executable for the Bun baseline, or None.
+
+    ``$SYSTEMX_BENCH_BUN`` when set (and then only it), else ``bun`` on PATH,
+    else ``.bench/node_modules/.bin/bun`` under the project root.
+    """
+    named = os.environ.get(BUN_ENV)
+    if named:
+        return shutil.which(named)
+    on_path = shutil.which("bun")
+    if on_path:
+        return on_path
+    if os.access(_LOCAL_BUN, os.X_OK) and _LOCAL_BUN.is_file():
+        return str(_LOCAL_BUN)
+    return None
+
+
+def bun_command(host: str) -> list[str]:
+    """The command that runs the Bun relay on ``host``, any free port."""
+    bun = find_bun()
+    if bun is None:
+        raise ServerError(bun_missing())
+    return [bun, str(_BUN_RELAY), "--host", host, "--port", "0"]
+
+
+def bun_missing() -> str:
+    """Why there is no Bun baseline, and how to get one."""
+    named = os.environ.get(BUN_ENV)
+    where = f"${BUN_ENV}={named} is not an executable" if named else f"no bun on PATH nor at {_LOCAL_BUN}"
+    return (
+        f"the Bun baseline needs bun: {where}; install it with `{_BUN_INSTALL}` "
+        f"(or set ${BUN_ENV} to a bun executable)"
+    )
 
 
 def _free_port(host: str) -> int:
@@ -100,6 +160,8 @@ class SpawnedServer:
 
     # ------------------------------------------------------------------
     def start(self) -> Target:
+        # A missing bun fails here, before there is anything to clean up.
+        bun = bun_command(self.host) if self.kind == "bun" else None
         self._scratch = tempfile.TemporaryDirectory(prefix="systemx-bench-")
         # The caller's exchange settings must not leak into a measured server.
         env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_ENV)}
@@ -119,6 +181,8 @@ class SpawnedServer:
                 }
             )
             cmd = [*exchange_command(), "serve", "--host", self.host, "--port", str(port)]
+        elif bun is not None:
+            cmd = bun
         else:
             cmd = [sys.executable, "-m", "benchmarks.bare_relay", "--host", self.host, "--port", "0"]
         env.update(self.extra_env)

@@ -3,13 +3,15 @@
 Every scenario runs for about a second with small sizes against a real
 ``systemx serve`` (and the bare relay) through ``python -m benchmarks``; the
 run must pass its frame checks, exit 0 and print one JSON line with the
-expected keys. Nothing here asserts a figure. The last tests put a faulty
-relay in front of the generator and expect it to notice.
+expected keys. Nothing here asserts a figure. The ``--bun`` tests also run the
+Bun relay and are skipped when no ``bun`` executable is found. The last tests
+put a faulty relay in front of the generator and expect it to notice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from typing import Any
 
@@ -17,13 +19,21 @@ import msgspec
 import pytest
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
+from benchmarks.servers import BUN_ENV, find_bun
 from tests.wsclient import scaled
 
 SHORT = ["--duration", "1", "--warmup", "0.3"]
 COMMON = {"scenario", "ok", "runs", "date"}
 
+needs_bun = pytest.mark.skipif(
+    find_bun() is None,
+    reason=f"no bun executable (set {BUN_ENV}, put bun on PATH or run `make bench-bun-install`)",
+)
 
-async def _bench(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
+
+async def _bench(
+    *args: str, timeout: float = 120.0, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -31,6 +41,7 @@ async def _bench(*args: str, timeout: float = 120.0) -> tuple[int, str, str]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), scaled(timeout))
@@ -141,6 +152,62 @@ async def test_presence() -> None:
         "near_server_cpu_us_per_query",
     )
     assert result["registrations"] == 500
+
+
+# --------------------------------------------------------------------------
+# The Bun baseline (--bun).
+
+
+@needs_bun
+async def test_relay_against_exchange_bare_and_bun_relays() -> None:
+    (result,) = await _passes("relay", "--bun", "--pairs", "10", *SHORT)
+    _has(
+        result,
+        "msgs",
+        "server_cpu_us_per_msg",
+        "bare_cpu_us_per_msg",
+        "ratio_to_bare",
+        "bun_cpu_us_per_msg",
+        "bun_msgs_per_s",
+        "bun_p50_us",
+        "bun_p99_us",
+        "ratio_to_bun",
+    )
+    assert result["bun_cpu_us_per_msg"] is not None
+    assert result["ratio_to_bun"] is not None
+
+
+@needs_bun
+async def test_latency_against_exchange_and_bun_relay() -> None:
+    (result,) = await _passes("latency", "--bun", "--samples", "200", "--warm-samples", "50")
+    _has(result, "samples", "server_cpu_us_per_msg", "bun_cpu_us_per_msg", "bun_p50_us", "ratio_to_bun")
+    assert result["samples"] == 200
+    assert result["ratio_to_bun"] is not None
+
+
+@needs_bun
+async def test_connect_against_exchange_and_bun_relay() -> None:
+    (result,) = await _passes("connect", "--bun", "--conns", "200")
+    _has(
+        result,
+        "server_cpu_us_per_registration",
+        "bun_cpu_us_per_registration",
+        "bun_cpu_us_per_handshake",
+        "bun_cpu_us_per_register",
+        "ratio_to_bun",
+    )
+    assert result["registrations"] == 200
+    assert result["bun_cpu_us_per_registration"] is not None
+    assert result["ratio_to_bun"] is not None
+
+
+async def test_bun_flag_without_bun_exits_2_and_says_how_to_install() -> None:
+    env = {**os.environ, BUN_ENV: "/nonexistent", "PATH": os.path.dirname(sys.executable)}
+    code, out, err = await _bench("relay", "--bun", *SHORT, env=env, timeout=60.0)
+    assert code == 2, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+    assert "make bench-bun-install" in err, err
+    assert "/nonexistent" in err, err
+    assert "{" not in out, out
 
 
 # --------------------------------------------------------------------------

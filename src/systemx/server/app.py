@@ -76,13 +76,13 @@ from picows import (
     WSUpgradeRequest,
     WSUpgradeResponse,
     WSUpgradeResponseWithListener,
-    ws_create_server,
 )
 
 from systemx.config import ConfigError, Settings
 from systemx.core.actions import WakeRequest
 from systemx.core.exchange import Exchange
 from systemx.protocol.codes import CloseCode, CloseReason
+from systemx.server.accept import AcceptedTransport, create_server
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -256,6 +256,7 @@ class Connection(WSListener):
         "closing",
         "out",
         "paused",
+        "raw",
         "server",
         "session",
         "transport",
@@ -264,6 +265,8 @@ class Connection(WSListener):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: WSTransport | None = None
+        # The event loop's transport under picows (never a view of it): writes go here.
+        self.raw: Any = None
         self.session: Any = None
         # True while frames may go straight to the core: open, not closing, not mid-fragment.
         self._ready = False
@@ -277,6 +280,8 @@ class Connection(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
+        underlying = transport.underlying_transport
+        self.raw = underlying.transport if isinstance(underlying, AcceptedTransport) else underlying
         # The handshake headers are not needed once upgraded; dropping them saves ~2 KB per socket.
         transport.request.headers = _NO_HEADERS
         transport.response.headers = _NO_HEADERS
@@ -348,14 +353,13 @@ class Connection(WSListener):
         transport = self.transport
         if transport is None or transport.is_disconnected:
             return
-        underlying = transport.underlying_transport
         if len(out) == 1 and len(out[0]) <= _PICOWS_SAFE_SEND:
             # The common case under light load: picows' Cython framing is cheaper.
             transport.send(_TEXT, out[0])
         else:
-            underlying.write(_frames(out))
+            self.raw.write(_frames(out))
         if self.paused:
-            buffered = underlying.get_write_buffer_size()
+            buffered = self.raw.get_write_buffer_size()
             if buffered > self.server.settings.max_buffered_bytes:
                 self._drop_slow_consumer(buffered)
 
@@ -419,6 +423,8 @@ class Server:
         self._wake_runner_factory = wake_runner_factory or _default_wake_runner
         self._exchange: ExchangeLike | None = None
         self._server: asyncio.Server | None = None
+        # True when connections are accepted by systemx.server.accept's lean protocol.
+        self.lean_accept = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
         self._conns: set[Connection] = set()
@@ -468,15 +474,14 @@ class Server:
         self._loop = asyncio.get_running_loop()
         ssl_context = self._ssl_context() if settings.tls_enabled else None
         profiles = self._open_profiles()
-        self._server = await ws_create_server(
+        self._server, self.lean_accept = await create_server(
             self._accept,
             settings.host,
             settings.port,
             ssl=ssl_context,
             max_frame_size=settings.max_message_bytes,
             read_buffer_init_size=settings.read_buffer_bytes,
-            enable_auto_pong=True,
-            logger_name=_PicowsLog(logging.getLogger("picows.server"), {}),
+            logger=_PicowsLog(logging.getLogger("picows.server"), {}),
             use_aiofastnet=self._use_aiofastnet,
         )
         sockets = self._server.sockets
@@ -586,9 +591,9 @@ class Server:
     def _opened(self, conn: Connection) -> None:
         self._conns.add(conn)
         conn.session = self.exchange.on_open(conn, _now())
-        if self.settings.max_buffered_bytes < 65536 and conn.transport is not None:
+        if self.settings.max_buffered_bytes < 65536 and conn.raw is not None:
             # Pause (and so the slow-consumer check) must start below the limit.
-            conn.transport.underlying_transport.set_write_buffer_limits(high=self.settings.max_buffered_bytes)
+            conn.raw.set_write_buffer_limits(high=self.settings.max_buffered_bytes)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("Connection opened (session: %s)", _session_label(conn.session))
 

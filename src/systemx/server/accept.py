@@ -1,0 +1,186 @@
+"""Accepting WebSocket connections with picows, minus its per-socket diagnostics.
+
+picows' server protocol (``WSProtocol.connection_made``) sets TCP_NODELAY and
+TCP_QUICKACK on every accepted socket and then reads five socket options, the
+local and the peer address, all to format one INFO log line. Through uvloop's
+transport each of those calls builds a temporary ``socket.socket`` (whose
+constructor itself calls ``getsockname``): about sixteen system calls and nine
+Python objects per connection, a quarter to a third of the server's CPU per
+accepted connection on a small VM (see docs/performance.md).
+
+:func:`create_server` builds the same protocol as ``picows.ws_create_server``
+(same arguments, same defaults) from a subclass whose ``connection_made`` hands
+picows a view of the transport that answers those queries without system
+calls while the connection is being set up:
+
+* ``setsockopt(TCP_NODELAY | TCP_QUICKACK, 1)`` is skipped: uvloop already
+  enables TCP_NODELAY on every accepted TCP socket, and a new Linux socket
+  starts in quick-ack mode (the option is not sticky anyway);
+* ``getsockopt`` of the buffer sizes, TCP_NODELAY and TCP_QUICKACK is read
+  from the first connection and reused (kernel defaults for a new socket;
+  picows only logs them); any other option is read from the socket;
+* the local and peer addresses read as ``None`` during set-up.
+
+Everything else goes to the real transport, and once ``connection_made`` has
+returned every query does too. picows keeps the view as
+``WSTransport.underlying_transport``; its hot-path ``write`` and
+``get_write_buffer_size`` are the real transport's bound methods, taken from
+the view when the ``WSTransport`` is built.
+
+The constructor of ``WSProtocol`` is picows' internal API. If it does not
+match (another picows release), :func:`create_server` falls back to
+``ws_create_server`` and says so in the log; ``accelerated`` tells which was used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl as _ssl
+from collections.abc import Callable
+from typing import Any
+
+from picows import WSAutoPingStrategy, ws_create_server
+
+try:
+    from picows.picows import WSProtocol  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - a picows without the module layout we know
+    WSProtocol = None
+
+__all__ = ["AcceptedTransport", "create_server"]
+
+log = logging.getLogger("systemx.server")
+
+_TCP_NOOP_OPTIONS = frozenset(
+    (socket.IPPROTO_TCP, opt)
+    for opt in (socket.TCP_NODELAY, getattr(socket, "TCP_QUICKACK", socket.TCP_NODELAY))
+)
+# The options picows reads only to log them: the same kernel defaults for every new socket.
+_CACHEABLE_OPTIONS = _TCP_NOOP_OPTIONS | {
+    (socket.SOL_SOCKET, socket.SO_RCVBUF),
+    (socket.SOL_SOCKET, socket.SO_SNDBUF),
+}
+# (level, option) -> value read from the first accepted socket.
+_OPTION_CACHE: dict[tuple[int, int], Any] = {}
+
+
+class _SocketFacts:
+    """The accepted socket as picows' ``connection_made`` uses it."""
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def fileno(self) -> int:
+        fd: int = self._sock.fileno()
+        return fd
+
+    def setsockopt(self, level: int, option: int, value: Any, *rest: Any) -> None:
+        if (level, option) in _TCP_NOOP_OPTIONS and value == 1 and not rest:
+            return
+        self._sock.setsockopt(level, option, value, *rest)
+
+    def getsockopt(self, level: int, option: int, *rest: Any) -> Any:
+        key = (level, option)
+        if rest or key not in _CACHEABLE_OPTIONS:
+            return self._sock.getsockopt(level, option, *rest)
+        value = _OPTION_CACHE.get(key)
+        if value is None:
+            value = _OPTION_CACHE[key] = self._sock.getsockopt(level, option)
+        return value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class AcceptedTransport:
+    """A view of an accepted connection's transport; see the module docstring."""
+
+    __slots__ = ("_setting_up", "transport")
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self._setting_up = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if self._setting_up:
+            if name == "socket":
+                sock = self.transport.get_extra_info("socket")
+                return None if sock is None else _SocketFacts(sock)
+            if name in ("peername", "sockname"):
+                return default
+        return self.transport.get_extra_info(name, default)
+
+    def set_up(self) -> None:
+        self._setting_up = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+if WSProtocol is not None:
+
+    class _ServerProtocol(WSProtocol):  # type: ignore[misc]
+        __slots__ = ()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            view = AcceptedTransport(transport)
+            try:
+                super().connection_made(view)
+            finally:
+                view.set_up()
+
+
+async def create_server(
+    listener_factory: Callable[[Any], Any],
+    host: str,
+    port: int,
+    *,
+    ssl: _ssl.SSLContext | None,
+    max_frame_size: int,
+    read_buffer_init_size: int,
+    logger: Any,
+    use_aiofastnet: bool = False,
+) -> tuple[asyncio.Server, bool]:
+    """Listen like ``ws_create_server``; the flag is True when the lean protocol is in use."""
+    if WSProtocol is not None and not use_aiofastnet:
+        # The defaults of ws_create_server for everything not passed here.
+        args = (
+            None,  # host and port (client side only)
+            None,  # path (client side only)
+            False,  # is_client_side
+            listener_factory,
+            logger,
+            True,  # disconnect_on_exception
+            5,  # websocket_handshake_timeout (seconds)
+            False,  # enable_auto_ping
+            20,  # auto_ping_idle_timeout
+            20,  # auto_ping_reply_timeout
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            True,  # enable_auto_pong
+            max_frame_size,
+            None,  # extra_headers
+            read_buffer_init_size,
+        )
+        try:
+            _ServerProtocol(*args)
+        except TypeError as exc:
+            log.warning("picows' protocol signature changed (%s); using ws_create_server", exc)
+        else:
+            loop = asyncio.get_running_loop()
+            server = await loop.create_server(lambda: _ServerProtocol(*args), host, port, ssl=ssl)
+            return server, True
+    server = await ws_create_server(
+        listener_factory,
+        host,
+        port,
+        ssl=ssl,
+        max_frame_size=max_frame_size,
+        read_buffer_init_size=read_buffer_init_size,
+        enable_auto_pong=True,
+        logger_name=logger,
+        use_aiofastnet=use_aiofastnet,
+    )
+    return server, False
