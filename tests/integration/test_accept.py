@@ -95,3 +95,19 @@ def test_socket_facts_skip_only_redundant_tcp_options() -> None:
         assert facts.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
         raw = facts.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)
         assert isinstance(raw, bytes) and len(raw) == 8
+
+
+def test_switching_protocols_bytes_match_picows_generic_response() -> None:
+    from picows import WSUpgradeResponse
+
+    from systemx.server.accept import SwitchingProtocols
+
+    ours = SwitchingProtocols()
+    ours.headers["Sec-WebSocket-Accept"] = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    generic = WSUpgradeResponse.create_101_response()
+    generic.headers["Sec-WebSocket-Accept"] = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    assert ours.to_bytes() == generic.to_bytes()
+    assert ours.status == 101
+    # Any other header (picows adds "Connection: close" to refusals) takes the generic path.
+    ours.headers["X-Extra"] = "1"
+    assert b"X-Extra: 1\r\n" in ours.to_bytes()

@@ -39,16 +39,20 @@ import logging
 import socket
 import ssl as _ssl
 from collections.abc import Callable
-from typing import Any
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, cast
 
-from picows import WSAutoPingStrategy, ws_create_server
+from picows import WSAutoPingStrategy, WSUpgradeResponse, ws_create_server
+
+if TYPE_CHECKING:
+    from multidict import CIMultiDict
 
 try:
     from picows.picows import WSProtocol  # type: ignore[attr-defined]
 except ImportError:  # pragma: no cover - a picows without the module layout we know
     WSProtocol = None
 
-__all__ = ["AcceptedTransport", "create_server"]
+__all__ = ["AcceptedTransport", "SwitchingProtocols", "create_server"]
 
 log = logging.getLogger("systemx.server")
 
@@ -118,6 +122,36 @@ class AcceptedTransport:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.transport, name)
+
+
+_101_HEAD = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+_ACCEPT = "Sec-WebSocket-Accept"
+
+
+class SwitchingProtocols(WSUpgradeResponse):
+    """The ``101`` answer to an upgrade, serialised without per-connection formatting.
+
+    picows' own (``WSUpgradeResponse.create_101_response``) builds a
+    case-insensitive multidict and formats every header line in Python on each
+    connection. This one holds a plain dict, to which picows adds only
+    ``Sec-WebSocket-Accept``, and writes the fixed lines as one constant.
+    """
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self.version = b"HTTP/1.1"
+        self.status = HTTPStatus.SWITCHING_PROTOCOLS
+        self.headers = cast("CIMultiDict[str]", {})
+        self.body = None
+
+    def to_bytes(self) -> bytearray:
+        headers = self.headers
+        accept = headers.get(_ACCEPT)
+        if accept is None or len(headers) != 1:
+            # Anything but the usual single header: picows' generic serialisation.
+            return super().to_bytes()
+        return bytearray(b"%s%s: %s\r\n\r\n" % (_101_HEAD, _ACCEPT.encode(), accept.encode()))
 
 
 if WSProtocol is not None:

@@ -82,7 +82,7 @@ from systemx.config import ConfigError, Settings
 from systemx.core.actions import WakeRequest
 from systemx.core.exchange import Exchange
 from systemx.protocol.codes import CloseCode, CloseReason
-from systemx.server.accept import AcceptedTransport, create_server
+from systemx.server.accept import AcceptedTransport, SwitchingProtocols, create_server
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -566,14 +566,14 @@ class Server:
 
     # -- connections ---------------------------------------------------------
 
-    def _accept(self, request: WSUpgradeRequest) -> Connection | WSUpgradeResponseWithListener:
+    def _accept(self, request: WSUpgradeRequest) -> WSUpgradeResponseWithListener:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             return WSUpgradeResponseWithListener(self._http_response(request), None)
         if self._stopping:
             return WSUpgradeResponseWithListener(
                 WSUpgradeResponse.create_error_response(503, b"Shutting down"), None
             )
-        return Connection(self)
+        return WSUpgradeResponseWithListener(SwitchingProtocols(), Connection(self))
 
     def _http_response(self, request: WSUpgradeRequest) -> WSUpgradeResponse:
         path = request.path.split(b"?", 1)[0]
