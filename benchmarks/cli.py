@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--cork",
         action="store_true",
-        help="relay: the generator writes the MSGs it sends to one connection per loop pass in one write",
+        help="relay, party: the generator writes the frames it sends to one connection "
+        "per loop pass in one write",
     )
     w.add_argument("--samples", type=int, default=20_000, help="latency: measured samples")
     w.add_argument("--warm-samples", type=int, default=2_000, help="latency: samples before measuring")
@@ -422,7 +423,8 @@ def scenario_connect(opts: Options, say: Say) -> dict[str, Any]:
 def scenario_party(opts: Options, say: Say) -> dict[str, Any]:
     from benchmarks.party import run_party
 
-    say(f"party: {opts.participants} participants, one sender, {opts.inflight} PARTY_MSGs in flight")
+    corked = ", sender corks its writes" if opts.cork else ""
+    say(f"party: {opts.participants} participants, one sender, {opts.inflight} PARTY_MSGs in flight{corked}")
     runs = _repeat(
         "systemx",
         opts,
@@ -435,7 +437,7 @@ def scenario_party(opts: Options, say: Say) -> dict[str, Any]:
             f"fan-out p50 {_fmt(r['p50_us'], 0)} p99 {_fmt(r['p99_us'], 0)} us"
         ),
     )
-    return {"participants": opts.participants, **median_result(runs)}
+    return {"participants": opts.participants, "cork": opts.cork, **median_result(runs)}
 
 
 def scenario_presence(opts: Options, say: Say) -> dict[str, Any]:

@@ -23,7 +23,17 @@ from picows import WSMsgType
 from benchmarks.common import Options, run_loop, run_tag
 from benchmarks.servers import Target
 from benchmarks.stats import Window, summarize_latency
-from benchmarks.wire import Conn, Failures, Violation, close_all, decode_frame, encode, open_conns, register
+from benchmarks.wire import (
+    Conn,
+    Corker,
+    Failures,
+    Violation,
+    close_all,
+    decode_frame,
+    encode,
+    open_conns,
+    register,
+)
 from benchmarks.wire import keepalive as start_keepalive
 
 __all__ = ["run_party"]
@@ -35,8 +45,16 @@ class _Fanout:
     """The sender's window and the receivers' checks for one party line."""
 
     def __init__(
-        self, window: Window, sender: Conn, party: str, receivers: int, size: int, inflight: int
+        self,
+        window: Window,
+        sender: Conn,
+        party: str,
+        receivers: int,
+        size: int,
+        inflight: int,
+        corker: Corker | None = None,
     ) -> None:
+        self.corker = corker
         self.window = window
         self.sender = sender
         self.party = party
@@ -61,9 +79,13 @@ class _Fanout:
         self.sent = seq + 1
         self.remaining.append(self.receivers)
         self.sent_at.append(time.perf_counter_ns())
+        frame = self.prefix + b"%010d" % seq + self.tail
+        if self.corker is not None:
+            self.corker.send(self.sender, frame)
+            return
         transport = self.sender.transport
         assert transport is not None
-        transport.send(WSMsgType.TEXT, self.prefix + b"%010d" % seq + self.tail)
+        transport.send(WSMsgType.TEXT, frame)
 
     def stop(self) -> None:
         self.stopping = True
@@ -167,7 +189,8 @@ async def _party(target: Target, opts: Options) -> dict[str, Any]:
                 if m.type not in _NOTICES or (m.party is not None and m.party != party):
                     raise Violation(f"{conn.name}: unexpected frame after JOIN: {raw[:300]!r}")
         window = Window(target.meter)
-        fan = _Fanout(window, conns[0], party, n - 1, opts.size, opts.inflight)
+        corker = Corker() if opts.cork else None
+        fan = _Fanout(window, conns[0], party, n - 1, opts.size, opts.inflight, corker)
         for conn in conns:
             fan.receiver(conn)
         window.schedule(opts.warmup, opts.duration)

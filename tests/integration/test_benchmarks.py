@@ -138,6 +138,15 @@ async def test_party() -> None:
     _has(result, "participants", "deliveries", "deliveries_per_s", "server_cpu_us_per_delivery", "p50_us")
     assert result["participants"] == 50
     assert result["deliveries"] > 0
+    assert result["cork"] is False
+
+
+async def test_party_with_a_corking_sender() -> None:
+    (result,) = await _passes("party", "--participants", "30", "--cork", *SHORT)
+    _has(result, "deliveries", "server_cpu_us_per_delivery")
+    assert result["cork"] is True
+    # Every message reached all 29 others, checked frame by frame by the generator ("ok").
+    assert result["deliveries"] > 0
 
 
 async def test_presence() -> None:
