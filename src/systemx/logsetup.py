@@ -109,21 +109,24 @@ class JsonFormatter(logging.Formatter):
 
 
 class LoopFlushingHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that flushes once per event-loop pass instead of per record.
+    """A stream handler that writes once per event-loop pass instead of once per record.
 
-    Inside a running asyncio loop, records are written to the stream's buffer and
-    one flush is scheduled with ``call_soon``, so a pass that logs several lines
-    makes one ``write`` system call. Outside a loop, and for WARNING and above,
-    every record is flushed at once.
+    Inside a running asyncio loop, formatted records are kept in a list and one
+    flush is scheduled with ``call_soon``: a pass that logs several lines makes one
+    ``write`` to the stream (and so one system call, even on a line-buffered
+    stderr, which would otherwise write every line on its own). Outside a loop,
+    and for WARNING and above, the record and everything before it are written
+    at once; ``logging.shutdown`` at exit writes whatever is left.
     """
 
     def __init__(self, stream: IO[str]) -> None:
         super().__init__(stream)
+        self._lines: list[str] = []
         self._flush_pending = False
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + "\n")
+            self._lines.append(self.format(record))
         except Exception:
             self.handleError(record)
             return
@@ -133,6 +136,19 @@ class LoopFlushingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         elif not self._flush_pending:
             self._flush_pending = True
             loop.call_soon(self._flush_soon)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            lines = self._lines
+            if not lines:
+                return
+            self._lines = []
+            try:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+            except Exception:
+                # Nothing sensible to do if stderr is gone; do not take the exchange down.
+                pass
 
     def _flush_soon(self) -> None:
         self._flush_pending = False
