@@ -369,11 +369,16 @@ class MemoryPresenceIndex:
     def _cell_of(self, lat: float, lon: float) -> int:
         return self._row(lat) * self._n_cols + self._col(lon) % self._n_cols
 
-    def _near_cells(self, lat: float, lon: float, radius_km: float) -> tuple[int, list[_Members]] | None:
+    def _near_cells(
+        self, lat: float, lon: float, radius_km: float, enough: float = math.inf
+    ) -> tuple[int, list[_Members]] | None:
         """The non-empty cells that can hold a point within ``radius_km`` of (lat, lon).
 
-        Returns the number of cells covered and the non-empty ones, or ``None``
-        when visiting them would cost more than checking every located entry.
+        Returns the number of cells of the bounding box (the callers' cost measure)
+        and the non-empty cells the cap reaches, or ``None`` when visiting them would
+        cost more than checking every located entry. From ``enough`` covered cells
+        on, the cells are not gathered (the list is empty): the caller has a cheaper
+        source of candidates.
         """
         delta = radius_km / EARTH_RADIUS_KM + _PAD_RAD
         if delta >= math.pi:
@@ -382,27 +387,51 @@ class MemoryPresenceIndex:
         lat_lo = lat - delta_deg
         lat_hi = lat + delta_deg
         width = self._n_cols
-        rows = range(self._row(max(lat_lo, -90.0)), self._row(min(lat_hi, 90.0)) + 1)
-        spans = [(0, width)]
-        if lat_lo > -90.0 and lat_hi < 90.0:
-            # Otherwise the cap holds a pole and so spans every longitude.
-            ratio = math.sin(delta) / math.cos(lat * _RAD)
-            if ratio < 1.0 - 1e-12:
-                # Widest longitude offset of a spherical cap that holds no pole.
-                half = math.asin(ratio) / _RAD + _PAD_DEG
+        cell = self._cell_deg
+        first_row = self._row(max(lat_lo, -90.0))
+        last_row = self._row(min(lat_hi, 90.0))
+        full = [(0, width)]
+        # Column spans per row: the whole row when the cap holds a pole, else the
+        # longitudes the cap reaches within that row's band of latitudes.
+        row_spans: list[list[tuple[int, int]]] = [full] * (last_row - first_row + 1)
+        sin0 = math.sin(lat * _RAD)
+        cos0 = math.cos(lat * _RAD)
+        # Below 1 the cap holds no pole: its widest longitude offset is asin(ratio).
+        ratio = math.sin(delta) / cos0 if lat_lo > -90.0 and lat_hi < 90.0 else 1.0
+        box_cols = width
+        if ratio < 1.0 - 1e-12:
+            widest_half = math.asin(ratio) / _RAD + _PAD_DEG
+            box_cols = min(self._col(lon + widest_half) + 1 - self._col(lon - widest_half), width)
+        covered = len(row_spans) * box_cols
+        if covered * 2 > len(self._grid) or covered > 15 * len(self._located):
+            return None
+        if covered >= enough:
+            return covered, []
+        if ratio < 1.0 - 1e-12:
+            cos_delta = math.cos(delta)
+            # The cap is widest at this latitude, and narrows monotonically away from it,
+            # so within a band it is widest at the band's latitude nearest to it.
+            widest = math.asin(max(-1.0, min(1.0, sin0 / cos_delta))) / _RAD
+            for i in range(len(row_spans)):
+                band_lo = max((first_row + i) * cell - 90.0, lat_lo)
+                band_hi = min((first_row + i + 1) * cell - 90.0, lat_hi)
+                p = min(max(widest, band_lo), band_hi) * _RAD
+                # cos(dlon) bound of the cap at latitude p, nudged down so that
+                # rounding can only widen the span.
+                bound = (cos_delta - math.sin(p) * sin0) / (math.cos(p) * cos0) - 1e-12
+                if bound <= -1.0:
+                    continue
+                half = math.acos(min(bound, 1.0)) / _RAD + _PAD_DEG
                 first = self._col(lon - half)
                 last = self._col(lon + half) + 1
                 if (count := last - first) < width:
                     first %= width
                     last = first + count
-                    spans = [(first, last)] if last <= width else [(first, width), (0, last - width)]
-        covered = len(rows) * sum(b - a for a, b in spans)
-        if covered * 2 > len(self._grid) or covered > 15 * len(self._located):
-            return None
+                    row_spans[i] = [(first, last)] if last <= width else [(first, width), (0, last - width)]
         grid = self._grid
         found: list[_Members] = []
-        for r in rows:
-            base = r * width
+        for i, spans in enumerate(row_spans):
+            base = (first_row + i) * width
             for a, b in spans:
                 found.extend(filter(None, grid[base + a : base + b]))
         return covered, found
@@ -498,7 +527,7 @@ class MemoryPresenceIndex:
         # Measured relative costs with cold caches: visiting a grid cell ~ 1,
         # testing one address for membership ~ 4, the distance of a candidate ~ 15.
         smallest = len(buckets[0]) if buckets else math.inf
-        near_cells = self._near_cells(lat, lon, radius)
+        near_cells = self._near_cells(lat, lon, radius, smallest * 15)
         candidates: Iterable[_Entry]
         if near_cells is None:
             if buckets:
