@@ -358,6 +358,27 @@ def scenario_bare(opts: Options, say: Say) -> dict[str, Any]:
     return _relay_like(opts, say, _with_bun(opts, ("bare",)))
 
 
+def _exchange_maybe_bun(
+    opts: Options,
+    say: Say,
+    one: OneRun,
+    line: Callable[[dict[str, Any]], str],
+    head: dict[str, Any],
+    figures: tuple[tuple[str, str], ...],
+    cpu_key: str,
+    unit: str,
+) -> dict[str, Any]:
+    """Runs of the exchange and, with ``--bun``, of the Bun relay alternating with it."""
+    if not opts.bun:
+        runs = _repeat("systemx", opts, one, say, line)
+        return {**head, **median_result(runs)}
+    per_kind = _alternate(opts, say, ("systemx", "bun"), one, line)
+    _profile("systemx", opts, one, say)
+    out: dict[str, Any] = {**head, **median_result(per_kind["systemx"])}
+    _add_baseline(out, "systemx", "bun", per_kind["bun"], figures, cpu_key, unit, say)
+    return out
+
+
 def scenario_latency(opts: Options, say: Say) -> dict[str, Any]:
     from benchmarks.relay import run_latency
 
@@ -369,14 +390,8 @@ def scenario_latency(opts: Options, say: Say) -> dict[str, Any]:
             f"server {_fmt(r['server_cpu_us_per_msg'])} us/MSG"
         )
 
-    if not opts.bun:
-        runs = _repeat("systemx", opts, run_latency, say, line)
-        return {"size": opts.size, **median_result(runs)}
-    per_kind = _alternate(opts, say, ("systemx", "bun"), run_latency, line)
-    _profile("systemx", opts, run_latency, say)
-    out: dict[str, Any] = {"size": opts.size, **median_result(per_kind["systemx"])}
-    _add_baseline(out, "systemx", "bun", per_kind["bun"], _MSG_FIGURES, _MSG_CPU, "MSG", say)
-    return out
+    head = {"size": opts.size}
+    return _exchange_maybe_bun(opts, say, run_latency, line, head, _MSG_FIGURES, _MSG_CPU, "MSG")
 
 
 def scenario_callsetup(opts: Options, say: Say) -> dict[str, Any]:
@@ -410,14 +425,10 @@ def scenario_connect(opts: Options, say: Say) -> dict[str, Any]:
             f"{_fmt(r['server_cpu_us_per_register'])}), RSS {_fmt(r['rss_kb_per_conn'])} KiB/conn"
         )
 
-    if not opts.bun:
-        runs = _repeat("systemx", opts, run_connect, say, line)
-        return {"conns": opts.conns, **median_result(runs)}
-    per_kind = _alternate(opts, say, ("systemx", "bun"), run_connect, line)
-    _profile("systemx", opts, run_connect, say)
-    out: dict[str, Any] = {"conns": opts.conns, **median_result(per_kind["systemx"])}
-    _add_baseline(out, "systemx", "bun", per_kind["bun"], _CONNECT_FIGURES, _CONNECT_CPU, "registration", say)
-    return out
+    head = {"conns": opts.conns}
+    return _exchange_maybe_bun(
+        opts, say, run_connect, line, head, _CONNECT_FIGURES, _CONNECT_CPU, "registration"
+    )
 
 
 def scenario_party(opts: Options, say: Say) -> dict[str, Any]:
