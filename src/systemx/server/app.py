@@ -105,7 +105,7 @@ _BINARY = WSMsgType.BINARY
 _CONTINUATION = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
 _PROTOCOL_ERROR = 1002
-# Largest frame WSTransport.send copies into its own buffer (see _frame_into).
+# Largest frame WSTransport.send copies into its own buffer (see _frames).
 _PICOWS_SAFE_SEND = 8192
 # Server-to-client frame headers (FIN + TEXT, unmasked) by payload size, filled on first use.
 # Sizes from 16 KB up are rare and their copy dwarfs the header; the cache stays under 2 MB.
