@@ -17,6 +17,10 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
+# Loaded before any test runs: hypothesis' pytest plugin imports it at the end of
+# the session otherwise, and compiling it there (after the asyncio tests) trips
+# CPython 3.11's "AST constructor recursion depth mismatch" when no test used it.
+import hypothesis  # noqa: F401
 import pytest
 
 from tests.wsclient import TIMEOUT, TIMEOUT_SCALE, WSClient, scaled

@@ -435,6 +435,7 @@ class Server:
         self._stopping = False
         self._dirty: list[Connection] = []
         self._flush_pending = False
+        self._call_soon: Callable[..., Any] = self._not_started
         self.port = 0
         self.on_data: Callable[[Any, bytes, float], None] = self._not_started
 
@@ -472,6 +473,7 @@ class Server:
         """Open the profile store, build the exchange, bind the socket and arm the core's timers."""
         settings = self.settings
         self._loop = asyncio.get_running_loop()
+        self._call_soon = self._loop.call_soon
         ssl_context = self._ssl_context() if settings.tls_enabled else None
         profiles = self._open_profiles()
         self._server, self.lean_accept = await create_server(
@@ -625,7 +627,7 @@ class Server:
             self._dirty.append(conn)
             if not self._flush_pending:
                 self._flush_pending = True
-                self.loop.call_soon(self._flush)
+                self._call_soon(self._flush)
             return
         out.append(data)
 
