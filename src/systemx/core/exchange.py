@@ -477,14 +477,10 @@ class Exchange:
         return "busy" if s.calls else s.status
 
     def _touch_presence(self, *sessions: Session | None) -> None:
-        # Runs twice per call for both parties: _effective_status inlined.
         set_status = self._presence.set_status
         for s in sessions:
             if s is not None and s.address is not None and not s.closed:
-                status = s.status
-                if s.calls and status != "dnd" and status != "away":
-                    status = "busy"
-                set_status(s.address, status)
+                set_status(s.address, self._effective_status(s))
 
     # ------------------------------------------------------------ registration
 

@@ -313,22 +313,9 @@ class MemoryPresenceIndex:
         entry = self._entries.get(address)
         if entry is None or entry.status == status:
             return
-        # Every call start and end moves both parties between status buckets:
-        # the bucket helpers are inlined here.
-        statuses = self._statuses
-        old = statuses[entry.status]
-        del old.members[address]
-        if not old.members:
-            del statuses[entry.status]
+        _bucket_discard(self._statuses, entry.status, address)
         entry.set_status(status)
-        bucket = statuses.get(status)
-        if bucket is None:
-            bucket = statuses[status] = _Bucket()
-        bucket.members[address] = entry
-        if entry.seq > bucket.tail:
-            bucket.tail = entry.seq
-        else:
-            bucket.sorted = False
+        _bucket_add(self._statuses, status, entry)
 
     def remove(self, address: str) -> None:
         entry = self._entries.pop(address, None)
