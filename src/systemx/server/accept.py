@@ -29,7 +29,8 @@ the view when the ``WSTransport`` is built.
 
 The constructor of ``WSProtocol`` is picows' internal API. If it does not
 match (another picows release), :func:`create_server` falls back to
-``ws_create_server`` and says so in the log; ``accelerated`` tells which was used.
+``ws_create_server`` and says so in the log; the flag it returns (kept as
+``Server.lean_accept``) tells which was used.
 """
 
 from __future__ import annotations

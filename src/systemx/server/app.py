@@ -440,7 +440,7 @@ class Server:
         self.on_data: Callable[[Any, bytes, float], None] = self._not_started
 
     @staticmethod
-    def _not_started(session: Any, data: bytes, now: float) -> None:
+    def _not_started(*args: Any) -> Any:
         raise RuntimeError("server not started")
 
     @property
