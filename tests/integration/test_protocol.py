@@ -37,6 +37,17 @@ async def registered(server: SystemXProcess, address: str, **extra: Any) -> WSCl
     return client
 
 
+async def connected_pair(server: SystemXProcess, caller: str, callee: str) -> tuple[WSClient, WSClient, str]:
+    """Register ``caller`` and ``callee``, dial, answer; both ends and the call id once CONNECTED."""
+    a = await registered(server, caller)
+    b = await registered(server, callee)
+    a.send_json({"type": "DIAL", "to": callee})
+    ring = await b.expect("RING")
+    b.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
+    await a.expect("CONNECTED", skip=("RINGING",))
+    return a, b, str(ring["call_id"])
+
+
 async def test_register_twice_on_one_socket_like_the_reference_sdk(server: SystemXProcess) -> None:
     alice = await server.connect()
     first = await alice.register("alice@example.com")
@@ -102,29 +113,19 @@ async def test_heartbeats_keep_a_session(server: SystemXProcess) -> None:
 
 
 async def test_disconnect_mid_call_gives_peer_disconnected(server: SystemXProcess) -> None:
-    alice = await registered(server, "alice@example.com")
-    bob = await registered(server, "bob@example.com")
-    alice.send_json({"type": "DIAL", "to": "bob@example.com"})
-    ring = await bob.expect("RING")
-    bob.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
-    await alice.expect("CONNECTED", skip=("RINGING",))
+    alice, bob, call_id = await connected_pair(server, "alice@example.com", "bob@example.com")
     await alice.close()
-    await bob.expect("HANGUP", call_id=ring["call_id"], reason="peer_disconnected")
+    await bob.expect("HANGUP", call_id=call_id, reason="peer_disconnected")
 
 
 async def test_foreign_call_ids_are_ignored(server: SystemXProcess) -> None:
-    alice = await registered(server, "alice@example.com")
-    bob = await registered(server, "bob@example.com")
+    alice, bob, call_id = await connected_pair(server, "alice@example.com", "bob@example.com")
     eve = await registered(server, "eve@example.com")
-    alice.send_json({"type": "DIAL", "to": "bob@example.com"})
-    ring = await bob.expect("RING")
-    bob.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
-    await alice.expect("CONNECTED", skip=("RINGING",))
     for frame in ("MSG", "HANGUP", "ANSWER"):
-        eve.send_json({"type": frame, "call_id": ring["call_id"], "data": "x"})
+        eve.send_json({"type": frame, "call_id": call_id, "data": "x"})
     eve.send_json({"type": "MSG", "call_id": str(uuid.uuid4()), "data": "x"})
     await eve.roundtrip()
-    alice.send_json({"type": "MSG", "call_id": ring["call_id"], "data": "still here"})
+    alice.send_json({"type": "MSG", "call_id": call_id, "data": "still here"})
     assert (await bob.recv())["data"] == "still here"  # nothing from eve came first
     await server.wait_for_log(r"\[WARN(ING)?\] MSG ignored")
 
@@ -275,12 +276,7 @@ async def test_presence_on_the_wire(server: SystemXProcess) -> None:
 async def test_bad_input_leaves_nothing_behind(server: SystemXProcess) -> None:
     from aiohttp import ClientSession
 
-    bystander = await registered(server, "bystander@example.com")
-    peer = await registered(server, "peer@example.com")
-    bystander.send_json({"type": "DIAL", "to": "peer@example.com"})
-    ring = await peer.expect("RING")
-    peer.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
-    await bystander.expect("CONNECTED", skip=("RINGING",))
+    bystander, peer, call_id = await connected_pair(server, "bystander@example.com", "peer@example.com")
     bad_frames = [b"{oops", b'{"type":"MSG","data":"\xff"}', b"[1,2]", b'{"type":"DIAL","to":{}}', b"null"]
     for round_ in range(40):
         client = await registered(server, f"noisy{round_}@example.com")
@@ -296,7 +292,7 @@ async def test_bad_input_leaves_nothing_behind(server: SystemXProcess) -> None:
                 "ERROR", skip=("JOINED", "PARTY_JOINED", "RINGING", "BUSY"), reason="invalid_payload"
             )
             await client.close()
-    bystander.send_json({"type": "MSG", "call_id": ring["call_id"], "data": "unharmed"})
+    bystander.send_json({"type": "MSG", "call_id": call_id, "data": "unharmed"})
     assert (await peer.expect("MSG"))["data"] == "unharmed"
     await bystander.close()
     await peer.close()
