@@ -19,6 +19,7 @@ from typing import IO, Any
 import msgspec
 
 from systemx.config import Settings
+from systemx.quicklog import set_line_handler
 
 __all__ = ["JsonFormatter", "LoopFlushingHandler", "TextFormatter", "configure_logging", "parse_level"]
 
@@ -72,8 +73,12 @@ def _level_name(levelno: int) -> str:
 class TextFormatter(logging.Formatter):
     """``<ISO-8601 UTC> [LEVEL] message`` plus any traceback."""
 
+    def line(self, created: float, levelno: int, name: str, message: str) -> str:
+        """The line of a record with these fields and nothing else (no traceback, no extras)."""
+        return f"{_timestamp(created)} [{_level_name(levelno)}] {message}"
+
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_timestamp(record.created)} [{_level_name(record.levelno)}] {record.getMessage()}"
+        line = self.line(record.created, record.levelno, record.name, record.getMessage())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         elif record.exc_text:
@@ -93,19 +98,22 @@ _json_encode = msgspec.json.Encoder(enc_hook=_fallback).encode
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ``ts``, ``level``, ``logger``, ``msg`` and ``extra`` fields."""
 
+    def line(self, created: float, levelno: int, name: str, message: str) -> str:
+        """The line of a record with these fields and nothing else (no traceback, no extras)."""
+        return _json_encode(_json_entry(created, levelno, name, message)).decode()
+
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": _timestamp(record.created),
-            "level": _level_name(record.levelno),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+        entry = _json_entry(record.created, record.levelno, record.name, record.getMessage())
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRS and key not in entry:
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return _json_encode(entry).decode()
+
+
+def _json_entry(created: float, levelno: int, name: str, message: str) -> dict[str, Any]:
+    return {"ts": _timestamp(created), "level": _level_name(levelno), "logger": name, "msg": message}
 
 
 class LoopFlushingHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -122,19 +130,45 @@ class LoopFlushingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, stream: IO[str]) -> None:
         super().__init__(stream)
         self._lines: list[str] = []
-        self._flush_pending = False
+        # The loop a flush is scheduled on; a loop closed before running it
+        # (a test's loop, say) does not hold later lines back.
+        self._pending_loop: asyncio.AbstractEventLoop | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._lines.append(self.format(record))
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
-        loop = asyncio._get_running_loop()
-        if loop is None or record.levelno >= logging.WARNING:
+        self._queue(line, record.levelno)
+
+    def emit_fields(self, created: float, levelno: int, name: str, message: str) -> bool:
+        """Queue the line of a plain record with these fields (see :mod:`systemx.quicklog`).
+
+        False, and nothing written, unless the formatter is one of SystemX's.
+        """
+        formatter = self.formatter
+        if type(formatter) is not TextFormatter and type(formatter) is not JsonFormatter:
+            return False
+        self._queue(formatter.line(created, levelno, name, message), levelno)
+        return True
+
+    def _queue(self, line: str, levelno: int) -> None:
+        self._lines.append(line)
+        if levelno >= logging.WARNING:
             self.flush()
-        elif not self._flush_pending:
-            self._flush_pending = True
+            return
+        pending = self._pending_loop
+        if pending is not None and not pending.is_closed():
+            return
+        # Asked once per pass, not per record: CPython 3.11 checks the running
+        # loop against getpid(), a system call (about 1 us on a VM).
+        loop = asyncio._get_running_loop()
+        if loop is None:
+            self._pending_loop = None
+            self.flush()
+        else:
+            self._pending_loop = loop
             loop.call_soon(self._flush_soon)
 
     def flush(self) -> None:
@@ -151,7 +185,7 @@ class LoopFlushingHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 pass
 
     def _flush_soon(self) -> None:
-        self._flush_pending = False
+        self._pending_loop = None
         self.flush()
 
 
@@ -176,4 +210,5 @@ def configure_logging(settings: Settings, stream: IO[str] | None = None) -> None
         old.close()
     root.addHandler(handler)
     root.setLevel(level)
+    set_line_handler(handler)
     logging.getLogger("picows").setLevel(level if level <= logging.DEBUG else logging.WARNING)

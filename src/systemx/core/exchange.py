@@ -52,11 +52,12 @@ from systemx.protocol.codes import (
     Status,
 )
 from systemx.protocol.errors import describe_invalid
+from systemx.quicklog import get_logger
 from systemx.state.presence import MemoryPresenceIndex, PresenceIndex
 
 __all__ = ["Call", "Exchange", "PartyLine", "Session"]
 
-log = logging.getLogger("systemx.exchange")
+log = get_logger("systemx.exchange")
 
 _encode = m.encode
 # Splices a frame from its parts with one copy of each (chained + copies the data each time).

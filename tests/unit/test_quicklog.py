@@ -1,0 +1,209 @@
+"""QuickLogger: the short INFO path writes what logging would, and steps aside for anyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from systemx.config import Settings
+from systemx.logsetup import configure_logging
+from systemx.quicklog import QuickLogger, _only_handler, get_logger, set_line_handler
+
+_TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[(\w+)\] (.*)$")
+
+
+@contextlib.contextmanager
+def _only_ours(log_format: str = "text") -> Iterator[io.StringIO]:
+    """SystemX's handler alone on the root logger (pytest adds its own for each test phase)."""
+    root = logging.getLogger()
+    others = [h for h in root.handlers if h.get_name() != "systemx"]
+    for handler in others:
+        root.removeHandler(handler)
+    out = io.StringIO()
+    configure_logging(dataclasses.replace(Settings(), log_level="info", log_format=log_format), out)
+    try:
+        yield out
+    finally:
+        for handler in [h for h in root.handlers if h.get_name() == "systemx"]:
+            root.removeHandler(handler)
+            handler.close()
+        set_line_handler(None)
+        root.setLevel(logging.WARNING)
+        logging.getLogger("picows").setLevel(logging.NOTSET)
+        for handler in others:
+            root.addHandler(handler)
+
+
+@pytest.fixture
+def log() -> QuickLogger:
+    logger = get_logger("systemx.test.quick")
+    assert isinstance(logger, QuickLogger)
+    return logger
+
+
+class _Tap(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_short_path_writes_the_same_line_as_a_log_record(log: QuickLogger) -> None:
+    plain = logging.getLogger("systemx.test.plain")
+    assert not isinstance(plain, QuickLogger)
+    with _only_ours() as out:
+        assert _only_handler(log) is not None  # the short path is the one under test
+        log.info("Call ended: %s (duration %.3fs, reason %s)", "c-1", 0.5, "normal")
+        plain.info("Call ended: %s (duration %.3fs, reason %s)", "c-1", 0.5, "normal")
+        log.info("no arguments: 100%")
+    fast, slow, bare = out.getvalue().splitlines()
+    fast_match, slow_match = _TEXT_LINE.match(fast), _TEXT_LINE.match(slow)
+    assert fast_match is not None and slow_match is not None
+    expected = ("INFO", "Call ended: c-1 (duration 0.500s, reason normal)")
+    assert fast_match.groups() == slow_match.groups() == expected
+    assert bare.endswith(" [INFO] no arguments: 100%")
+
+
+def test_short_path_json_matches_a_log_record(log: QuickLogger) -> None:
+    with _only_ours("json") as out:
+        assert _only_handler(log) is not None
+        log.info("hello %s", "there")
+        logging.getLogger("systemx.test.plain").info("hello %s", "there")
+    fast, slow = (json.loads(line) for line in out.getvalue().splitlines())
+    assert fast.pop("ts")[-1] == slow.pop("ts")[-1] == "Z"
+    assert fast == {"level": "INFO", "logger": "systemx.test.quick", "msg": "hello there"}
+    assert slow == {"level": "INFO", "logger": "systemx.test.plain", "msg": "hello there"}
+
+
+def test_another_handler_gets_the_record(log: QuickLogger) -> None:
+    tap = _Tap()
+    with _only_ours() as out:
+        logging.getLogger().addHandler(tap)
+        try:
+            assert _only_handler(log) is None
+            log.info("seen by %s", "both")
+        finally:
+            logging.getLogger().removeHandler(tap)
+    assert [r.getMessage() for r in tap.records] == ["seen by both"]
+    assert out.getvalue().endswith("[INFO] seen by both\n")
+
+
+def test_a_handler_on_a_parent_logger_gets_the_record(log: QuickLogger) -> None:
+    tap = _Tap()
+    parent = logging.getLogger("systemx.test")
+    with _only_ours() as out:
+        parent.addHandler(tap)
+        try:
+            log.info("via the parent")
+        finally:
+            parent.removeHandler(tap)
+    assert [r.getMessage() for r in tap.records] == ["via the parent"]
+    assert out.getvalue().endswith("[INFO] via the parent\n")
+
+
+def test_filters_are_honoured(log: QuickLogger) -> None:
+    def drop(record: logging.LogRecord) -> bool:
+        return "secret" not in record.getMessage()
+
+    with _only_ours() as out:
+        log.addFilter(drop)
+        try:
+            log.info("a secret")
+            log.info("public")
+        finally:
+            log.removeFilter(drop)
+        handler = next(h for h in logging.getLogger().handlers if h.get_name() == "systemx")
+        handler.addFilter(drop)
+        try:
+            log.info("another secret")
+        finally:
+            handler.removeFilter(drop)
+    assert [line.split("] ", 1)[1] for line in out.getvalue().splitlines()] == ["public"]
+
+
+def test_a_record_factory_sees_every_record(log: QuickLogger) -> None:
+    seen: list[str] = []
+    original = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = original(*args, **kwargs)
+        seen.append(record.getMessage())
+        return record
+
+    with _only_ours() as out:
+        logging.setLogRecordFactory(factory)
+        try:
+            log.info("made by the factory")
+        finally:
+            logging.setLogRecordFactory(original)
+    assert seen == ["made by the factory"]
+    assert out.getvalue().endswith("made by the factory\n")
+
+
+def test_extra_and_levels(log: QuickLogger) -> None:
+    with _only_ours("json") as out:
+        log.info("with extra", extra={"port": 8080})
+        log.debug("below the level")
+        log.setLevel(logging.WARNING)
+        try:
+            log.info("below the logger's level")
+        finally:
+            log.setLevel(logging.NOTSET)
+    (record,) = (json.loads(line) for line in out.getvalue().splitlines())
+    assert record["msg"] == "with extra" and record["port"] == 8080
+
+
+def test_without_the_handler_it_is_plain_logging(log: QuickLogger) -> None:
+    tap = _Tap()
+    root = logging.getLogger()
+    root.addHandler(tap)
+    log.setLevel(logging.INFO)
+    try:
+        assert _only_handler(log) is None
+        log.info("captured %d", 1)
+    finally:
+        log.setLevel(logging.NOTSET)
+        root.removeHandler(tap)
+    assert [r.getMessage() for r in tap.records] == ["captured 1"]
+
+
+def test_a_bad_format_string_is_reported_not_raised(
+    log: QuickLogger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _only_ours() as out:
+        log.info("two %s %s", "only-one")
+        log.info("still logging")
+    assert out.getvalue().endswith("[INFO] still logging\n")
+    assert "Logging error" in capsys.readouterr().err
+
+
+def test_an_existing_plain_logger_is_kept() -> None:
+    plain = logging.getLogger("systemx.test.existing")
+    assert get_logger("systemx.test.existing") is plain
+    assert not isinstance(logging.getLogger("systemx.test.newer"), QuickLogger)
+
+
+def test_lines_held_for_a_closed_loop_go_out_with_the_next_line(log: QuickLogger) -> None:
+    with _only_ours() as out:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.call_soon(loop.stop)
+            loop.call_soon(log.info, "logged as the loop stopped")
+            loop.run_forever()
+        finally:
+            loop.close()
+        assert out.getvalue() == ""  # its flush was due on the next pass, which never came
+        log.info("after the loop")
+    lines = out.getvalue().splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == ["logged as the loop stopped", "after the loop"]
