@@ -39,8 +39,8 @@ __all__ = ["BUN_SCENARIOS", "SCENARIOS", "build_parser", "main"]
 Say = Callable[[str], None]
 
 SCENARIOS = ("relay", "latency", "callsetup", "connect", "party", "presence", "bare", "all")
-#: The scenarios that can also measure the Bun relay (``--bun``).
-BUN_SCENARIOS = frozenset({"relay", "bare", "latency", "connect", "all"})
+#: The scenarios that can also measure the Bun baseline (``--bun``).
+BUN_SCENARIOS = frozenset({"relay", "bare", "latency", "callsetup", "connect", "all"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--bun",
         action="store_true",
         help=(
-            "relay/bare/latency/connect: also measure the Bun relay (benchmarks/bun_relay.js: parse, set "
-            "from, re-serialise, send; a lower bound for any Bun router) on the same CPU, alternating "
+            "relay/bare/latency/callsetup/connect: also measure the Bun baseline (benchmarks/bun_relay.js: "
+            "parse, set from, re-serialise, send; the least a call router does for calls; a lower bound "
+            "for any Bun router) on the same CPU, alternating "
             "the order run by run; adds bun_* figures and ratio_to_bun (Bun CPU per unit over the "
             "measured server's; 1 or more: the server uses no more CPU than Bun). Needs bun: "
             "$SYSTEMX_BENCH_BUN, else bun on PATH, else .bench/ (`make bench-bun-install`)"
@@ -268,7 +269,7 @@ def _alternate(
     return per_kind
 
 
-_NAMES = {"systemx": "exchange", "bare": "bare relay", "bun": "Bun relay"}
+_NAMES = {"systemx": "exchange", "bare": "bare relay", "bun": "Bun baseline"}
 _SHORT = {"systemx": "exchange", "bare": "bare", "bun": "bun"}
 # The CPU figure a ratio compares, and (figure of a run, key after the baseline's prefix)
 # for the baseline's keys in the JSON line.
@@ -276,6 +277,13 @@ _MSG_CPU = "server_cpu_us_per_msg"
 _MSG_FIGURES = (
     ("msgs_per_s", "msgs_per_s"),
     ("server_cpu_us_per_msg", "cpu_us_per_msg"),
+    ("p50_us", "p50_us"),
+    ("p99_us", "p99_us"),
+)
+_CALL_CPU = "server_cpu_us_per_call"
+_CALL_FIGURES = (
+    ("calls_per_s", "calls_per_s"),
+    ("server_cpu_us_per_call", "cpu_us_per_call"),
     ("p50_us", "p50_us"),
     ("p99_us", "p99_us"),
 )
@@ -368,7 +376,7 @@ def _exchange_maybe_bun(
     cpu_key: str,
     unit: str,
 ) -> dict[str, Any]:
-    """Runs of the exchange and, with ``--bun``, of the Bun relay alternating with it."""
+    """Runs of the exchange and, with ``--bun``, of the Bun baseline alternating with it."""
     if not opts.bun:
         runs = _repeat("systemx", opts, one, say, line)
         return {**head, **median_result(runs)}
@@ -398,18 +406,16 @@ def scenario_callsetup(opts: Options, say: Say) -> dict[str, Any]:
     from benchmarks.callsetup import run_callsetup
 
     say(f"callsetup: {opts.pairs} pairs dialling in parallel (DIAL RING ANSWER CONNECTED HANGUP)")
-    runs = _repeat(
-        "systemx",
-        opts,
-        run_callsetup,
-        say,
-        lambda r: (
+
+    def line(r: dict[str, Any]) -> str:
+        return (
             f"{_fmt(r['calls_per_s'], 0)} calls/s, server {_fmt(r['server_cpu_us_per_call'])} us/call "
             f"({_pct(r['server_cpu_util'])} busy), "
             f"setup p50 {_fmt(r['p50_us'], 0)} p99 {_fmt(r['p99_us'], 0)} us"
-        ),
-    )
-    return {"pairs": opts.pairs, **median_result(runs)}
+        )
+
+    head = {"pairs": opts.pairs}
+    return _exchange_maybe_bun(opts, say, run_callsetup, line, head, _CALL_FIGURES, _CALL_CPU, "call")
 
 
 def scenario_connect(opts: Options, say: Say) -> dict[str, Any]:

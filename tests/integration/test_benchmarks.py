@@ -195,6 +195,15 @@ async def test_latency_against_exchange_and_bun_relay() -> None:
 
 
 @needs_bun
+async def test_callsetup_against_exchange_and_bun_baseline() -> None:
+    (result,) = await _passes("callsetup", "--bun", "--pairs", "5", *SHORT)
+    _has(result, "calls", "server_cpu_us_per_call", "bun_cpu_us_per_call", "bun_calls_per_s", "ratio_to_bun")
+    assert result["calls"] > 0
+    assert result["bun_cpu_us_per_call"] is not None
+    assert result["ratio_to_bun"] is not None
+
+
+@needs_bun
 async def test_connect_against_exchange_and_bun_relay() -> None:
     (result,) = await _passes("connect", "--bun", "--conns", "200")
     _has(
