@@ -83,6 +83,7 @@ from systemx.core.actions import WakeRequest
 from systemx.core.exchange import Exchange
 from systemx.protocol.codes import CloseCode, CloseReason
 from systemx.server.accept import AcceptedTransport, SwitchingProtocols, create_server
+from systemx.server.timers import Timers
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -426,7 +427,7 @@ class Server:
         # True when connections are accepted by systemx.server.accept's lean protocol.
         self.lean_accept = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        self._timers: Timers | None = None
         self._conns: set[Connection] = set()
         self._all_closed = asyncio.Event()
         self._profiles: ProfileStore | None = None
@@ -518,9 +519,8 @@ class Server:
             for conn in list(self._conns):
                 conn.abort()
             await self._wait_all_closed(1.0)
-        for handle in self._timers.values():
-            handle.cancel()
-        self._timers.clear()
+        if self._timers is not None:
+            self._timers.clear()
         if self._wake_runner is not None:
             try:
                 await self._wake_runner.close()
@@ -642,18 +642,16 @@ class Server:
         conn.close(code, reason)
 
     def start_timer(self, key: Hashable, delay: float) -> None:
-        old = self._timers.get(key)
-        if old is not None:
-            old.cancel()
-        self._timers[key] = self.loop.call_later(delay, self._fire_timer, key)
+        timers = self._timers
+        if timers is None:
+            timers = self._timers = Timers(self.loop, self._fire_timer)
+        timers.start(key, delay)
 
     def cancel_timer(self, key: Hashable) -> None:
-        handle = self._timers.pop(key, None)
-        if handle is not None:
-            handle.cancel()
+        if self._timers is not None:
+            self._timers.cancel(key)
 
     def _fire_timer(self, key: Hashable) -> None:
-        self._timers.pop(key, None)
         try:
             self.exchange.on_timer(key, _now())
         except Exception:
