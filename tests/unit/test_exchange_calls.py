@@ -31,6 +31,14 @@ def test_register_answers_registered_with_uuid_session_id(h: Harness) -> None:
     uuid.UUID(reply["session_id"])
 
 
+@pytest.mark.parametrize("auth", ["token-123", {"token": "t", "scheme": "bearer"}, ["a", 1], 7, None])
+def test_register_accepts_any_auth_value_unchecked(h: Harness, auth: object) -> None:
+    h.open("A")
+    h.send("A", {"type": "REGISTER", "address": "alice@example.com", "auth": auth})
+    reply = h.frames("A")[-1]
+    assert reply["type"] == "REGISTERED" and reply["address"] == "alice@example.com"
+
+
 def test_second_register_same_socket_same_address_repeats_registered(h: Harness) -> None:
     first = h.register("A", "alice@example.com")
     second = h.register("A", "alice@example.com")
@@ -412,10 +420,11 @@ def test_last_listener_ends_broadcast() -> None:
 @pytest.mark.parametrize(
     ("frame", "context", "detail_part"),
     [
-        (b"[]", "UNKNOWN", "object"),
-        (b"{}", "UNKNOWN", "Unsupported message type"),
-        (b"null", "UNKNOWN", "object"),
-        (b'"x"', "UNKNOWN", "object"),
+        (b"[]", "UNKNOWN", "Unsupported message type: undefined (expected a JSON object, got list)"),
+        (b"{}", "UNKNOWN", "Unsupported message type: undefined"),
+        (b"null", "UNKNOWN", "Unsupported message type: undefined (expected a JSON object, got null)"),
+        (b'"x"', "UNKNOWN", "Unsupported message type: undefined (expected a JSON object, got str)"),
+        (b'{"type":null}', "UNKNOWN", "Unsupported message type: null"),
         (b'{"type":"FROB"}', "UNKNOWN", "Unsupported message type: FROB"),
         (b'{"type":"DIAL"}', "DIAL", "to"),
         (b'{"type":"DIAL","to":5}', "DIAL", "str"),

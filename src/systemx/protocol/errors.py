@@ -23,12 +23,14 @@ def describe_invalid(data: bytes, error: msgspec.ValidationError) -> tuple[str, 
         value: Any = _generic.decode(data)
     except msgspec.DecodeError:  # pragma: no cover - caller already parsed it
         return "UNKNOWN", "Invalid JSON"
+    # "Unsupported message type: <type>" whatever the frame is, as the reference router
+    # words it ("undefined" when there is no type at all), so clients can match on it.
     if not isinstance(value, dict):
-        return (
-            "UNKNOWN",
-            f"Expected a JSON object, got {type(value).__name__ if value is not None else 'null'}",
-        )
-    mtype = value.get("type")
+        got = type(value).__name__ if value is not None else "null"
+        return "UNKNOWN", f"Unsupported message type: undefined (expected a JSON object, got {got})"
+    if "type" not in value:
+        return "UNKNOWN", "Unsupported message type: undefined"
+    mtype = value["type"]
     if not isinstance(mtype, str) or mtype not in _known_types(ClientMessage):
         shown = mtype if isinstance(mtype, str) else msgspec.json.encode(mtype).decode()
         return "UNKNOWN", f"Unsupported message type: {shown}"

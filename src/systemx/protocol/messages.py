@@ -119,7 +119,8 @@ class PresenceEntry(msgspec.Struct):
 
 class Register(_Message, tag="REGISTER"):
     address: str
-    auth: str | None = None
+    # Not checked yet, so any JSON value is accepted (kept undecoded), as the reference router does.
+    auth: Any = None
     metadata: dict[str, Any] | None = None
     concurrency: Literal["single", "parallel", "broadcast"] | None = None
     max_listeners: PositiveInt | None = None
