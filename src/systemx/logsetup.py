@@ -150,7 +150,9 @@ class LoopFlushingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         formatter = self.formatter
         if type(formatter) is not TextFormatter and type(formatter) is not JsonFormatter:
             return False
-        self._queue(formatter.line(created, levelno, name, message), levelno)
+        line = formatter.line(created, levelno, name, message)
+        with self.lock:  # type: ignore[union-attr]  # as Handler.handle holds it around emit()
+            self._queue(line, levelno)
         return True
 
     def _queue(self, line: str, levelno: int) -> None:

@@ -86,30 +86,19 @@ def test_short_path_json_matches_a_log_record(log: QuickLogger) -> None:
     assert slow == {"level": "INFO", "logger": "systemx.test.plain", "msg": "hello there"}
 
 
-def test_another_handler_gets_the_record(log: QuickLogger) -> None:
+@pytest.mark.parametrize("where", ["", "systemx.test"], ids=["root", "parent"])
+def test_another_handler_gets_the_record(log: QuickLogger, where: str) -> None:
     tap = _Tap()
+    holder = logging.getLogger(where or None)
     with _only_ours() as out:
-        logging.getLogger().addHandler(tap)
+        holder.addHandler(tap)
         try:
             assert _only_handler(log) is None
             log.info("seen by %s", "both")
         finally:
-            logging.getLogger().removeHandler(tap)
+            holder.removeHandler(tap)
     assert [r.getMessage() for r in tap.records] == ["seen by both"]
     assert out.getvalue().endswith("[INFO] seen by both\n")
-
-
-def test_a_handler_on_a_parent_logger_gets_the_record(log: QuickLogger) -> None:
-    tap = _Tap()
-    parent = logging.getLogger("systemx.test")
-    with _only_ours() as out:
-        parent.addHandler(tap)
-        try:
-            log.info("via the parent")
-        finally:
-            parent.removeHandler(tap)
-    assert [r.getMessage() for r in tap.records] == ["via the parent"]
-    assert out.getvalue().endswith("[INFO] via the parent\n")
 
 
 def test_filters_are_honoured(log: QuickLogger) -> None:

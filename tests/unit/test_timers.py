@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Hashable
 
+import pytest
+
 from systemx.server.timers import Timers
 from tests.conftest import scaled
 
@@ -27,11 +29,18 @@ class _Fired:
                 await self.changed.wait()
 
 
-async def test_timers_fire_once_each_in_deadline_order_not_early() -> None:
-    loop = asyncio.get_running_loop()
-    fired = _Fired()
-    timers = Timers(loop, fired)
-    started = loop.time()
+@pytest.fixture
+async def fired() -> _Fired:
+    return _Fired()
+
+
+@pytest.fixture
+async def timers(fired: _Fired) -> Timers:
+    return Timers(asyncio.get_running_loop(), fired)
+
+
+async def test_timers_fire_once_each_in_deadline_order_not_early(timers: Timers, fired: _Fired) -> None:
+    started = asyncio.get_running_loop().time()
     timers.start("b", 0.06)
     timers.start("a", 0.02)
     timers.start("c", 0.06)
@@ -44,10 +53,7 @@ async def test_timers_fire_once_each_in_deadline_order_not_early() -> None:
     assert len(timers) == 0 and "a" not in timers
 
 
-async def test_restart_moves_the_deadline_and_cancel_forgets() -> None:
-    loop = asyncio.get_running_loop()
-    fired = _Fired()
-    timers = Timers(loop, fired)
+async def test_restart_moves_the_deadline_and_cancel_forgets(timers: Timers, fired: _Fired) -> None:
     timers.start("restarted", 0.03)
     timers.start("cancelled", 0.03)
     timers.start("kept", 0.03)
@@ -59,10 +65,7 @@ async def test_restart_moves_the_deadline_and_cancel_forgets() -> None:
     assert fired.keys == ["kept", "restarted", "marker"]
 
 
-async def test_restart_with_another_delay() -> None:
-    loop = asyncio.get_running_loop()
-    fired = _Fired()
-    timers = Timers(loop, fired)
+async def test_restart_with_another_delay(timers: Timers, fired: _Fired) -> None:
     timers.start("x", 5.0)
     timers.start("x", 0.01)
     timers.start("y", 0.03)
@@ -94,10 +97,7 @@ async def test_a_fired_timer_can_start_and_cancel_timers() -> None:
     assert len(timers) == 0
 
 
-async def test_clear_stops_everything() -> None:
-    loop = asyncio.get_running_loop()
-    fired = _Fired()
-    timers = Timers(loop, fired)
+async def test_clear_stops_everything(timers: Timers, fired: _Fired) -> None:
     for i in range(100):
         timers.start(("ring", i), 0.01 + (i % 7) / 1000)
     timers.clear()
@@ -106,10 +106,7 @@ async def test_clear_stops_everything() -> None:
     assert fired.keys == ["after"]
 
 
-async def test_many_distinct_delays_leave_nothing_behind() -> None:
-    loop = asyncio.get_running_loop()
-    fired = _Fired()
-    timers = Timers(loop, fired)
+async def test_many_distinct_delays_leave_nothing_behind(timers: Timers, fired: _Fired) -> None:
     for i in range(200):
         timers.start(("idle", i), 0.001 * (i % 40) + 0.005)
     for i in range(0, 200, 2):
