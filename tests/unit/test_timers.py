@@ -115,3 +115,31 @@ async def test_many_distinct_delays_leave_nothing_behind(timers: Timers, fired: 
     assert sorted(k[1] for k in fired.keys if isinstance(k, tuple)) == list(range(1, 200, 2))
     assert len(timers) == 0
     assert not timers._delays  # every per-delay queue was dropped with its last timer
+
+
+async def test_a_failing_callback_does_not_strand_the_other_timers() -> None:
+    loop = asyncio.get_running_loop()
+    seen: list[Hashable] = []
+    done = asyncio.Event()
+    errors: list[BaseException] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context["exception"]))
+
+    def fire(key: Hashable) -> None:
+        seen.append(key)
+        if key == "bad":
+            raise RuntimeError("callback failed")
+        if key == "later":
+            done.set()
+
+    timers = Timers(loop, fire)
+    timers.start("bad", 0.01)
+    timers.start("good", 0.01)
+    timers.start("later", 0.01)
+    try:
+        async with asyncio.timeout(scaled(5.0)):
+            await done.wait()
+    finally:
+        loop.set_exception_handler(None)
+    assert seen == ["bad", "good", "later"]
+    assert [str(e) for e in errors] == ["callback failed"]
+    assert len(timers) == 0

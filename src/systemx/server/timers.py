@@ -92,15 +92,20 @@ class Timers:
         queue.handle = None
         entries = queue.entries
         by_key = self._by_key
-        while entries:
-            key, deadline = next(iter(entries.items()))
-            if deadline > self._time() + _EARLY:
-                if queue.handle is None:  # (a timer started by fire() may have armed it)
+        try:
+            while entries:
+                key, deadline = next(iter(entries.items()))
+                if deadline > self._time() + _EARLY:
+                    break
+                del entries[key]
+                del by_key[key]
+                # May start or cancel timers, this queue's included: read it afresh each time.
+                self._fire(key)
+        finally:
+            # Also after fire() raised: the timers still due or pending must not be stranded.
+            if queue.handle is None:  # (a timer started by fire() may have armed it)
+                if entries:
+                    deadline = next(iter(entries.values()))
                     queue.handle = self._loop.call_at(deadline, self._expire, queue)
-                return
-            del entries[key]
-            del by_key[key]
-            # May start or cancel timers, this queue's included: read it afresh each time.
-            self._fire(key)
-        if queue.handle is None and not entries:
-            self._drop(queue)
+                else:
+                    self._drop(queue)
