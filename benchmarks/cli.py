@@ -271,28 +271,14 @@ def _alternate(
 
 _NAMES = {"systemx": "exchange", "bare": "bare relay", "bun": "Bun baseline"}
 _SHORT = {"systemx": "exchange", "bare": "bare", "bun": "bun"}
-# The CPU figure a ratio compares, and (figure of a run, key after the baseline's prefix)
-# for the baseline's keys in the JSON line.
+# The CPU figure a ratio compares, and the figures of a run repeated for the baseline
+# in the JSON line, as <baseline>_<figure without its "server_" prefix>.
 _MSG_CPU = "server_cpu_us_per_msg"
-_MSG_FIGURES = (
-    ("msgs_per_s", "msgs_per_s"),
-    ("server_cpu_us_per_msg", "cpu_us_per_msg"),
-    ("p50_us", "p50_us"),
-    ("p99_us", "p99_us"),
-)
+_MSG_FIGURES = ("msgs_per_s", _MSG_CPU, "p50_us", "p99_us")
 _CALL_CPU = "server_cpu_us_per_call"
-_CALL_FIGURES = (
-    ("calls_per_s", "calls_per_s"),
-    ("server_cpu_us_per_call", "cpu_us_per_call"),
-    ("p50_us", "p50_us"),
-    ("p99_us", "p99_us"),
-)
+_CALL_FIGURES = ("calls_per_s", _CALL_CPU, "p50_us", "p99_us")
 _CONNECT_CPU = "server_cpu_us_per_registration"
-_CONNECT_FIGURES = (
-    ("server_cpu_us_per_registration", "cpu_us_per_registration"),
-    ("server_cpu_us_per_handshake", "cpu_us_per_handshake"),
-    ("server_cpu_us_per_register", "cpu_us_per_register"),
-)
+_CONNECT_FIGURES = (_CONNECT_CPU, "server_cpu_us_per_handshake", "server_cpu_us_per_register")
 
 
 def _add_baseline(
@@ -300,7 +286,7 @@ def _add_baseline(
     main_kind: str,
     base_kind: str,
     runs: list[dict[str, Any]],
-    figures: tuple[tuple[str, str], ...],
+    figures: tuple[str, ...],
     cpu_key: str,
     unit: str,
     say: Say,
@@ -312,8 +298,8 @@ def _add_baseline(
     the baseline.
     """
     base = median_result(runs)
-    for key, name in figures:
-        out[f"{base_kind}_{name}"] = base.get(key)
+    for key in figures:
+        out[f"{base_kind}_{key.removeprefix('server_')}"] = base.get(key)
     router, floor = out.get(cpu_key), base.get(cpu_key)
     ratio = (floor / router) if router and floor else None
     out[f"ratio_to_{base_kind}"] = ratio
@@ -372,7 +358,7 @@ def _exchange_maybe_bun(
     one: OneRun,
     line: Callable[[dict[str, Any]], str],
     head: dict[str, Any],
-    figures: tuple[tuple[str, str], ...],
+    figures: tuple[str, ...],
     cpu_key: str,
     unit: str,
 ) -> dict[str, Any]:

@@ -87,20 +87,9 @@ class QuickLogger(logging.Logger):
 def get_logger(name: str) -> logging.Logger:
     """``logging.getLogger(name)``, created as a :class:`QuickLogger` if it does not exist yet."""
     manager = logging.Logger.manager
-    with _ManagerClass(manager):
+    saved = manager.loggerClass
+    manager.setLoggerClass(QuickLogger)
+    try:
         return logging.getLogger(name)
-
-
-class _ManagerClass:
-    """Temporarily make the logging manager create :class:`QuickLogger` objects."""
-
-    def __init__(self, manager: logging.Manager) -> None:
-        self._manager = manager
-        self._saved: Any = None
-
-    def __enter__(self) -> None:
-        self._saved = self._manager.loggerClass
-        self._manager.setLoggerClass(QuickLogger)
-
-    def __exit__(self, *exc: object) -> None:
-        self._manager.loggerClass = self._saved
+    finally:
+        manager.loggerClass = saved

@@ -457,6 +457,12 @@ class Server:
         return self._loop
 
     @property
+    def timers(self) -> Timers:
+        if self._timers is None:
+            raise RuntimeError("server not started")
+        return self._timers
+
+    @property
     def url(self) -> str:
         scheme = "wss" if self.settings.tls_enabled else "ws"
         host = self.settings.host
@@ -475,6 +481,7 @@ class Server:
         settings = self.settings
         self._loop = asyncio.get_running_loop()
         self._call_soon = self._loop.call_soon
+        self._timers = Timers(self._loop, self._fire_timer)
         ssl_context = self._ssl_context() if settings.tls_enabled else None
         profiles = self._open_profiles()
         self._server, self.lean_accept = await create_server(
@@ -642,14 +649,10 @@ class Server:
         conn.close(code, reason)
 
     def start_timer(self, key: Hashable, delay: float) -> None:
-        timers = self._timers
-        if timers is None:
-            timers = self._timers = Timers(self.loop, self._fire_timer)
-        timers.start(key, delay)
+        self.timers.start(key, delay)
 
     def cancel_timer(self, key: Hashable) -> None:
-        if self._timers is not None:
-            self._timers.cancel(key)
+        self.timers.cancel(key)
 
     def _fire_timer(self, key: Hashable) -> None:
         try:
