@@ -536,9 +536,9 @@ def test_cell_size_must_divide_180() -> None:
         MemoryPresenceIndex(cell_deg=0.0)
 
 
-def test_status_query_under_call_churn_walks_the_ordered_table() -> None:
-    # Calls move addresses between "available" and "busy" all the time; a query on
-    # the big "available" bucket must not re-sort it each time (O(n log n) a query).
+def test_status_churn_keeps_registration_order_and_filters() -> None:
+    # Calls move addresses between "available" and "busy" all the time; a status
+    # query still answers in registration order, with the current statuses.
     index = MemoryPresenceIndex()
     for i in range(5_000):
         index.put(
@@ -551,7 +551,41 @@ def test_status_query_under_call_churn_walks_the_ordered_table() -> None:
             metadata={},
         )
     index.set_status("a1@x.example", "busy")
-    index.set_status("a1@x.example", "available")  # back in the bucket, out of order
+    index.set_status("a4@x.example", "busy")
+    rows = index.query(status="available", limit=3)
+    assert [address for address, _, _ in rows] == ["a0@x.example", "a2@x.example", "a3@x.example"]
+    assert index.query(status="busy", limit=5) == [("a1@x.example", "busy", {}), ("a4@x.example", "busy", {})]
+    assert index.query(domain="x.example", status="busy", limit=1) == [("a1@x.example", "busy", {})]
+    index.set_status("a1@x.example", "available")
     rows = index.query(status="available", limit=3)
     assert [address for address, _, _ in rows] == ["a0@x.example", "a1@x.example", "a2@x.example"]
-    assert index._statuses["available"].sorted is False  # answered without sorting
+    assert index.query(status="dnd", limit=5) == []
+
+
+def test_domain_churn_query_walks_the_ordered_table() -> None:
+    # An address re-registered into a big bucket puts it out of order; a query on it
+    # must not re-sort it each time (O(n log n) a query).
+    index = MemoryPresenceIndex()
+    for i in range(5_000):
+        index.put(
+            f"a{i}@x.example",
+            domain="x.example",
+            capabilities=(),
+            lat=None,
+            lon=None,
+            status="available",
+            metadata={},
+        )
+    for domain in ("y.example", "x.example"):  # away, then back: out of order
+        index.put(
+            "a1@x.example",
+            domain=domain,
+            capabilities=(),
+            lat=None,
+            lon=None,
+            status="available",
+            metadata={},
+        )
+    rows = index.query(domain="x.example", limit=3)
+    assert [address for address, _, _ in rows] == ["a0@x.example", "a1@x.example", "a2@x.example"]
+    assert index._domains["x.example"].sorted is False  # answered without sorting

@@ -25,10 +25,14 @@ and ``remove`` of an unknown address do nothing, so a backend need not read
 before it writes.
 
 The memory index answers selective queries without scanning the world: one
-ordered bucket per domain, capability and status, and a latitude/longitude grid
-of ``cell_deg`` cells for locations. A query starts from the cheapest candidate
+ordered bucket per domain and per capability, and a latitude/longitude grid of
+``cell_deg`` cells for locations. A query starts from the cheapest candidate
 source (the smallest bucket, an intersection of buckets, or the grid cells
 under the search circle) and checks the remaining filters per candidate.
+Status is such a remaining filter, never a candidate source: it changes twice
+per call for both parties (``available`` -> ``busy`` -> ``available``), so
+keeping it indexed would cost every call four index moves, to speed up only
+queries that filter by status alone.
 """
 
 from __future__ import annotations
@@ -226,7 +230,7 @@ class _Bucket:
 
 
 class MemoryPresenceIndex:
-    """In-process :class:`PresenceIndex` with domain, capability, status and grid indexes.
+    """In-process :class:`PresenceIndex` with domain, capability and grid indexes.
 
     ``cell_deg`` is the side of a grid cell in degrees; it must divide 180.
     Returned metadata dicts are the stored objects, not copies: callers must not
@@ -245,7 +249,6 @@ class MemoryPresenceIndex:
         self._entries: _Members = {}
         self._domains: dict[str, _Bucket] = {}
         self._capabilities: dict[str, _Bucket] = {}
-        self._statuses: dict[str, _Bucket] = {}
         # A flat row-major list, so that a run of cells in one row is a C-level slice;
         # an empty cell is None or an empty dict, both skipped by ``filter(None, ...)``.
         self._grid: list[_Members | None] = [None] * (self._n_rows * self._n_cols)
@@ -286,7 +289,6 @@ class MemoryPresenceIndex:
             _bucket_add(self._domains, domain, entry)
             for cap in caps:
                 _bucket_add(self._capabilities, cap, entry)
-            _bucket_add(self._statuses, status, entry)
             if cell is not None:
                 self._cell_add(cell, entry)
             return
@@ -299,9 +301,6 @@ class MemoryPresenceIndex:
                 _bucket_discard(self._capabilities, cap, address)
             for cap in caps - entry.capabilities:
                 _bucket_add(self._capabilities, cap, entry)
-        if entry.status != status:
-            _bucket_discard(self._statuses, entry.status, address)
-            _bucket_add(self._statuses, status, entry)
         if entry.cell != cell:
             if entry.cell is not None:
                 self._cell_discard(entry.cell, address)
@@ -311,11 +310,8 @@ class MemoryPresenceIndex:
 
     def set_status(self, address: str, status: str) -> None:
         entry = self._entries.get(address)
-        if entry is None or entry.status == status:
-            return
-        _bucket_discard(self._statuses, entry.status, address)
-        entry.set_status(status)
-        _bucket_add(self._statuses, status, entry)
+        if entry is not None and entry.status != status:
+            entry.set_status(status)
 
     def remove(self, address: str) -> None:
         entry = self._entries.pop(address, None)
@@ -324,7 +320,6 @@ class MemoryPresenceIndex:
         _bucket_discard(self._domains, entry.domain, address)
         for cap in entry.capabilities:
             _bucket_discard(self._capabilities, cap, address)
-        _bucket_discard(self._statuses, entry.status, address)
         if entry.cell is not None:
             self._cell_discard(entry.cell, address)
 
@@ -454,18 +449,15 @@ class MemoryPresenceIndex:
             if bucket is None:
                 return []
             buckets.append(bucket)
-        if status is not None:
-            bucket = self._statuses.get(status)
-            if bucket is None:
-                return []
-            buckets.append(bucket)
         buckets.sort(key=len)
 
         if near is None:
-            return self._query_ordered(buckets, exclude, limit)
-        return self._query_near([b.members for b in buckets], near, exclude, limit)
+            return self._query_ordered(buckets, status, exclude, limit)
+        return self._query_near([b.members for b in buckets], near, status, exclude, limit)
 
-    def _query_ordered(self, buckets: list[_Bucket], exclude: str | None, limit: int) -> list[PresenceRow]:
+    def _query_ordered(
+        self, buckets: list[_Bucket], status: str | None, exclude: str | None, limit: int
+    ) -> list[PresenceRow]:
         source: Iterable[_Entry]
         if not buckets:
             source = self._entries.values()
@@ -477,21 +469,25 @@ class MemoryPresenceIndex:
                 matches.discard(exclude)
             if len(matches) <= 4 * limit:
                 first = buckets[0].members
-                chosen = sorted(map(first.__getitem__, matches), key=_SEQ)
-                return [e.row for e in islice(chosen, limit)]
-            # Walking the smallest bucket in order stops after ``limit`` hits.
-            source = (e for e in self._in_order(buckets[0], limit) if e.address in matches)
+                source = sorted(map(first.__getitem__, matches), key=_SEQ)
+                exclude = None
+            else:
+                # Walking the smallest bucket in order stops after ``limit`` hits.
+                source = (e for e in self._in_order(buckets[0], limit) if e.address in matches)
         if exclude is not None:
             source = (e for e in source if e.address != exclude)
+        if status is not None:
+            source = (e for e in source if e.status == status)
         return [e.row for e in islice(source, limit)]
 
     def _in_order(self, bucket: _Bucket, limit: int) -> Iterable[_Entry]:
         """``bucket``'s entries in registration order, cheaply enough for a query.
 
-        A status bucket is put out of order by every call that starts or ends, so
-        re-sorting a large one on each query would cost O(n log n) per query under
-        call churn. When the bucket holds a large share of all entries, walking the
-        (always ordered) entry table and stopping after ``limit`` hits is cheaper.
+        A bucket is put out of order when an entry already present joins it (a
+        re-REGISTER that changes domain or capabilities); re-sorting a large one
+        on each query under such churn would cost O(n log n) per query. When the
+        bucket holds a large share of all entries, walking the (always ordered)
+        entry table and stopping after ``limit`` hits is cheaper.
         """
         if bucket.sorted:
             return bucket.members.values()
@@ -506,6 +502,7 @@ class MemoryPresenceIndex:
         self,
         buckets: list[_Members],
         near: tuple[float, float, float],
+        status: str | None,
         exclude: str | None,
         limit: int,
     ) -> list[PresenceRow]:
@@ -544,6 +541,8 @@ class MemoryPresenceIndex:
                     else:
                         candidates = [e for members in cells for a, e in members.items() if a in matching]
 
+        if status is not None:
+            candidates = [e for e in candidates if e.status == status]
         cos0 = math.cos(lat * _RAD)
         haversine = _haversine
         hits: list[tuple[float, int, _Entry]] = []
