@@ -87,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--size", type=int, default=100, help="relay/latency/party: data bytes per message")
     w.add_argument("--pairs", type=int, default=50, help="relay/callsetup: connection pairs")
     w.add_argument("--inflight", type=int, default=4, help="messages outstanding per direction / sender")
-    w.add_argument("--no-bare", dest="bare", action="store_false", help="relay: skip the bare relay")
+    w.add_argument(
+        "--no-bare",
+        dest="bare",
+        action="store_false",
+        help="relay/latency/callsetup/connect: skip the bare relay baseline",
+    )
     w.add_argument(
         "--bun",
         action="store_true",
@@ -352,7 +357,7 @@ def scenario_bare(opts: Options, say: Say) -> dict[str, Any]:
     return _relay_like(opts, say, _with_bun(opts, ("bare",)))
 
 
-def _exchange_maybe_bun(
+def _exchange_with_baselines(
     opts: Options,
     say: Say,
     one: OneRun,
@@ -362,14 +367,20 @@ def _exchange_maybe_bun(
     cpu_key: str,
     unit: str,
 ) -> dict[str, Any]:
-    """Runs of the exchange and, with ``--bun``, of the Bun baseline alternating with it."""
-    if not opts.bun:
+    """Runs of the exchange and of the baselines asked for, alternating with it.
+
+    The bare relay unless ``--no-bare``, the Bun baseline with ``--bun``.
+    """
+    kinds: tuple[ServerKind, ...] = ("systemx", "bare") if opts.bare else ("systemx",)
+    kinds = _with_bun(opts, kinds)
+    if len(kinds) == 1:
         runs = _repeat("systemx", opts, one, say, line)
         return {**head, **median_result(runs)}
-    per_kind = _alternate(opts, say, ("systemx", "bun"), one, line)
+    per_kind = _alternate(opts, say, kinds, one, line)
     _profile("systemx", opts, one, say)
     out: dict[str, Any] = {**head, **median_result(per_kind["systemx"])}
-    _add_baseline(out, "systemx", "bun", per_kind["bun"], figures, cpu_key, unit, say)
+    for base_kind in kinds[1:]:
+        _add_baseline(out, "systemx", base_kind, per_kind[base_kind], figures, cpu_key, unit, say)
     return out
 
 
@@ -385,7 +396,7 @@ def scenario_latency(opts: Options, say: Say) -> dict[str, Any]:
         )
 
     head = {"size": opts.size}
-    return _exchange_maybe_bun(opts, say, run_latency, line, head, _MSG_FIGURES, _MSG_CPU, "MSG")
+    return _exchange_with_baselines(opts, say, run_latency, line, head, _MSG_FIGURES, _MSG_CPU, "MSG")
 
 
 def scenario_callsetup(opts: Options, say: Say) -> dict[str, Any]:
@@ -401,7 +412,7 @@ def scenario_callsetup(opts: Options, say: Say) -> dict[str, Any]:
         )
 
     head = {"pairs": opts.pairs}
-    return _exchange_maybe_bun(opts, say, run_callsetup, line, head, _CALL_FIGURES, _CALL_CPU, "call")
+    return _exchange_with_baselines(opts, say, run_callsetup, line, head, _CALL_FIGURES, _CALL_CPU, "call")
 
 
 def scenario_connect(opts: Options, say: Say) -> dict[str, Any]:
@@ -418,7 +429,7 @@ def scenario_connect(opts: Options, say: Say) -> dict[str, Any]:
         )
 
     head = {"conns": opts.conns}
-    return _exchange_maybe_bun(
+    return _exchange_with_baselines(
         opts, say, run_connect, line, head, _CONNECT_FIGURES, _CONNECT_CPU, "registration"
     )
 

@@ -108,19 +108,38 @@ async def test_relay_4k_corked_with_two_generator_processes() -> None:
     assert result["msgs"] > 0
 
 
-async def test_latency() -> None:
+async def test_latency_against_exchange_and_bare_relay() -> None:
     (result,) = await _passes("latency", "--samples", "200", "--warm-samples", "50")
-    _has(result, "samples", "p50_us", "p99_us", "server_cpu_us_per_msg")
+    _has(result, "samples", "p50_us", "p99_us", "server_cpu_us_per_msg", "bare_cpu_us_per_msg", "bare_p50_us")
     assert result["samples"] == 200
+    assert result["ratio_to_bare"] is not None
 
 
-async def test_callsetup() -> None:
+async def test_latency_without_the_bare_relay() -> None:
+    (result,) = await _passes("latency", "--no-bare", "--samples", "200", "--warm-samples", "50")
+    _has(result, "samples", "p50_us", "server_cpu_us_per_msg")
+    assert not [key for key in result if "bare" in key]
+
+
+async def test_callsetup_against_exchange_and_bare_call_router() -> None:
+    # The bare relay places the calls too: the generator checks every frame of both.
     (result,) = await _passes("callsetup", "--pairs", "10", "--calls", "200", "--warmup", "0.3")
-    _has(result, "calls", "calls_per_s", "server_cpu_us_per_call", "p50_us", "p99_us")
+    _has(
+        result,
+        "calls",
+        "calls_per_s",
+        "server_cpu_us_per_call",
+        "p50_us",
+        "p99_us",
+        "bare_calls_per_s",
+        "bare_cpu_us_per_call",
+    )
     assert result["calls"] == 200
+    assert result["bare_cpu_us_per_call"] is not None
+    assert result["ratio_to_bare"] is not None
 
 
-async def test_connect() -> None:
+async def test_connect_against_exchange_and_bare_relay() -> None:
     (result,) = await _passes("connect", "--conns", "200")
     _has(
         result,
@@ -129,8 +148,12 @@ async def test_connect() -> None:
         "server_cpu_us_per_handshake",
         "server_cpu_us_per_register",
         "rss_kb_per_conn",
+        "bare_cpu_us_per_registration",
+        "bare_cpu_us_per_handshake",
+        "bare_cpu_us_per_register",
     )
     assert result["registrations"] == 200
+    assert result["ratio_to_bare"] is not None
 
 
 async def test_party() -> None:
