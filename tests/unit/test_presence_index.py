@@ -536,11 +536,10 @@ def test_cell_size_must_divide_180() -> None:
         MemoryPresenceIndex(cell_deg=0.0)
 
 
-def test_status_churn_keeps_registration_order_and_filters() -> None:
-    # Calls move addresses between "available" and "busy" all the time; a status
-    # query still answers in registration order, with the current statuses.
+def _unlocated(n: int) -> MemoryPresenceIndex:
+    """``n`` available entries ``a0@x.example``... without location or metadata."""
     index = MemoryPresenceIndex()
-    for i in range(5_000):
+    for i in range(n):
         index.put(
             f"a{i}@x.example",
             domain="x.example",
@@ -550,6 +549,13 @@ def test_status_churn_keeps_registration_order_and_filters() -> None:
             status="available",
             metadata={},
         )
+    return index
+
+
+def test_status_churn_keeps_registration_order_and_filters() -> None:
+    # Calls move addresses between "available" and "busy" all the time; a status
+    # query still answers in registration order, with the current statuses.
+    index = _unlocated(5_000)
     index.set_status("a1@x.example", "busy")
     index.set_status("a4@x.example", "busy")
     rows = index.query(status="available", limit=3)
@@ -565,17 +571,7 @@ def test_status_churn_keeps_registration_order_and_filters() -> None:
 def test_domain_churn_query_walks_the_ordered_table() -> None:
     # An address re-registered into a big bucket puts it out of order; a query on it
     # must not re-sort it each time (O(n log n) a query).
-    index = MemoryPresenceIndex()
-    for i in range(5_000):
-        index.put(
-            f"a{i}@x.example",
-            domain="x.example",
-            capabilities=(),
-            lat=None,
-            lon=None,
-            status="available",
-            metadata={},
-        )
+    index = _unlocated(5_000)
     for domain in ("y.example", "x.example"):  # away, then back: out of order
         index.put(
             "a1@x.example",
