@@ -40,6 +40,7 @@ class Settings:
     max_message_bytes: int = 1_048_576
     max_buffered_bytes: int = 4 * 1_048_576
     read_buffer_bytes: int = 2048
+    listen_backlog: int = 4096
     shutdown_timeout_ms: int = 5_000
     tls_enabled: bool = False
     tls_cert_path: str = ""
@@ -118,6 +119,11 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         _int,
         "Initial per-connection read buffer (grows on demand)",
     ),
+    "SYSTEMX_LISTEN_BACKLOG": (
+        "listen_backlog",
+        _int,
+        "Connections the kernel queues before they are accepted (capped by net.core.somaxconn)",
+    ),
     "SYSTEMX_SHUTDOWN_TIMEOUT": ("shutdown_timeout_ms", _int, "Bound (ms) on the graceful shutdown wait"),
     "TLS_ENABLED": ("tls_enabled", _bool, "Serve wss:// (needs TLS_CERT_PATH and TLS_KEY_PATH)"),
     "TLS_CERT_PATH": ("tls_cert_path", _str, "PEM certificate chain"),
@@ -165,6 +171,7 @@ def _validate(s: Settings) -> None:
         "SYSTEMX_MAX_MESSAGE_BYTES": s.max_message_bytes,
         "SYSTEMX_MAX_BUFFERED_BYTES": s.max_buffered_bytes,
         "SYSTEMX_READ_BUFFER_BYTES": s.read_buffer_bytes,
+        "SYSTEMX_LISTEN_BACKLOG": s.listen_backlog,
         "SYSTEMX_PARTY_MAX_PARTICIPANTS": s.party_max_participants,
         "SYSTEMX_PARTY_MAX_PER_SESSION": s.party_max_per_session,
         "SYSTEMX_PRESENCE_DEFAULT_LIMIT": s.presence_default_limit,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import socket
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -66,6 +68,31 @@ async def test_many_connections_each_get_their_own_session(server: Server) -> No
     finally:
         for client in clients:
             await client.close()
+
+
+def _listen_queue_limit(port: int) -> int:
+    """The accept queue limit of the socket listening on ``port``, as ``ss`` reports it (Send-Q)."""
+    out = subprocess.run(
+        ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return int(out[2])
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+@pytest.mark.parametrize("backlog", [None, 321])
+async def test_listen_backlog_is_the_setting_capped_by_somaxconn(tmp_path: Path, backlog: int | None) -> None:
+    # asyncio's default of 100 overflows when thousands of clients connect at once:
+    # the kernel drops their handshakes and they retry after a second or more.
+    settings = dataclasses.replace(Settings(), host="127.0.0.1", port=0, data_dir=str(tmp_path))
+    if backlog is not None:
+        settings = dataclasses.replace(settings, listen_backlog=backlog)
+    somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    srv = Server(settings)
+    await srv.start()
+    try:
+        assert _listen_queue_limit(srv.port) == min(backlog or 4096, somaxconn)
+    finally:
+        await srv.shutdown()
 
 
 async def _session_id(client: WSClient) -> str:

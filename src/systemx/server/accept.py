@@ -178,6 +178,7 @@ async def create_server(
     read_buffer_init_size: int,
     logger: Any,
     use_aiofastnet: bool = False,
+    backlog: int,
 ) -> tuple[asyncio.Server, bool]:
     """Listen like ``ws_create_server``; the flag is True when the lean protocol is in use."""
     if WSProtocol is not None and not use_aiofastnet:
@@ -205,7 +206,9 @@ async def create_server(
             log.warning("picows' protocol signature changed (%s); using ws_create_server", exc)
         else:
             loop = asyncio.get_running_loop()
-            server = await loop.create_server(lambda: _ServerProtocol(*args), host, port, ssl=ssl)
+            server = await loop.create_server(
+                lambda: _ServerProtocol(*args), host, port, ssl=ssl, backlog=backlog
+            )
             return server, True
     server = await ws_create_server(
         listener_factory,
@@ -217,5 +220,6 @@ async def create_server(
         enable_auto_pong=True,
         logger_name=logger,
         use_aiofastnet=use_aiofastnet,
+        backlog=backlog,
     )
     return server, False

@@ -491,6 +491,7 @@ class Server:
             ssl=ssl_context,
             max_frame_size=settings.max_message_bytes,
             read_buffer_init_size=settings.read_buffer_bytes,
+            backlog=settings.listen_backlog,
             logger=_PicowsLog(logging.getLogger("picows.server"), {}),
             use_aiofastnet=self._use_aiofastnet,
         )
