@@ -34,8 +34,16 @@ _STRIPPED_ENV = ("SYSTEMX_", "TLS_", "FEDERATION_")
 class SystemXProcess:
     """One ``systemx serve`` subprocess, restartable on the same data directory and port."""
 
-    def __init__(self, workdir: Path, env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+        preexec: Callable[[], object] | None = None,
+    ) -> None:
         self.workdir = workdir
+        # Run in the child between fork and exec (process limits, say).
+        self.preexec = preexec
         self.data_dir = workdir / "data"
         self.env = dict(env or {})
         self.args = list(args)
@@ -75,6 +83,7 @@ class SystemXProcess:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=self.preexec,
         )
         self._reader = asyncio.create_task(self._read(self.proc))
         try:

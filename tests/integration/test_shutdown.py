@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import sys
 import time
@@ -95,3 +96,38 @@ async def test_version(tmp_path: Path) -> None:
     out, _err = await asyncio.wait_for(proc.communicate(), TIMEOUT)
     assert proc.returncode == 0
     assert out.decode().strip() == f"systemx {systemx.__version__}"
+
+
+def _lower_open_files() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, soft), hard))
+
+
+def _open_files_limits(pid: int) -> tuple[int, int]:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError("no open-files line")
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="needs /proc")
+async def test_serve_raises_its_open_file_limit(tmp_path: Path) -> None:
+    # Every connection is a file descriptor: a soft limit of a few hundred would cap
+    # the exchange at a few hundred connections while the hard limit allows more.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip("the hard open-file limit is too low to raise")
+    server = SystemXProcess(tmp_path / "server", preexec=_lower_open_files)
+    await server.start()
+    try:
+        assert server.proc is not None
+        soft, new_hard = _open_files_limits(server.proc.pid)
+        assert soft > 256
+        assert new_hard == hard or hard == resource.RLIM_INFINITY
+        assert any(f"Open files: limit raised from 256 to {soft}" in line for line in server.logs)
+        client = await server.connect()
+        assert (await client.register("many@example.com"))["address"] == "many@example.com"
+        await client.close()
+    finally:
+        await server.stop()

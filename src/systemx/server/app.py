@@ -46,6 +46,12 @@ uvloop's own transports rather than aiofastnet's, the smallest picows read
 buffer (``SYSTEMX_READ_BUFFER_BYTES``), and the handshake's headers dropped
 once the upgrade is done.
 
+Limits: the listening socket's accept queue is ``SYSTEMX_LISTEN_BACKLOG``
+(default 4096, capped by the kernel's ``net.core.somaxconn``) so that
+thousands of clients connecting at once are queued rather than dropped, and
+:func:`serve` raises the process's soft open-file limit to its hard limit
+(every connection is a file descriptor; many systems start programs at 1024).
+
 Shutdown (:meth:`Server.shutdown`): stop accepting, ``Exchange.shutdown``
 (HANGUP ``shutdown`` to every call, close 1001 for every session), wait for the
 sockets to go, bounded by ``SYSTEMX_SHUTDOWN_TIMEOUT``, abort the rest, then
@@ -730,6 +736,40 @@ def _tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
+_NR_OPEN = Path("/proc/sys/fs/nr_open")
+
+
+def raise_open_file_limit() -> tuple[int, int] | None:
+    """Raise this process's soft open-file limit to its hard limit; ``(before, after)``.
+
+    Every connection is a file descriptor, and many systems start programs with
+    a soft limit of 1024 (the hard limit is usually far higher): past it, the
+    exchange could not accept another connection. None where there are no
+    such limits (no ``resource`` module).
+    """
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        # Linux refuses a soft limit above fs.nr_open even when the hard one is unlimited.
+        try:
+            target = int(_NR_OPEN.read_text())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (OSError, ValueError) as exc:
+            log.warning("Open files: cannot raise the limit of %d (%s)", soft, exc)
+            return soft, soft
+        log.info("Open files: limit raised from %d to %d", soft, target)
+        return soft, target
+    return soft, soft
+
+
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     """Run a :class:`Server` until SIGTERM/SIGINT (or ``stop`` is set), then shut it down."""
     stop = stop or asyncio.Event()
@@ -741,6 +781,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
             installed.append(sig)
         except (NotImplementedError, RuntimeError):
             pass
+    raise_open_file_limit()
     server = Server(settings)
     try:
         await server.start()
