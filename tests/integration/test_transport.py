@@ -227,3 +227,34 @@ async def test_large_messages_survive_backpressure(connect: ClientFactory) -> No
     for data in payloads:
         message = await callee.expect("MSG", call_id=call_id)
         assert message["data"] == data
+
+
+async def test_large_party_messages_survive_backpressure_at_every_listener(connect: ClientFactory) -> None:
+    # One payload goes to every listener; large ones are written without a copy per
+    # listener, so each listener's queued bytes must still be its own, intact, in order.
+    party = "big@party.example.com"
+    sender = await connect()
+    await sender.register("sender@example.com")
+    sender.send_json({"type": "JOIN", "party": party, "create_if_missing": True})
+    await sender.expect("JOINED")
+    listeners = []
+    for i in range(3):
+        listener = await connect(receive_buffer=4096)
+        await listener.register(f"listener{i}@example.com")
+        listener.send_json({"type": "JOIN", "party": party})
+        await listener.expect("JOINED")
+        listeners.append(listener)
+        await sender.expect("PARTY_JOINED", address=f"listener{i}@example.com")
+    for listener in listeners:
+        listener.pause_reading()
+    payloads = [f"{i:04d}" + chr(ord("a") + i % 26) * (40_000 + 1_001 * i if i % 3 else 7) for i in range(60)]
+    for data in payloads:
+        sender.send_json({"type": "PARTY_MSG", "party": party, "data": data})
+    await sender.roundtrip()
+    for listener in listeners:
+        listener.resume_reading()
+    for listener in listeners:
+        for data in payloads:
+            message = await listener.expect("PARTY_MSG", skip=("PARTY_JOINED",), party=party)
+            assert message["from"] == "sender@example.com"
+            assert message["data"] == data

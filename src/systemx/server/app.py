@@ -23,13 +23,16 @@ client's CLOSE before dropping the TCP connection. The core hears
 ``on_close`` once the socket is gone.
 
 Writes are corked: the core's sends to one socket during one pass of the event
-loop are framed into one buffer and written with a single ``write`` at the end
+loop are framed and written with a single ``write`` (or ``writev``) at the end
 of the pass (a ``call_soon`` flush, before the loop polls again). On this class
 of machine a loopback write costs about 5 µs of CPU whatever its size, so a
 socket that receives four frames in a pass pays for one write, not four;
 latency does not change, since the flush runs in the same loop iteration. A
 socket with a single frame in the pass is written by picows' own (Cython)
-framing, which is cheaper than framing in Python.
+framing, which is cheaper than framing in Python. Large payloads (a frame over
+8 KB, or 32 KB in one write) are handed to the transport as separate buffers
+rather than joined: the payload of a fan-out is one bytes object shared by all
+its recipients, and neither the exchange nor uvloop copies it per recipient.
 
 Slow consumers: sends are never refused while the kernel accepts data. Once
 the socket's user-space write buffer crosses its high-water mark the transport
@@ -112,8 +115,14 @@ _BINARY = WSMsgType.BINARY
 _CONTINUATION = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
 _PROTOCOL_ERROR = 1002
-# Largest frame WSTransport.send copies into its own buffer (see _frames).
+# Largest frame WSTransport.send copies into its own buffer (see _frame_parts).
 _PICOWS_SAFE_SEND = 8192
+# From one frame over _PICOWS_SAFE_SEND, or this many payload bytes in one write,
+# the frames go to the transport as separate buffers (one writev) rather than
+# joined into one: a large MSG or PARTY_MSG payload is one bytes object shared by
+# every recipient of a fan-out, and joining would copy it once per recipient.
+# uvloop keeps what it cannot send at once by reference, not by copy.
+_SHARE_BYTES = 32768
 # Server-to-client frame headers (FIN + TEXT, unmasked) by payload size, filled on first use.
 # Sizes from 16 KB up are rare and their copy dwarfs the header; the cache stays under 2 MB.
 _HEADERS: dict[int, bytes] = {}
@@ -217,18 +226,18 @@ def _header(n: int) -> bytes:
     return header
 
 
-def _frames(out: list[bytes]) -> bytes:
+def _frame_parts(out: list[bytes]) -> list[bytes]:
     # Framed here rather than by WSTransport.send when several frames share a write,
     # or for one frame over 8 KB: picows hands those to writelines() with the header
     # as a view of a buffer it reuses, and uvloop queues that view uncopied when the
-    # socket is backed up, so a later frame would overwrite it. The joined bytes are
-    # a new object, never reused once written; one join copies each payload once.
+    # socket is backed up, so a later frame would overwrite it. These headers are
+    # immutable bytes, never reused for anything else.
     parts: list[bytes] = []
     append = parts.append
     for data in out:
         append(_header(len(data)))
         append(data)
-    return b"".join(parts)
+    return parts
 
 
 def _ws_code(code: int) -> WSCloseCode:
@@ -363,8 +372,12 @@ class Connection(WSListener):
         if len(out) == 1 and len(out[0]) <= _PICOWS_SAFE_SEND:
             # The common case under light load: picows' Cython framing is cheaper.
             transport.send(_TEXT, out[0])
+        elif len(out) == 1 or sum(map(len, out)) >= _SHARE_BYTES:
+            # One writev; the payloads are not copied (see _SHARE_BYTES).
+            self.raw.writelines(_frame_parts(out))
         else:
-            self.raw.write(_frames(out))
+            # Small frames: one copy into one buffer is cheaper than a writev of many.
+            self.raw.write(b"".join(_frame_parts(out)))
         if self.paused:
             buffered = self.raw.get_write_buffer_size()
             if buffered > self.server.settings.max_buffered_bytes:
