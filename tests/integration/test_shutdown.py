@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import resource
 import signal
 import sys
@@ -129,5 +130,35 @@ async def test_serve_raises_its_open_file_limit(tmp_path: Path) -> None:
         client = await server.connect()
         assert (await client.register("many@example.com"))["address"] == "many@example.com"
         await client.close()
+    finally:
+        await server.stop()
+
+
+def _open_files_64() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
+async def test_nearing_the_open_file_limit_is_a_warning_once_per_approach(tmp_path: Path) -> None:
+    # Past the limit the event loop refuses connections without a word; the operator
+    # hears about it before that, once each time the count climbs back up.
+    server = SystemXProcess(tmp_path / "server", preexec=_open_files_64)
+    await server.start()
+    warning = r"\[WARN\] \d+ connections: close to the open-files limit"
+    try:
+        for approach in range(2):
+            since = len(server.logs)
+            clients = [await server.connect() for _ in range(45)]
+            line = await server.wait_for_log(warning, since=since)
+            assert int(line.split("[WARN] ")[1].split()[0]) <= 45
+            # Still serving (the limit itself is a few sockets further on).
+            assert (await clients[-1].register(f"last{approach}@example.com"))["type"] == "REGISTERED"
+            for client in clients:
+                await client.close()
+            assert sum(1 for line in server.logs[since:] if re.search(warning, line)) == 1
+            # The server has seen every close once a later connection's round trip is done.
+            probe = await server.connect()
+            await probe.roundtrip()
+            await probe.close()
     finally:
         await server.stop()

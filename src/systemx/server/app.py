@@ -54,6 +54,9 @@ Limits: the listening socket's accept queue is ``SYSTEMX_LISTEN_BACKLOG``
 thousands of clients connecting at once are queued rather than dropped, and
 :func:`serve` raises the process's soft open-file limit to its hard limit
 (every connection is a file descriptor; many systems start programs at 1024).
+Past the limit the event loop refuses new connections without a word, so the
+server warns once when its connections reach 90% of the descriptors left at
+start, and again only after they have fallen back below 80% of that.
 
 Shutdown (:meth:`Server.shutdown`): stop accepting, ``Exchange.shutdown``
 (HANGUP ``shutdown`` to every call, close 1001 for every session), wait for the
@@ -67,6 +70,7 @@ import asyncio
 import dataclasses
 import gc
 import logging
+import os
 import signal
 import ssl
 from collections.abc import Callable, Hashable
@@ -455,6 +459,9 @@ class Server:
         self._stopping = False
         self._dirty: list[Connection] = []
         self._flush_pending = False
+        # Connections at which the open-files limit is near (warned once per approach).
+        self._near_fd_limit: int | None = None
+        self._fd_limit_warned = False
         self._call_soon: Callable[..., Any] = self._not_started
         self.port = 0
         self.on_data: Callable[[Any, bytes, float], None] = self._not_started
@@ -523,6 +530,8 @@ class Server:
         self._exchange = self._exchange_factory(self.settings, self, profiles=profiles)
         self.on_data = self._exchange.on_data
         self._exchange.start(_now())
+        capacity = connection_capacity()
+        self._near_fd_limit = None if capacity is None else max(int(capacity * 0.9), 1)
         log.info("SystemX listening on %s", self.url, extra={"port": self.port})
 
     async def shutdown(self) -> None:
@@ -618,7 +627,10 @@ class Server:
         return response
 
     def _opened(self, conn: Connection) -> None:
-        self._conns.add(conn)
+        conns = self._conns
+        conns.add(conn)
+        if self._near_fd_limit is not None and len(conns) >= self._near_fd_limit:
+            self._warn_fd_limit()
         conn.session = self.exchange.on_open(conn, _now())
         if self.settings.max_buffered_bytes < 65536 and conn.raw is not None:
             # Pause (and so the slow-consumer check) must start below the limit.
@@ -633,8 +645,21 @@ class Server:
         conn.session = None
         self.exchange.on_close(session, _now())
 
+    def _warn_fd_limit(self) -> None:
+        if self._fd_limit_warned:
+            return
+        self._fd_limit_warned = True
+        log.warning(
+            "%d connections: close to the open-files limit; past it new connections are "
+            "refused (raise the hard limit, ulimit -Hn)",
+            len(self._conns),
+        )
+
     def _closed(self, conn: Connection) -> None:
         self._conns.discard(conn)
+        limit = self._near_fd_limit
+        if self._fd_limit_warned and limit is not None and len(self._conns) < limit * 0.8:
+            self._fd_limit_warned = False  # warn again on the next approach
         if log.isEnabledFor(logging.DEBUG):
             log.debug("Connection closed (session: %s)", _session_label(conn.session))
         try:
@@ -781,6 +806,26 @@ def raise_open_file_limit() -> tuple[int, int] | None:
         log.info("Open files: limit raised from %d to %d", soft, target)
         return soft, target
     return soft, soft
+
+
+def connection_capacity() -> int | None:
+    """About how many more sockets this process can open, or None when unlimited.
+
+    The soft open-files limit minus the descriptors open now (the listening
+    socket, the event loop's, stdio, the profile store...).
+    """
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        in_use = len(os.listdir("/proc/self/fd")) - 1  # less the one listdir opened
+    except OSError:
+        in_use = 0
+    return max(soft - in_use, 1)
 
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
