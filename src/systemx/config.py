@@ -41,6 +41,7 @@ class Settings:
     max_buffered_bytes: int = 4 * 1_048_576
     read_buffer_bytes: int = 2048
     listen_backlog: int = 4096
+    handshake_timeout_ms: int = 5_000
     shutdown_timeout_ms: int = 5_000
     tls_enabled: bool = False
     tls_cert_path: str = ""
@@ -124,6 +125,11 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         _int,
         "Connections the kernel queues before they are accepted (capped by net.core.somaxconn)",
     ),
+    "SYSTEMX_HANDSHAKE_TIMEOUT_MS": (
+        "handshake_timeout_ms",
+        _int,
+        "A connection that has not completed its HTTP upgrade after this long (ms) is dropped",
+    ),
     "SYSTEMX_SHUTDOWN_TIMEOUT": ("shutdown_timeout_ms", _int, "Bound (ms) on the graceful shutdown wait"),
     "TLS_ENABLED": ("tls_enabled", _bool, "Serve wss:// (needs TLS_CERT_PATH and TLS_KEY_PATH)"),
     "TLS_CERT_PATH": ("tls_cert_path", _str, "PEM certificate chain"),
@@ -172,6 +178,7 @@ def _validate(s: Settings) -> None:
         "SYSTEMX_MAX_BUFFERED_BYTES": s.max_buffered_bytes,
         "SYSTEMX_READ_BUFFER_BYTES": s.read_buffer_bytes,
         "SYSTEMX_LISTEN_BACKLOG": s.listen_backlog,
+        "SYSTEMX_HANDSHAKE_TIMEOUT_MS": s.handshake_timeout_ms,
         "SYSTEMX_PARTY_MAX_PARTICIPANTS": s.party_max_participants,
         "SYSTEMX_PARTY_MAX_PER_SESSION": s.party_max_per_session,
         "SYSTEMX_PRESENCE_DEFAULT_LIMIT": s.presence_default_limit,

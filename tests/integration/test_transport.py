@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -61,6 +62,25 @@ async def test_any_path_upgrades(connect: ClientFactory) -> None:
     for path in ("/", "/ws", "/some/deep/path?token=x", "/healthz"):
         client = await connect(path)
         await client.roundtrip()
+
+
+async def test_unfinished_handshakes_are_dropped_after_the_handshake_timeout(
+    systemx_server: ServerFactory,
+) -> None:
+    # A socket that never finishes its upgrade request (or never sends one) must not
+    # hold a descriptor forever; finished upgrades are unaffected by the timer.
+    server = await systemx_server(env={"SYSTEMX_HANDSHAKE_TIMEOUT_MS": "300"})
+    silent = await asyncio.open_connection("127.0.0.1", server.port)
+    partial = await asyncio.open_connection("127.0.0.1", server.port)
+    partial[1].write(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n")
+    client = await server.connect()
+    started = asyncio.get_running_loop().time()
+    for reader, writer in (silent, partial):
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""  # closed by the exchange
+        writer.close()
+    assert asyncio.get_running_loop().time() - started >= 0.2
+    await client.roundtrip()  # upgraded long before the timeout: still open
+    await client.close()
 
 
 # -- frames --------------------------------------------------------------------

@@ -42,6 +42,7 @@ def test_an_empty_value_keeps_the_default() -> None:
         ("SYSTEMX_LISTEN_BACKLOG", "0", "SYSTEMX_LISTEN_BACKLOG must be positive"),
         ("SYSTEMX_LISTEN_BACKLOG", "many", "SYSTEMX_LISTEN_BACKLOG: invalid literal"),
         ("SYSTEMX_READ_BUFFER_BYTES", "-1", "SYSTEMX_READ_BUFFER_BYTES must be positive"),
+        ("SYSTEMX_HANDSHAKE_TIMEOUT_MS", "0", "SYSTEMX_HANDSHAKE_TIMEOUT_MS must be positive"),
         ("SYSTEMX_PORT", "70000", "SYSTEMX_PORT must be 0-65535"),
         ("TLS_ENABLED", "maybe", "TLS_ENABLED: not a boolean"),
     ],

@@ -179,6 +179,7 @@ async def create_server(
     logger: Any,
     use_aiofastnet: bool = False,
     backlog: int,
+    handshake_timeout: float,
 ) -> tuple[asyncio.Server, bool]:
     """Listen like ``ws_create_server``; the flag is True when the lean protocol is in use."""
     if WSProtocol is not None and not use_aiofastnet:
@@ -190,7 +191,7 @@ async def create_server(
             listener_factory,
             logger,
             True,  # disconnect_on_exception
-            5,  # websocket_handshake_timeout (seconds)
+            handshake_timeout,  # websocket_handshake_timeout (seconds)
             False,  # enable_auto_ping
             20,  # auto_ping_idle_timeout
             20,  # auto_ping_reply_timeout
@@ -221,5 +222,6 @@ async def create_server(
         logger_name=logger,
         use_aiofastnet=use_aiofastnet,
         backlog=backlog,
+        websocket_handshake_timeout=handshake_timeout,
     )
     return server, False

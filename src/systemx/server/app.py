@@ -49,14 +49,16 @@ uvloop's own transports rather than aiofastnet's, the smallest picows read
 buffer (``SYSTEMX_READ_BUFFER_BYTES``), and the handshake's headers dropped
 once the upgrade is done.
 
-Limits: the listening socket's accept queue is ``SYSTEMX_LISTEN_BACKLOG``
-(default 4096, capped by the kernel's ``net.core.somaxconn``) so that
-thousands of clients connecting at once are queued rather than dropped, and
-:func:`serve` raises the process's soft open-file limit to its hard limit
-(every connection is a file descriptor; many systems start programs at 1024).
-Past the limit the event loop refuses new connections without a word, so the
-server warns once when its connections reach 90% of the descriptors left at
-start, and again only after they have fallen back below 80% of that.
+Limits: a connection that has not completed its HTTP upgrade within
+``SYSTEMX_HANDSHAKE_TIMEOUT_MS`` (5 s) is dropped. The listening socket's
+accept queue is ``SYSTEMX_LISTEN_BACKLOG`` (default 4096, capped by the
+kernel's ``net.core.somaxconn``) so that thousands of clients connecting at
+once are queued rather than dropped, and :func:`serve` raises the process's
+soft open-file limit to its hard limit (every connection is a file
+descriptor; many systems start programs at 1024). Past the limit the event
+loop refuses new connections without a word, so the server warns once when
+its connections reach 90% of the descriptors left at start, and again only
+after they have fallen back below 80% of that.
 
 Shutdown (:meth:`Server.shutdown`): stop accepting, ``Exchange.shutdown``
 (HANGUP ``shutdown`` to every call, close 1001 for every session), wait for the
@@ -518,6 +520,7 @@ class Server:
             max_frame_size=settings.max_message_bytes,
             read_buffer_init_size=settings.read_buffer_bytes,
             backlog=settings.listen_backlog,
+            handshake_timeout=settings.handshake_timeout_ms / 1000,
             logger=_PicowsLog(logging.getLogger("picows.server"), {}),
             use_aiofastnet=self._use_aiofastnet,
         )
