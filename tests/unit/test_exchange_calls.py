@@ -507,3 +507,46 @@ def test_repeated_bad_input_warnings_are_rate_limited(h: Harness, caplog: pytest
     h.send("A", {"type": "MSG", "call_id": "nope", "data": "x"})
     assert caplog.text.count("MSG ignored") == 2
     assert "(49 similar warnings suppressed)" in caplog.text
+
+
+# ---------------------------------------------------------------- federation
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "REGISTER_PBX", "domain": "sub.example.com", "routes": ["*@sub.example.com"]},
+        {
+            "type": "REGISTER_PBX",
+            "domain": "sub.example.com",
+            "routes": [],
+            "endpoint": "wss://pbx.example.com",
+            "auth": {"token": "t"},
+        },
+        {"type": "DIAL_FORWARD", "from": "a@x.example.com", "to": "b@example.com", "call_id": "c1"},
+    ],
+)
+def test_federation_frames_are_refused_until_trunks_are_configured(
+    h: Harness, frame: dict[str, object]
+) -> None:
+    # Registered or not, the socket stays open and nothing else changes.
+    h.open("P")
+    h.send("P", frame)
+    kind = str(frame["type"])
+    assert h.frames("P") == [
+        {
+            "type": "ERROR",
+            "reason": "invalid_payload",
+            "context": kind,
+            "detail": f"{kind} is not enabled on this exchange: federation is not configured",
+        }
+    ]
+    assert h.closes("P") == []
+
+
+def test_malformed_federation_frame_gets_the_shape_error_first(h: Harness) -> None:
+    h.open("P")
+    h.send("P", {"type": "REGISTER_PBX", "routes": ["*"]})
+    (error,) = h.frames("P")
+    assert error["type"] == "ERROR" and error["context"] == "REGISTER_PBX"
+    assert "domain" in error["detail"]

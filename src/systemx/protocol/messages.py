@@ -199,7 +199,7 @@ class RegisterPbx(_Message, tag="REGISTER_PBX"):
     domain: str
     routes: list[str]
     endpoint: str | None = None
-    auth: str | None = None
+    auth: Any = None  # any JSON value, unchecked (as REGISTER's)
 
 
 class DialForward(_Message, tag="DIAL_FORWARD"):
