@@ -47,6 +47,12 @@ async def test_wss_register_round_trip(systemx_server: ServerFactory, tmp_path: 
     await alice.expect("CONNECTED", call_id=ring["call_id"], skip=("RINGING",))
     alice.send_json({"type": "MSG", "call_id": ring["call_id"], "data": "over tls"})
     await bob.expect("MSG", call_id=ring["call_id"], data="over tls")
+    # Large frames take the exchange's other write path (header and payload as two buffers).
+    big = ["x" * 20_000, "y" * 70_000, "z"]
+    for data in big:
+        alice.send_json({"type": "MSG", "call_id": ring["call_id"], "data": data})
+    for data in big:
+        await bob.expect("MSG", call_id=ring["call_id"], data=data)
 
     await alice.close()
     await bob.close()
