@@ -467,10 +467,10 @@ class MemoryPresenceIndex:
             matches = _intersect([b.members for b in buckets])
             if exclude is not None:
                 matches.discard(exclude)
+                exclude = None  # applied: every entry below comes from ``matches``
             if len(matches) <= 4 * limit:
                 first = buckets[0].members
                 source = sorted(map(first.__getitem__, matches), key=_SEQ)
-                exclude = None
             else:
                 # Walking the smallest bucket in order stops after ``limit`` hits.
                 source = (e for e in self._in_order(buckets[0], limit) if e.address in matches)
