@@ -100,6 +100,11 @@ from systemx.protocol.codes import CloseCode, CloseReason
 from systemx.server.accept import AcceptedTransport, SwitchingProtocols, create_server
 from systemx.server.timers import Timers
 
+try:
+    import resource
+except ImportError:  # not on Windows: no open-file limits to manage
+    resource = None  # type: ignore[assignment]
+
 __all__ = [
     "CLOSE_TIMEOUT",
     "Connection",
@@ -780,18 +785,16 @@ def _tune_gc() -> None:
 _NR_OPEN = Path("/proc/sys/fs/nr_open")
 
 
-def raise_open_file_limit() -> tuple[int, int] | None:
-    """Raise this process's soft open-file limit to its hard limit; ``(before, after)``.
+def raise_open_file_limit() -> None:
+    """Raise this process's soft open-file limit to its hard limit (logged).
 
     Every connection is a file descriptor, and many systems start programs with
     a soft limit of 1024 (the hard limit is usually far higher): past it, the
-    exchange could not accept another connection. None where there are no
-    such limits (no ``resource`` module).
+    exchange could not accept another connection. Nothing to do where there
+    are no such limits (no ``resource`` module).
     """
-    try:
-        import resource
-    except ImportError:
-        return None
+    if resource is None:
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard
     if hard == resource.RLIM_INFINITY:
@@ -805,10 +808,8 @@ def raise_open_file_limit() -> tuple[int, int] | None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (OSError, ValueError) as exc:
             log.warning("Open files: cannot raise the limit of %d (%s)", soft, exc)
-            return soft, soft
-        log.info("Open files: limit raised from %d to %d", soft, target)
-        return soft, target
-    return soft, soft
+        else:
+            log.info("Open files: limit raised from %d to %d", soft, target)
 
 
 def connection_capacity() -> int | None:
@@ -817,9 +818,7 @@ def connection_capacity() -> int | None:
     The soft open-files limit minus the descriptors open now (the listening
     socket, the event loop's, stdio, the profile store...).
     """
-    try:
-        import resource
-    except ImportError:
+    if resource is None:
         return None
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
