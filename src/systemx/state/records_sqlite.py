@@ -1,0 +1,224 @@
+"""Call records in one SQLite file: the durable :class:`~systemx.state.ports.RecordStore`.
+
+Each record is one row: the columns a query filters or sorts on (``ended_at``,
+the caller's and callee's address keys, ``disposition``) beside the whole
+record as JSON, so a new record field needs no migration and an operator can
+still read the table with the ``sqlite3`` shell. The schema grows by an ordered
+migrations tuple, as the profile store's does, and a newer schema than this
+code knows is refused (:class:`RecordStoreError`). A row whose JSON cannot be
+read is logged and skipped; it does not fail the query.
+
+The file is created readable by its owner only (0600), since records name who
+called whom; SQLite gives its ``-wal`` and ``-shm`` files the database file's
+mode. WAL with ``synchronous=NORMAL``: a power loss may lose the last
+transactions, never corrupt the file.
+
+The store does blocking I/O, so the driver batches records and calls
+:meth:`SqliteRecordStore.append_many` off the event loop; one transaction per
+batch keeps a busy exchange at one fsync per batch, not per call. Retention:
+``max_records`` is enforced on every append (the oldest appended go first),
+``max_age`` by :meth:`SqliteRecordStore.prune`, which the driver calls now and
+then. Used from one thread at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from systemx.core.records import CallRecord
+from systemx.protocol.address import address_key
+from systemx.state.memory import check_retention
+from systemx.state.ports import RecordFilter
+
+__all__ = ["SCHEMA_VERSION", "RecordStoreError", "SqliteRecordStore"]
+
+log = logging.getLogger("systemx.state.records")
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(CallRecord).decode
+
+
+class RecordStoreError(RuntimeError):
+    """The store cannot be used as it is (closed, or a newer schema)."""
+
+
+# Each entry upgrades the schema from the version before it; index 0 creates version 1.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE call_records (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            call_id     TEXT NOT NULL,
+            ended_at    REAL NOT NULL,
+            caller_key  TEXT NOT NULL,
+            callee_key  TEXT NOT NULL,
+            disposition TEXT NOT NULL,
+            record      TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX call_records_ended ON call_records (ended_at, id)",
+        "CREATE INDEX call_records_caller ON call_records (caller_key, ended_at)",
+        "CREATE INDEX call_records_callee ON call_records (callee_key, ended_at)",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+def _create_private(path: str) -> None:
+    """Create ``path`` with mode 0600 if it does not exist (a umask cannot widen it)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+class SqliteRecordStore:
+    """Call records in one SQLite database file, created (with its directory) if missing.
+
+    ``max_records`` and ``max_age`` (seconds) bound what is kept; ``None`` does
+    not bound.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_records: int | None = None,
+        max_age: float | None = None,
+    ) -> None:
+        check_retention(max_records, max_age)
+        self.path = str(path)
+        self.max_records = max_records
+        self.max_age = max_age
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(self.path)
+        # Autocommit mode; transactions are opened explicitly where several statements belong together.
+        self._db: sqlite3.Connection | None = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate(self._db)
+        except BaseException:
+            self._db.close()
+            self._db = None
+            raise
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS records_schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT MAX(version) FROM records_schema_version").fetchone()
+            version = int(row[0]) if row and row[0] is not None else 0
+            if version > SCHEMA_VERSION:
+                raise RecordStoreError(
+                    f"{self.path} has call record schema version {version}; "
+                    f"this SystemX understands up to {SCHEMA_VERSION}"
+                )
+            for step in _MIGRATIONS[version:]:
+                for statement in step:
+                    db.execute(statement)
+            if version < SCHEMA_VERSION:
+                db.execute("DELETE FROM records_schema_version")
+                db.execute("INSERT INTO records_schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+                log.debug("Record store %s at schema version %d", self.path, SCHEMA_VERSION)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RecordStoreError(f"record store {self.path} is closed")
+        return self._db
+
+    def append(self, record: CallRecord) -> None:
+        self.append_many((record,))
+
+    def append_many(self, records: Iterable[CallRecord]) -> None:
+        rows = [
+            (
+                r.call_id,
+                r.ended_at,
+                address_key(r.caller),
+                address_key(r.callee),
+                str(r.disposition),
+                _encode(r).decode(),
+            )
+            for r in records
+        ]
+        if not rows:
+            return
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO call_records (call_id, ended_at, caller_key, callee_key, disposition, record) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            if self.max_records is not None:
+                db.execute(
+                    "DELETE FROM call_records WHERE id <= (SELECT MAX(id) FROM call_records) - ?",
+                    (self.max_records,),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def query(
+        self, filters: RecordFilter | None = None, *, limit: int = 100, offset: int = 0
+    ) -> list[CallRecord]:
+        if offset < 0:
+            raise ValueError(f"offset must be >= 0, got {offset!r}")
+        if limit <= 0:
+            return []
+        where: list[str] = []
+        args: list[Any] = []
+        if filters is not None:
+            if filters.address is not None:
+                key = address_key(filters.address)
+                where.append("(caller_key = ? OR callee_key = ?)")
+                args += (key, key)
+            if filters.disposition is not None:
+                where.append("disposition = ?")
+                args.append(str(filters.disposition))
+            if filters.since is not None:
+                where.append("ended_at >= ?")
+                args.append(filters.since)
+            if filters.until is not None:
+                where.append("ended_at < ?")
+                args.append(filters.until)
+        sql = "SELECT id, record FROM call_records"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY ended_at DESC, id DESC LIMIT ? OFFSET ?"
+        out: list[CallRecord] = []
+        for row_id, text in self._conn.execute(sql, (*args, limit, offset)):
+            try:
+                out.append(_decode(text))
+            except msgspec.DecodeError as exc:
+                # One damaged row must not hide the others.
+                log.error("Skipping unreadable call record %d in %s: %s", row_id, self.path, exc)
+        return out
+
+    def prune(self, now: float) -> int:
+        if self.max_age is None:
+            return 0
+        cursor = self._conn.execute("DELETE FROM call_records WHERE ended_at < ?", (now - self.max_age,))
+        return cursor.rowcount
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
