@@ -1,8 +1,9 @@
 """A wake-on-ring agent: asleep (and costing nothing) until someone dials it.
 
-Run an exchange that lets this agent use a spawn handler::
+Run an exchange that defines the ``sleepy`` spawn handler (this script; see
+``examples/spawn_handlers.toml``)::
 
-    SYSTEMX_SPAWN_ALLOW_ADDRESSES='*@agents.example.com' make serve
+    SYSTEMX_SPAWN_HANDLERS=examples/spawn_handlers.toml make serve
 
 then, in another terminal, the whole story in one command::
 
@@ -11,9 +12,10 @@ then, in another terminal, the whole story in one command::
 What happens:
 
 1. ``sleepy_agent.py`` registers ``sleepy@agents.example.com`` with
-   ``mode: "wake_on_ring"`` and a spawn handler whose command is this very
-   script, then sends SLEEP_ACK: the exchange closes the socket (4000 ``sleep``)
-   and keeps the wake profile. The address now shows as ``asleep``.
+   ``mode: "wake_on_ring"`` and the spawn handler ``sleepy``, which the
+   operator defined to run this very script, then sends SLEEP_ACK: the
+   exchange closes the socket (4000 ``sleep``) and keeps the wake profile. The
+   address now shows as ``asleep``.
 2. ``--demo`` then plays a caller and dials the sleeping address. The exchange
    answers RINGING ``waking: true`` and runs the handler: this script starts
    again with ``SYSTEMX_URL``, ``SYSTEMX_ADDRESS`` and ``SYSTEMX_CALL_ID`` in its
@@ -43,11 +45,8 @@ def say(who: str, text: str) -> None:
 
 
 async def go_to_sleep(url: str, address: str) -> None:
-    handler = {
-        "type": "spawn",
-        "command": [sys.executable, os.path.abspath(__file__)],
-        "timeout_seconds": TIMEOUT,
-    }
+    # The exchange runs only what its operator defined; the agent names it.
+    handler = {"type": "spawn", "handler": "sleepy"}
     client = await connect(url, address, mode="wake_on_ring", wake_handler=handler)
     say("agent", f"registered {address} with a spawn wake handler; going to sleep")
     closed = await client.sleep()

@@ -9,13 +9,17 @@ applies command-line overrides on top.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
+import re
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENV_VARS", "ConfigError", "Settings", "load_settings"]
+__all__ = ["ENV_VARS", "PLACEHOLDERS", "ConfigError", "Settings", "SpawnHandler", "load_settings"]
 
 
 class ConfigError(ValueError):
@@ -24,6 +28,23 @@ class ConfigError(ValueError):
 
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+# argv elements a spawn handler may use; each is replaced by one whole argument.
+PLACEHOLDERS = ("{address}", "{call_id}", "{caller}")
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnHandler:
+    """A program the operator lets wake-on-ring agents name (``SYSTEMX_SPAWN_HANDLERS``)."""
+
+    name: str
+    argv: tuple[str, ...]
+    cwd: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    timeout_seconds: float = 30.0
+    # Address patterns (``*`` wildcard, any case) allowed to use it; empty: any address.
+    addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,14 +69,15 @@ class Settings:
     tls_key_path: str = ""
     data_dir: str = "./data"
     public_url: str = ""
-    spawn_allow_commands: tuple[str, ...] = ()
-    spawn_allow_addresses: tuple[str, ...] = ()
+    spawn_handlers: tuple[SpawnHandler, ...] = ()
     webhook_allow: tuple[str, ...] = ()
     webhook_timeout_ms: int = 5_000
     party_max_participants: int = 5_000
     party_max_per_session: int = 64
     presence_default_limit: int = 100
     presence_max_limit: int = 1_000
+    wake_max_profiles: int = 10_000
+    wake_max_profiles_per_session: int = 8
     # URL prefixes a webhook may never target (the exchange's own endpoints).
     webhook_deny: tuple[str, ...] = field(default=())
 
@@ -67,6 +89,12 @@ class Settings:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         scheme = "wss" if self.tls_enabled else "ws"
         return f"{scheme}://{host}:{self.port}"
+
+    def spawn_handler(self, name: str) -> SpawnHandler | None:
+        for handler in self.spawn_handlers:
+            if handler.name == name:
+                return handler
+        return None
 
 
 # variable -> (field, parser, description)
@@ -85,6 +113,89 @@ def _int(value: str) -> int:
 
 def _str(value: str) -> str:
     return value.strip()
+
+
+_HANDLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_HANDLER_KEYS = frozenset({"argv", "cwd", "env", "timeout_seconds", "addresses"})
+
+
+def _spawn_handlers(value: str) -> tuple[SpawnHandler, ...]:
+    """Parse ``SYSTEMX_SPAWN_HANDLERS``: inline JSON, or the path of a JSON or TOML file.
+
+    A relative ``cwd`` in a file is relative to the file's directory; in inline
+    JSON it is relative to the exchange's working directory.
+    """
+    text = value.strip()
+    base: Path | None = None
+    try:
+        if text.startswith("{"):
+            data: Any = json.loads(text)
+        else:
+            path = Path(text).expanduser()
+            raw = path.read_text(encoding="utf-8")
+            data = tomllib.loads(raw) if path.suffix.lower() == ".toml" else json.loads(raw)
+            base = path.resolve().parent
+    except OSError as exc:
+        raise ValueError(f"cannot read {text!r}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"not valid JSON or TOML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError("must be an object mapping handler names to handlers")
+    return tuple(_spawn_handler(name, spec, base) for name, spec in data.items())
+
+
+def _spawn_handler(name: str, spec: Any, base: Path | None) -> SpawnHandler:
+    where = f"handler {name!r}"
+    if not _HANDLER_NAME.fullmatch(name):
+        raise ValueError(f"{where}: a name is 1-64 letters, digits, '.', '_' or '-'")
+    if not isinstance(spec, dict):
+        raise ValueError(f"{where}: must be an object")
+    unknown = sorted(set(spec) - _HANDLER_KEYS)
+    if unknown:
+        known = ", ".join(sorted(_HANDLER_KEYS))
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {known}")
+    argv = spec.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
+        raise ValueError(f"{where}: argv must be a non-empty list of non-empty strings")
+    for arg in argv:
+        if "\x00" in arg:
+            raise ValueError(f"{where}: argv must not contain NUL characters")
+        if arg not in PLACEHOLDERS and any(p in arg for p in PLACEHOLDERS):
+            raise ValueError(
+                f"{where}: a placeholder must be a whole argument ({', '.join(PLACEHOLDERS)}), got {arg!r}"
+            )
+    if argv[0] in PLACEHOLDERS:
+        raise ValueError(f"{where}: argv[0] (the program) cannot be a placeholder")
+    cwd = spec.get("cwd")
+    if cwd is not None:
+        if not isinstance(cwd, str) or not cwd:
+            raise ValueError(f"{where}: cwd must be a non-empty string")
+        if base is not None:
+            cwd = str(base / cwd)
+    env = spec.get("env", {})
+    if not isinstance(env, dict) or not all(isinstance(k, str) and k and "=" not in k for k in env):
+        raise ValueError(f"{where}: env must map variable names to strings")
+    if not all(isinstance(v, str) for v in env.values()):
+        raise ValueError(f"{where}: env values must be strings")
+    timeout = spec.get("timeout_seconds", 30.0)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or not 0 < timeout <= 3600
+    ):
+        raise ValueError(f"{where}: timeout_seconds must be a number in (0, 3600]")
+    addresses = spec.get("addresses", [])
+    if not isinstance(addresses, list) or not all(isinstance(a, str) and a for a in addresses):
+        raise ValueError(f"{where}: addresses must be a list of address patterns")
+    return SpawnHandler(
+        name=name,
+        argv=tuple(argv),
+        cwd=cwd,
+        env=tuple(env.items()),
+        timeout_seconds=float(timeout),
+        addresses=tuple(addresses),
+    )
 
 
 ENV_VARS: dict[str, tuple[str, Any, str]] = {
@@ -136,20 +247,15 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
     "TLS_KEY_PATH": ("tls_key_path", _str, "PEM private key"),
     "SYSTEMX_DATA_DIR": ("data_dir", _str, "Directory for durable state (wake profiles, SQLite)"),
     "SYSTEMX_PUBLIC_URL": ("public_url", _str, "URL given to spawned agents (default ws://127.0.0.1:<port>)"),
-    "SYSTEMX_SPAWN_ALLOW_COMMANDS": (
-        "spawn_allow_commands",
-        _split,
-        "Comma list of executables a spawn handler may run (empty: spawn refused)",
-    ),
-    "SYSTEMX_SPAWN_ALLOW_ADDRESSES": (
-        "spawn_allow_addresses",
-        _split,
-        "Comma list of address patterns (* wildcard) allowed to use spawn",
+    "SYSTEMX_SPAWN_HANDLERS": (
+        "spawn_handlers",
+        _spawn_handlers,
+        "Programs a spawn wake handler may name: inline JSON or a .json/.toml file (empty: spawn refused)",
     ),
     "SYSTEMX_WEBHOOK_ALLOW": (
         "webhook_allow",
         _split,
-        "Comma list of URL prefixes webhooks may target (empty: any http(s))",
+        "Comma list of URL prefixes webhooks may target, internal hosts included (empty: public hosts only)",
     ),
     "SYSTEMX_WEBHOOK_DENY": ("webhook_deny", _split, "Comma list of URL prefixes webhooks may never target"),
     "SYSTEMX_WEBHOOK_TIMEOUT_MS": ("webhook_timeout_ms", _int, "Timeout (ms) of one wake webhook POST"),
@@ -165,6 +271,22 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         "PRESENCE results when no limit is given",
     ),
     "SYSTEMX_PRESENCE_MAX_LIMIT": ("presence_max_limit", _int, "Largest PRESENCE limit honoured"),
+    "SYSTEMX_WAKE_MAX_PROFILES": ("wake_max_profiles", _int, "Wake profiles the exchange stores in total"),
+    "SYSTEMX_WAKE_MAX_PROFILES_PER_SESSION": (
+        "wake_max_profiles_per_session",
+        _int,
+        "Wake profiles one session may create (re-REGISTERing under new addresses)",
+    ),
+}
+
+# Settings that are no longer read; a value for one stops the exchange from starting.
+REMOVED_VARS: dict[str, str] = {
+    "SYSTEMX_SPAWN_ALLOW_COMMANDS": (
+        "clients no longer choose the command; define named spawn handlers in SYSTEMX_SPAWN_HANDLERS"
+    ),
+    "SYSTEMX_SPAWN_ALLOW_ADDRESSES": (
+        "define named spawn handlers in SYSTEMX_SPAWN_HANDLERS and restrict each with its \"addresses\" list"
+    ),
 }
 
 
@@ -183,6 +305,8 @@ def _validate(s: Settings) -> None:
         "SYSTEMX_PARTY_MAX_PER_SESSION": s.party_max_per_session,
         "SYSTEMX_PRESENCE_DEFAULT_LIMIT": s.presence_default_limit,
         "SYSTEMX_PRESENCE_MAX_LIMIT": s.presence_max_limit,
+        "SYSTEMX_WAKE_MAX_PROFILES": s.wake_max_profiles,
+        "SYSTEMX_WAKE_MAX_PROFILES_PER_SESSION": s.wake_max_profiles_per_session,
     }
     for name, value in positive.items():
         if value <= 0:
@@ -195,6 +319,14 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"SYSTEMX_LOG_FORMAT must be text or json, got {s.log_format!r}")
     if s.tls_enabled and not (s.tls_cert_path and s.tls_key_path):
         raise ConfigError("TLS_ENABLED needs TLS_CERT_PATH and TLS_KEY_PATH")
+    from systemx.core.wakepolicy import prefix_problem
+
+    lists = (("SYSTEMX_WEBHOOK_ALLOW", s.webhook_allow), ("SYSTEMX_WEBHOOK_DENY", s.webhook_deny))
+    for var, prefixes in lists:
+        for prefix in prefixes:
+            problem = prefix_problem(prefix)
+            if problem is not None:
+                raise ConfigError(f"{var}: {problem}")
 
 
 def load_settings(
@@ -214,6 +346,9 @@ def load_settings(
             merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
         merged.update(os.environ)
         env = merged
+    for var, replacement in REMOVED_VARS.items():
+        if env.get(var, "").strip():
+            raise ConfigError(f"{var} is no longer supported: {replacement} (see README, wake-on-ring)")
     values: dict[str, Any] = {}
     for var, (name, parse, _doc) in ENV_VARS.items():
         raw = env.get(var)

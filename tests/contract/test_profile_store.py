@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,23 @@ def test_sqlite_in_memory(tmp_path: Path) -> None:
         assert store.load_all() == {"agent@example.com": PROFILE}
     finally:
         store.close()
+
+
+def test_sqlite_files_are_private_to_the_owner(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "systemx.db"
+    store = SqliteProfileStore(path)
+    try:
+        store.put("agent@example.com", PROFILE)
+        files = [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o600 for f in files}
+    finally:
+        store.close()
+
+
+def test_sqlite_narrows_a_file_left_readable_by_others(tmp_path: Path) -> None:
+    path = tmp_path / "systemx.db"
+    SqliteProfileStore(path).close()
+    path.chmod(0o644)
+    store = SqliteProfileStore(path)
+    store.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -34,7 +34,8 @@ from systemx.protocol.messages import Hangup, Ring
 from tests.conftest import TIMEOUT, ServerFactory, SystemXProcess
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "simple_client.py"
-WAKE_HANDLER = {"type": "webhook", "url": "http://127.0.0.1:9/wake", "timeout_seconds": 5}
+# Never called (these agents are not dialled while asleep); a host name passes REGISTER unresolved.
+WAKE_HANDLER = {"type": "webhook", "url": "https://hooks.example.com/wake", "timeout_seconds": 5}
 
 OpenClient = Callable[..., Awaitable[Client]]
 

@@ -25,7 +25,8 @@ async def run_example(name: str, *args: str) -> tuple[int, str]:
 
 
 async def test_sleepy_agent_demo(systemx_server: ServerFactory) -> None:
-    server = await systemx_server(env={"SYSTEMX_SPAWN_ALLOW_ADDRESSES": "*@agents.example.com"})
+    # The configuration the README's "Try it in one command" uses.
+    server = await systemx_server(env={"SYSTEMX_SPAWN_HANDLERS": str(EXAMPLES / "spawn_handlers.toml")})
     code, out = await run_example("sleepy_agent.py", "--demo", "--url", server.url)
     assert code == 0, out
     assert "asleep (exchange closed the socket: 4000 sleep)" in out

@@ -7,6 +7,7 @@ process (``examples/sleepy_agent.py``) that connects back, registers and answers
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,6 +29,12 @@ class Hooks:
         self.calls: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.status = 200
         self.url = ""
+        self.port = 0
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Settings that let an exchange POST to this receiver (it listens on loopback)."""
+        return {"SYSTEMX_WEBHOOK_ALLOW": f"http://127.0.0.1:{self.port}/wake/"}
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -46,6 +53,7 @@ async def hooks() -> AsyncIterator[Hooks]:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    hooks.port = port
     hooks.url = f"http://127.0.0.1:{port}/wake"
     yield hooks
     await runner.cleanup()
@@ -59,7 +67,7 @@ async def sleep_agent(server: Any, address: str, handler: dict[str, Any]) -> Non
 
 
 async def test_webhook_wake_then_held_ring(systemx_server: ServerFactory, hooks: Hooks) -> None:
-    server = await systemx_server()
+    server = await systemx_server(env=hooks.env)
     handler = {"type": "webhook", "url": hooks.url + "/agent", "timeout_seconds": 10, "payload": {"k": 1}}
     await sleep_agent(server, "agent@example.com", handler)
     caller = await server.connect()
@@ -98,7 +106,7 @@ async def server_health(server: Any) -> dict[str, Any]:
 
 
 async def test_webhook_failure_is_busy_wake_failed(systemx_server: ServerFactory, hooks: Hooks) -> None:
-    server = await systemx_server()
+    server = await systemx_server(env=hooks.env)
     hooks.status = 500
     await sleep_agent(
         server, "agent@example.com", {"type": "webhook", "url": hooks.url + "/x", "timeout_seconds": 10}
@@ -111,7 +119,7 @@ async def test_webhook_failure_is_busy_wake_failed(systemx_server: ServerFactory
 
 
 async def test_wake_timeout_is_busy_timeout(systemx_server: ServerFactory, hooks: Hooks) -> None:
-    server = await systemx_server()
+    server = await systemx_server(env=hooks.env)
     await sleep_agent(
         server, "agent@example.com", {"type": "webhook", "url": hooks.url + "/x", "timeout_seconds": 0.3}
     )
@@ -123,7 +131,7 @@ async def test_wake_timeout_is_busy_timeout(systemx_server: ServerFactory, hooks
 
 
 async def test_two_callers_one_wake_rings_in_order(systemx_server: ServerFactory, hooks: Hooks) -> None:
-    server = await systemx_server()
+    server = await systemx_server(env=hooks.env)
     await sleep_agent(
         server, "agent@example.com", {"type": "webhook", "url": hooks.url + "/x", "timeout_seconds": 10}
     )
@@ -146,8 +154,9 @@ async def test_two_callers_one_wake_rings_in_order(systemx_server: ServerFactory
 
 
 async def test_spawned_agent_connects_back_and_answers(systemx_server: ServerFactory) -> None:
-    server = await systemx_server(env={"SYSTEMX_SPAWN_ALLOW_ADDRESSES": "*@agents.example.com"})
-    handler = {"type": "spawn", "command": [sys.executable, str(SLEEPY)], "timeout_seconds": 20}
+    handlers = {"sleepy": {"argv": [sys.executable, str(SLEEPY)], "timeout_seconds": 20}}
+    server = await systemx_server(env={"SYSTEMX_SPAWN_HANDLERS": json.dumps(handlers)})
+    handler = {"type": "spawn", "handler": "sleepy"}
     await sleep_agent(server, "sleepy@agents.example.com", handler)
     caller = await server.connect()
     await caller.register("caller@example.com")
@@ -162,7 +171,7 @@ async def test_spawned_agent_connects_back_and_answers(systemx_server: ServerFac
 
 
 async def test_profiles_survive_restart(systemx_server: ServerFactory, hooks: Hooks) -> None:
-    server = await systemx_server()
+    server = await systemx_server(env=hooks.env)
     await sleep_agent(
         server, "agent@example.com", {"type": "webhook", "url": hooks.url + "/r", "timeout_seconds": 10}
     )
@@ -212,7 +221,7 @@ async def test_disallowed_handlers_are_refused(systemx_server: ServerFactory) ->
 
 
 async def test_auto_sleep_pending_cancel_and_sleep(systemx_server: ServerFactory, hooks: Hooks) -> None:
-    server = await systemx_server()
+    server = await systemx_server(env=hooks.env)
     agent = await server.connect()
     handler = {"type": "webhook", "url": hooks.url + "/a", "timeout_seconds": 10}
     await agent.register("agent@example.com", mode="wake_on_ring", wake_handler=handler)
@@ -227,7 +236,7 @@ async def test_auto_sleep_pending_cancel_and_sleep(systemx_server: ServerFactory
 
 
 async def test_sleep_ack_mid_call_hangs_up_peer(systemx_server: ServerFactory, hooks: Hooks) -> None:
-    server = await systemx_server()
+    server = await systemx_server(env=hooks.env)
     agent, caller = await server.connect(), await server.connect()
     handler = {"type": "webhook", "url": hooks.url + "/a", "timeout_seconds": 10}
     await agent.register("agent@example.com", mode="wake_on_ring", wake_handler=handler)

@@ -9,6 +9,7 @@ test sleeps.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -22,7 +23,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from systemx.config import Settings
+from systemx.config import Settings, SpawnHandler
 from systemx.core.actions import WakeRequest
 from systemx.server.wake import WakeRunner
 
@@ -139,9 +140,6 @@ class Harness:
     seen_logs: list[str] = field(default_factory=list)
 
     async def __aenter__(self) -> Harness:
-        self.runner = WakeRunner(
-            self.settings, self._on_failed, self.registered.__contains__, kill_grace=self.kill_grace
-        )
         self._release_hang = asyncio.Event()
         app = web.Application()
         app.router.add_post("/ok", self._ok)
@@ -153,6 +151,14 @@ class Harness:
         site = web.TCPSite(self._web, "127.0.0.1", 0)
         await site.start()
         self.web_url = f"http://127.0.0.1:{self._web.addresses[0][1]}"
+        # The receiver is on loopback: name it, as an operator would.
+        allow = (*self.settings.webhook_allow, self.web_url + "/")
+        self.runner = WakeRunner(
+            dataclasses.replace(self.settings, webhook_allow=allow),
+            self._on_failed,
+            self.registered.__contains__,
+            kill_grace=self.kill_grace,
+        )
         self._tcp = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.child_port = self._tcp.sockets[0].getsockname()[1]
         self._writers: list[asyncio.StreamWriter] = []
@@ -204,7 +210,20 @@ class Harness:
 
     # -- helpers
 
+    def define(self, argv: list[str], **options: Any) -> str:
+        """Define a spawn handler running ``argv`` (as the operator would); its name."""
+        settings = self.runner.settings
+        name = f"handler{len(settings.spawn_handlers)}"
+        handler = SpawnHandler(name=name, argv=tuple(argv), **options)
+        self.runner.settings = dataclasses.replace(
+            settings, spawn_handlers=(*settings.spawn_handlers, handler)
+        )
+        return name
+
     def wake(self, handler: dict[str, Any], *, address: str = ADDRESS, call_id: str = "call-1") -> None:
+        if handler.get("type") == "spawn" and "command" in handler:
+            handler = dict(handler)
+            handler["handler"] = self.define(handler.pop("command"))
         self.runner.wake(
             WakeRequest(
                 address=address,
@@ -358,6 +377,53 @@ def test_cancelled_webhook_is_not_reported(run: Callable[[Scenario], None], chil
             _, detail = await h.failure()
             assert "HTTP 500" in detail
         assert [d for _, d in h.failed] == [detail]
+
+    run(scenario)
+
+
+def test_webhook_to_an_address_the_policy_refuses_is_never_sent(
+    run: Callable[[Scenario], None], child_script: Path
+) -> None:
+    async def scenario() -> None:
+        async with Harness(child_script) as h:
+            # Policy changed since REGISTER: the loopback receiver is no longer allowed.
+            h.runner.settings = dataclasses.replace(h.runner.settings, webhook_allow=())
+            h.wake({"type": "webhook", "url": h.web_url + "/ok", "timeout_seconds": 5.0})
+            _, detail = await h.failure()
+            assert "non-public address" in detail
+            assert h.hooks.empty()
+
+    run(scenario)
+
+
+def test_webhook_to_the_exchanges_own_port_is_refused_when_connecting(
+    run: Callable[[Scenario], None], child_script: Path
+) -> None:
+    async def scenario() -> None:
+        async with Harness(child_script) as h:
+            # Pretend the receiver's port is the exchange's: every local address on it is refused.
+            port = int(h.web_url.rsplit(":", 1)[1])
+            h.runner.settings = dataclasses.replace(h.runner.settings, port=port, host="0.0.0.0")
+            host = socket.gethostname()
+            h.runner.settings = dataclasses.replace(
+                h.runner.settings, webhook_allow=(f"http://{host}:{port}/",)
+            )
+            h.wake({"type": "webhook", "url": f"http://{host}:{port}/ok", "timeout_seconds": 5.0})
+            _, detail = await h.failure()
+            assert "is the exchange itself" in detail, detail
+            assert h.hooks.empty()
+
+    run(scenario)
+
+
+def test_spawn_handler_no_longer_defined_fails_the_wake(
+    run: Callable[[Scenario], None], child_script: Path
+) -> None:
+    async def scenario() -> None:
+        async with Harness(child_script) as h:
+            h.wake({"type": "spawn", "handler": "gone", "timeout_seconds": 5.0})
+            _, detail = await h.failure()
+            assert "spawn handlers are disabled" in detail
 
     run(scenario)
 

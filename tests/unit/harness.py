@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from systemx.config import Settings
+from systemx.config import Settings, SpawnHandler
 from systemx.core import Exchange, RecordingActions, Session
 
 _dec = msgspec.json.Decoder()
@@ -16,7 +16,8 @@ _dec = msgspec.json.Decoder()
 
 class Harness:
     def __init__(self, profiles: dict[str, dict[str, Any]] | None = None, **overrides: Any) -> None:
-        base = {"spawn_allow_addresses": ("*@spawn.test",), **overrides}
+        spawn = SpawnHandler(name="true", argv=("/bin/true",), addresses=("*@spawn.test",))
+        base = {"spawn_handlers": (spawn,), **overrides}
         self.settings = dataclasses.replace(Settings(), **base)
         self.actions = RecordingActions()
         self.now = 1_000.0

@@ -132,6 +132,51 @@ def test_spawn_refused_by_policy() -> None:
         "B", "b@spawn.test", mode="wake_on_ring", wake_handler={"type": "spawn", "command": ["/bin/true"]}
     )
     assert ok["type"] == "REGISTERED"
+    # Stored by name, with the operator's timeout.
+    assert h.actions.profiles["b@spawn.test"]["handler"] == {
+        "type": "spawn",
+        "handler": "true",
+        "timeout_seconds": 30.0,
+    }
+    shell = h.register(
+        "C",
+        "c@spawn.test",
+        mode="wake_on_ring",
+        wake_handler={"type": "spawn", "command": ["/bin/sh", "-c", "id"]},
+    )
+    assert shell["type"] == "REGISTER_FAILED" and "matches no spawn handler" in shell["detail"]
+
+
+def test_profiles_per_session_are_bounded() -> None:
+    h = Harness(wake_max_profiles_per_session=2)
+    for n in range(2):
+        assert (
+            h.register("S", f"a{n}@example.com", mode="wake_on_ring", wake_handler=HOOK)["type"]
+            == "REGISTERED"
+        )
+    # Updating a profile it created is not a new one.
+    assert h.register("S", "a1@example.com", mode="wake_on_ring", wake_handler=HOOK)["type"] == "REGISTERED"
+    refused = h.register("S", "a2@example.com", mode="wake_on_ring", wake_handler=HOOK)
+    assert refused["type"] == "REGISTER_FAILED" and refused["reason"] == "wake_profile_limit"
+    assert "SYSTEMX_WAKE_MAX_PROFILES_PER_SESSION" in refused["detail"]
+    assert set(h.actions.profiles) == {"a0@example.com", "a1@example.com"}
+    # The refused REGISTER changed nothing: the session still holds its address.
+    assert h.sessions["S"].address == "a1@example.com"
+    # A plain registration needs no profile.
+    assert h.register("S", "a3@example.com")["type"] == "REGISTERED"
+
+
+def test_profiles_in_total_are_bounded() -> None:
+    h = Harness(wake_max_profiles=2)
+    sleeper(h, "S1", "a1@example.com")
+    sleeper(h, "S2", "a2@example.com")
+    refused = h.register("S3", "a3@example.com", mode="wake_on_ring", wake_handler=HOOK)
+    assert refused["type"] == "REGISTER_FAILED" and refused["reason"] == "wake_profile_limit"
+    assert "SYSTEMX_WAKE_MAX_PROFILES" in refused["detail"]
+    # An existing profile can still be updated, and a forgotten one makes room.
+    assert h.register("S1", "a1@example.com", mode="wake_on_ring", wake_handler=HOOK)["type"] == "REGISTERED"
+    h.register("S2", "a2@example.com", mode="normal")
+    assert h.register("S3", "a3@example.com", mode="wake_on_ring", wake_handler=HOOK)["type"] == "REGISTERED"
 
 
 def test_mode_normal_forgets_profile() -> None:

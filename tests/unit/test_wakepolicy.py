@@ -7,23 +7,31 @@ from typing import Any
 import msgspec
 import pytest
 
-from systemx.config import Settings
-from systemx.core.wakepolicy import check_wake_handler, validate_wake_handler
+from systemx.config import Settings, SpawnHandler
+from systemx.core.wakepolicy import (
+    check_wake_handler,
+    connect_problem,
+    normalise_url,
+    resolve_spawn_handler,
+    stored_handler,
+    validate_wake_handler,
+    wake_timeout,
+)
 from systemx.protocol.messages import WakeHandler
 
 ADDRESS = "agent@example.com"
 SPAWN_DISABLED = (
-    "spawn handlers are disabled on this exchange; "
-    "set SYSTEMX_SPAWN_ALLOW_COMMANDS or SYSTEMX_SPAWN_ALLOW_ADDRESSES"
+    "spawn handlers are disabled on this exchange; the operator defines them in SYSTEMX_SPAWN_HANDLERS"
 )
+AGENT = SpawnHandler(name="agent", argv=("/usr/bin/agent", "--serve"), timeout_seconds=12.0)
 
 
 def webhook(url: Any) -> WakeHandler:
     return WakeHandler(type="webhook", url=url)
 
 
-def spawn(command: Any) -> WakeHandler:
-    return WakeHandler(type="spawn", command=command)
+def spawn(command: Any = None, name: Any = None) -> WakeHandler:
+    return WakeHandler(type="spawn", command=command, handler=name)
 
 
 def settings(**kwargs: Any) -> Settings:
@@ -48,7 +56,14 @@ def settings(**kwargs: Any) -> Settings:
         (webhook("http://hooks.example.com:port/"), "not a valid URL"),
         (webhook("http://hooks.example.com/a b"), "not a valid URL"),
         (webhook("http://hooks.example.com/\nHost: evil"), "not a valid URL"),
-        (WakeHandler(type="spawn"), "needs a command"),
+        (WakeHandler(type="spawn"), "needs a handler name"),
+        (spawn(name=""), "name of a spawn handler"),
+        (spawn(name="x" * 65), "name of a spawn handler"),
+        (webhook("http://user:pw@hooks.example.com/"), "user information"),
+        (webhook("http://127.0.0.1:9000@evil.example/"), "user information"),
+        (webhook("http://127.0.0.1:9000.evil.com/"), "not a valid URL"),
+        (webhook("http://ex%61mple.com/"), "invalid host"),
+        (webhook("http://bücher.example/"), "invalid host"),
         (spawn([]), "non-empty list"),
         (spawn("agent --serve"), "non-empty list"),
         (spawn(["agent", ""]), "non-empty strings"),
@@ -66,7 +81,7 @@ def test_malformed_handlers_are_reported(handler: WakeHandler, fragment: str) ->
     problem = validate_wake_handler(handler)
     assert problem is not None and fragment in problem
     # The policy check repeats the structural one, so it is safe on its own.
-    assert check_wake_handler(handler, ADDRESS, settings(spawn_allow_addresses=("*",))) == problem
+    assert check_wake_handler(handler, ADDRESS, settings(spawn_handlers=(AGENT,))) == problem
 
 
 @pytest.mark.parametrize(
@@ -76,6 +91,7 @@ def test_malformed_handlers_are_reported(handler: WakeHandler, fragment: str) ->
         webhook("HTTP://Hooks.Example.COM:8443/wake?x=1"),
         webhook("http://[2001:db8::1]/wake"),
         spawn(["/usr/bin/agent", "--serve"]),
+        spawn(name="agent"),
         WakeHandler(type="webhook", url="https://h.example.com", timeout_seconds=0.1, payload={"k": [1]}),
     ],
 )
@@ -93,20 +109,74 @@ def test_decoded_register_handler_validates() -> None:
 
 
 # --------------------------------------------------------------------------
-# Webhook policy
+# Webhook URLs, normalised
+
+
+@pytest.mark.parametrize(
+    ("url", "normal"),
+    [
+        ("HTTP://Hooks.Example.COM/wake", "http://hooks.example.com:80/wake"),
+        ("https://hooks.example.com.", "https://hooks.example.com:443/"),
+        ("https://hooks.example.com?x=1#frag", "https://hooks.example.com:443/?x=1"),
+        ("http://0x7f000001:9000/", "http://127.0.0.1:9000/"),
+        ("http://2130706433:9000/", "http://127.0.0.1:9000/"),
+        ("http://127.1:9000/", "http://127.0.0.1:9000/"),
+        ("http://0177.0.0.1/", "http://127.0.0.1:80/"),
+        ("http://[::FFFF:127.0.0.1]/", "http://[::ffff:7f00:1]:80/"),
+        ("http://[2001:DB8::1]:8443/a", "http://[2001:db8::1]:8443/a"),
+    ],
+)
+def test_urls_are_normalised(url: str, normal: str) -> None:
+    assert str(normalise_url(url)) == normal
+
+
+# --------------------------------------------------------------------------
+# Webhook policy at REGISTER
 
 
 @pytest.mark.parametrize(
     "url",
     [
         "https://hooks.example.com/wake",
-        "http://10.0.0.7:9000/wake",  # internal hosts are allowed by default (see SSRF note)
-        "http://127.0.0.1:9000/wake",  # loopback on another port is not the exchange
-        "http://localhost/wake",
+        "http://203.0.114.7:9000/wake",
+        "http://[2606:4700::1111]/wake",
+        "http://internal.corp/wake",  # a name: judged when the wake resolves it
     ],
 )
-def test_any_http_url_is_allowed_by_default(url: str) -> None:
+def test_public_and_named_urls_are_allowed_by_default(url: str) -> None:
     assert check_wake_handler(webhook(url), ADDRESS, settings()) is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.7:9000/wake",
+        "http://127.0.0.1:9000/wake",
+        "http://0x7f000001:9000/",
+        "http://2130706433:9000/",
+        "http://127.1:9000/",
+        "http://169.254.169.254/latest/meta-data",
+        "http://100.64.0.1/",
+        "http://192.168.1.1/",
+        "http://172.16.0.1/",
+        "http://224.0.1.1/",
+        "http://0.0.0.0:9000/",
+        "http://240.0.0.1/",
+        "http://[::1]:9000/",
+        "http://[fd00::1]/",
+        "http://[fe80::1]/",
+        "http://[ff02::1]/",
+        "http://[::ffff:10.0.0.1]/",
+        "http://[::ffff:127.0.0.1]:9000/",
+        "http://[64:ff9b::a00:1]/",  # NAT64 of 10.0.0.1
+        "http://[2002:a00:1::]/",  # 6to4 of 10.0.0.1
+        "http://localhost:9000/",
+        "http://api.localhost/",
+    ],
+)
+def test_non_public_literal_addresses_are_refused_by_default(url: str) -> None:
+    problem = check_wake_handler(webhook(url), ADDRESS, settings())
+    assert problem is not None and "SYSTEMX_WEBHOOK_ALLOW" in problem, url
 
 
 @pytest.mark.parametrize(
@@ -121,11 +191,16 @@ def test_any_http_url_is_allowed_by_default(url: str) -> None:
         "http://[::]:8080/",
         "http://127.8.9.10:8080/",
         "http://[::ffff:127.0.0.1]:8080/",
+        "http://0x7f000001:8080/",
+        "http://2130706433:8080/",
+        "http://127.1:8080/",
+        "http://0:8080/",
     ],
 )
-def test_the_exchanges_own_listener_is_refused(url: str) -> None:
-    problem = check_wake_handler(webhook(url), ADDRESS, settings(port=8080))
-    assert problem is not None and "the exchange's own endpoints" in problem
+def test_the_exchanges_own_listener_is_refused_however_spelled(url: str) -> None:
+    s = settings(port=8080, webhook_allow=("http://127.0.0.1:8080/", "http://localhost:8080/"))
+    problem = check_wake_handler(webhook(url), ADDRESS, s)
+    assert problem is not None and "the exchange's own endpoints" in problem, url
 
 
 def test_own_listener_uses_the_configured_host_and_default_ports() -> None:
@@ -133,39 +208,43 @@ def test_own_listener_uses_the_configured_host_and_default_ports() -> None:
     assert check_wake_handler(webhook("http://exchange.internal/wake"), ADDRESS, s) is not None
     assert check_wake_handler(webhook("http://EXCHANGE.internal:80/"), ADDRESS, s) is not None
     assert check_wake_handler(webhook("http://exchange.internal:81/"), ADDRESS, s) is None
-    s443 = settings(host="10.1.2.3", port=443)
+    s443 = settings(host="10.1.2.3", port=443, webhook_allow=("https://10.1.2.3/", "http://10.1.2.3/"))
     assert check_wake_handler(webhook("https://10.1.2.3/wake"), ADDRESS, s443) is not None
     assert check_wake_handler(webhook("http://10.1.2.3/wake"), ADDRESS, s443) is None
 
 
-def test_own_listener_is_refused_even_when_allow_listed() -> None:
-    s = settings(port=8080, webhook_allow=("http://127.0.0.1:8080/",))
-    assert check_wake_handler(webhook("http://127.0.0.1:8080/wake"), ADDRESS, s) is not None
-
-
 def test_deny_prefixes_are_refused() -> None:
-    s = settings(webhook_deny=("http://169.254.169.254", "https://admin.example.com/private/"))
+    s = settings(webhook_deny=("http://hooks.example.com/admin", "https://admin.example.com/private/"))
     refused = [
-        "http://169.254.169.254/latest/meta-data",
-        "HTTP://169.254.169.254",
+        "http://hooks.example.com/admin/x",
+        "HTTP://HOOKS.example.com:80/admin",
         "https://admin.example.com/private/x",
     ]
     for url in refused:
         problem = check_wake_handler(webhook(url), ADDRESS, s)
         assert problem is not None and "refused" in problem, url
-    for url in ["https://admin.example.com/public", "http://169.254.169.2545/"]:
+    for url in ["https://admin.example.com/public", "http://hooks.example.com:8080/admin"]:
         assert check_wake_handler(webhook(url), ADDRESS, s) is None, url
 
 
 def test_allow_list_restricts_webhooks_to_its_prefixes() -> None:
-    s = settings(webhook_allow=("https://hooks.example.com/wake/", "https://spawner.example.org"))
+    s = settings(
+        webhook_allow=(
+            "https://hooks.example.com/wake/",
+            "https://spawner.example.org",
+            "http://127.0.0.1:9000/",
+        )
+    )
     allowed = [
         "https://hooks.example.com/wake/agent",
         "https://HOOKS.example.com/wake/agent",
+        "https://hooks.example.com:443/wake/agent",
         "https://spawner.example.org",
         "https://spawner.example.org/",
         "https://spawner.example.org/any/path",
         "https://spawner.example.org?q=1",
+        "http://127.0.0.1:9000/wake",  # internal, but listed
+        "http://0x7f000001:9000/wake",  # the same address, spelled otherwise
     ]
     for url in allowed:
         assert check_wake_handler(webhook(url), ADDRESS, s) is None, url
@@ -174,14 +253,19 @@ def test_allow_list_restricts_webhooks_to_its_prefixes() -> None:
         "http://hooks.example.com/wake/agent",  # scheme is part of the prefix
         "https://hooks.example.com/WAKE/agent",  # paths are case-sensitive
         "https://spawner.example.org.evil.net/",
-        "https://spawner.example.org@evil.net/",
         "https://spawner.example.org:8443/",
         "https://spawner.example.organic/",
+        "http://127.0.0.1:9001/",
+        "http://127.0.0.1:90/",
         "http://10.0.0.7/wake",
+        "https://public.example.net/",
     ]
     for url in refused:
         problem = check_wake_handler(webhook(url), ADDRESS, s)
         assert problem is not None and "SYSTEMX_WEBHOOK_ALLOW" in problem, url
+    for url in ["http://127.0.0.1:9000@evil.example/", "https://spawner.example.org@evil.net/"]:
+        problem = check_wake_handler(webhook(url), ADDRESS, s)
+        assert problem is not None and "user information" in problem, url
 
 
 def test_deny_wins_over_allow() -> None:
@@ -193,42 +277,94 @@ def test_deny_wins_over_allow() -> None:
 
 
 # --------------------------------------------------------------------------
-# Spawn policy
-
-
-def test_spawn_is_refused_when_nothing_is_allowed() -> None:
-    assert check_wake_handler(spawn(["agent"]), ADDRESS, settings()) == SPAWN_DISABLED
+# Webhook policy when connecting
 
 
 @pytest.mark.parametrize(
-    ("allowed", "executable", "ok"),
+    "address",
     [
-        (("agent",), "agent", True),
-        (("agent",), "/opt/agents/bin/agent", True),  # an entry without a slash matches the base name
-        (("agent",), "./agent", True),
-        (("agent",), "agent2", False),
-        (("agent",), "/opt/agent/other", False),
-        (("/opt/bin/agent",), "/opt/bin/agent", True),  # an entry with a slash must match exactly
-        (("/opt/bin/agent",), "agent", False),
-        (("/opt/bin/agent",), "/usr/bin/agent", False),
-        (("/opt/bin/agent",), "/opt/bin/../bin/agent", False),
-        (("python3", "/usr/bin/node"), "/usr/bin/node", True),
-        (("Agent",), "agent", False),
+        "127.0.0.1",
+        "10.1.2.3",
+        "169.254.169.254",
+        "::1",
+        "fd00::1",
+        "::ffff:127.0.0.1",
+        "fe80::1%2",
+        "0.0.0.0",
     ],
 )
-def test_spawn_command_allow_list(allowed: tuple[str, ...], executable: str, ok: bool) -> None:
-    s = settings(spawn_allow_commands=allowed)
-    problem = check_wake_handler(spawn([executable, "--flag"]), ADDRESS, s)
-    if ok:
-        assert problem is None
-    else:
-        assert problem is not None
-        assert "SYSTEMX_SPAWN_ALLOW_COMMANDS" in problem and executable in problem
+def test_connecting_to_a_non_public_address_needs_the_allow_list(address: str) -> None:
+    s = settings(port=8080)
+    problem = connect_problem(address, 9000, s, allow_listed=False)
+    assert problem is not None and "not a public address" in problem
+    assert connect_problem(address, 9000, s, allow_listed=True) is None
 
 
-def test_only_the_executable_is_matched_not_the_arguments() -> None:
-    s = settings(spawn_allow_commands=("agent",))
-    assert check_wake_handler(spawn(["/bin/sh", "agent"]), ADDRESS, s) is not None
+def test_connecting_to_a_public_address_is_allowed() -> None:
+    assert connect_problem("203.0.114.7", 443, settings(), allow_listed=False) is None
+    assert connect_problem("2606:4700::1111", 443, settings(), allow_listed=False) is None
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1", "0.0.0.0", "::"])
+def test_connecting_to_the_exchange_itself_is_never_allowed(address: str) -> None:
+    problem = connect_problem(address, 8080, settings(port=8080), allow_listed=True)
+    assert problem is not None and "the exchange itself" in problem
+
+
+# --------------------------------------------------------------------------
+# Spawn policy
+
+
+def test_spawn_is_refused_when_no_handler_is_defined() -> None:
+    assert check_wake_handler(spawn(name="agent"), ADDRESS, settings()) == SPAWN_DISABLED
+    assert check_wake_handler(spawn(["/usr/bin/agent", "--serve"]), ADDRESS, settings()) == SPAWN_DISABLED
+
+
+def test_a_named_handler_is_accepted_and_stored_by_name() -> None:
+    s = settings(spawn_handlers=(AGENT,))
+    handler = WakeHandler(type="spawn", handler="agent", timeout_seconds=99, payload={"job": 1})
+    assert check_wake_handler(handler, ADDRESS, s) is None
+    stored = stored_handler(handler, ADDRESS, s)
+    assert stored == {"type": "spawn", "handler": "agent", "timeout_seconds": 12.0, "payload": {"job": 1}}
+    assert wake_timeout(stored, s) == 12.0  # the operator's timeout, not the client's
+
+
+def test_an_unknown_name_is_refused() -> None:
+    problem = check_wake_handler(spawn(name="shell"), ADDRESS, settings(spawn_handlers=(AGENT,)))
+    assert problem == "no spawn handler named 'shell' is defined on this exchange"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["/bin/sh", "-c", "echo pwned"],
+        ["/usr/bin/agent"],  # a prefix of the argv is not the argv
+        ["/usr/bin/agent", "--serve", "--extra"],
+        ["agent", "--serve"],  # no base-name matching
+        ["/usr/bin/../bin/agent", "--serve"],
+    ],
+)
+def test_a_command_must_equal_a_defined_argv(command: list[str]) -> None:
+    problem = check_wake_handler(spawn(command), ADDRESS, settings(spawn_handlers=(AGENT,)))
+    assert problem is not None and "matches no spawn handler" in problem
+
+
+def test_the_reference_command_form_is_stored_as_the_matching_handler() -> None:
+    s = settings(spawn_handlers=(AGENT,))
+    handler = spawn(["/usr/bin/agent", "--serve"])
+    assert check_wake_handler(handler, ADDRESS, s) is None
+    assert stored_handler(handler, ADDRESS, s) == {
+        "type": "spawn",
+        "handler": "agent",
+        "timeout_seconds": 12.0,
+    }
+
+
+def test_name_and_command_must_agree() -> None:
+    s = settings(spawn_handlers=(AGENT,))
+    assert check_wake_handler(spawn(["/usr/bin/agent", "--serve"], name="agent"), ADDRESS, s) is None
+    problem = check_wake_handler(spawn(["/bin/sh"], name="agent"), ADDRESS, s)
+    assert problem is not None and "differs from the argv" in problem
 
 
 @pytest.mark.parametrize(
@@ -241,26 +377,36 @@ def test_only_the_executable_is_matched_not_the_arguments() -> None:
         (("bot@*",), "bot@anything.example", True),
         (("bot@*",), "robot@anything.example", False),  # anchored at the start
         (("a.b@c.d",), "aXb@c.d", False),  # only * is special
-        (("*",), "anyone@anywhere.example", True),
+        ((), "anyone@anywhere.example", True),  # no patterns: any address
         (("x@y.z", "*@trusted.example"), "me@trusted.example", True),
         (("bot-*-prod@*.example",), "bot-7-prod@eu.example", True),
     ],
 )
-def test_spawn_address_patterns(patterns: tuple[str, ...], address: str, ok: bool) -> None:
-    problem = check_wake_handler(spawn(["anything"]), address, settings(spawn_allow_addresses=patterns))
-    if ok:
-        assert problem is None
-    else:
-        assert problem is not None and "SYSTEMX_SPAWN_ALLOW_ADDRESSES" in problem
+def test_a_handler_can_be_restricted_to_address_patterns(
+    patterns: tuple[str, ...], address: str, ok: bool
+) -> None:
+    s = settings(spawn_handlers=(SpawnHandler(name="bot", argv=("/opt/bot",), addresses=patterns),))
+    for handler in (spawn(name="bot"), spawn(["/opt/bot"])):
+        problem = check_wake_handler(handler, address, s)
+        if ok:
+            assert problem is None
+        else:
+            assert problem == f"spawn handler 'bot' is not available to {address!r}"
 
 
-def test_either_list_is_enough_for_spawn() -> None:
-    s = settings(spawn_allow_commands=("agent",), spawn_allow_addresses=("*@trusted.example",))
-    assert check_wake_handler(spawn(["agent"]), "x@untrusted.example", s) is None
-    assert check_wake_handler(spawn(["other"]), "x@trusted.example", s) is None
-    assert check_wake_handler(spawn(["other"]), "x@untrusted.example", s) is not None
+def test_a_handler_removed_from_the_configuration_no_longer_resolves() -> None:
+    stored = {"type": "spawn", "handler": "agent", "timeout_seconds": 12.0}
+    assert resolve_spawn_handler(stored, ADDRESS, settings(spawn_handlers=(AGENT,))) is AGENT
+    other = SpawnHandler(name="other", argv=("/bin/true",))
+    assert resolve_spawn_handler(stored, ADDRESS, settings(spawn_handlers=(other,))) == (
+        "no spawn handler named 'agent' is defined on this exchange"
+    )
+    # A profile stored by an older version with a client-chosen command runs only if it is defined.
+    legacy = {"type": "spawn", "command": ["/bin/sh", "-c", "id"], "timeout_seconds": 5.0}
+    problem = resolve_spawn_handler(legacy, ADDRESS, settings(spawn_handlers=(AGENT,)))
+    assert isinstance(problem, str) and "matches no spawn handler" in problem
 
 
-def test_spawn_lists_do_not_affect_webhooks() -> None:
-    s = settings(spawn_allow_commands=("agent",))
+def test_spawn_handlers_do_not_affect_webhooks() -> None:
+    s = settings(spawn_handlers=(AGENT,))
     assert check_wake_handler(webhook("https://hooks.example.com/"), ADDRESS, s) is None

@@ -35,7 +35,7 @@ import msgspec
 from systemx.config import Settings
 from systemx.core.actions import Actions, WakeRequest
 from systemx.core.calls import CallEvent, CallState, transition
-from systemx.core.wakepolicy import check_wake_handler, validate_wake_handler
+from systemx.core.wakepolicy import check_wake_handler, stored_handler, validate_wake_handler, wake_timeout
 from systemx.protocol import messages as m
 from systemx.protocol.address import address_key, domain_of, is_valid_address
 from systemx.protocol.codes import (
@@ -107,6 +107,7 @@ class Session:
         "session_id",
         "sleep_pending_at",
         "status",
+        "wake_profiles_created",
         "warned_at",
         "warnings_dropped",
     )
@@ -136,6 +137,8 @@ class Session:
         self.remote = False
         self.warned_at = -1.0
         self.warnings_dropped = 0
+        # Wake profiles this session created (renames count; updates do not).
+        self.wake_profiles_created = 0
 
     def __repr__(self) -> str:
         return f"<Session {self.session_id} {self.address or '(unregistered)'}>"
@@ -529,7 +532,7 @@ class Exchange:
                             ),
                         )
                         return
-                    handler = msgspec.to_builtins(msg.wake_handler)
+                    handler = stored_handler(msg.wake_handler, address, self.settings)
         if problem is not None:
             self._error(s, ErrorReason.INVALID_PAYLOAD, "REGISTER", problem)
             return
@@ -544,6 +547,18 @@ class Exchange:
                 ),
             )
             return
+        if handler is not None and key not in self._profiles:
+            refusal = self._profile_limit(s)
+            if refusal is not None:
+                log.warning("Wake profile refused for %s: %s", address, refusal)
+                self._send_msg(
+                    s,
+                    m.RegisterFailed(
+                        reason=RegisterFailedReason.WAKE_PROFILE_LIMIT, address=address, detail=refusal
+                    ),
+                )
+                return
+            s.wake_profiles_created += 1
         if s.key is not None and s.key != key:
             # A new address on the same socket: the old one is given up.
             self._release(s, HangupReason.RECONFIGURED, now)
@@ -586,6 +601,21 @@ class Exchange:
                 for call in queue:
                     self._actions.start_timer(("ring", call.call_id), self._call_timeout)
         self._pump(key, now)
+
+    def _profile_limit(self, s: Session) -> str | None:
+        """Why ``s`` may not create another wake profile, or ``None``."""
+        per_session = self.settings.wake_max_profiles_per_session
+        if s.wake_profiles_created >= per_session:
+            return (
+                f"this session has already created {per_session} wake profiles "
+                "(SYSTEMX_WAKE_MAX_PROFILES_PER_SESSION)"
+            )
+        if len(self._profiles) >= self.settings.wake_max_profiles:
+            return (
+                f"the exchange stores its maximum of {self.settings.wake_max_profiles} wake profiles "
+                "(SYSTEMX_WAKE_MAX_PROFILES)"
+            )
+        return None
 
     def _on_unregister(self, s: Session, msg: m.Unregister, now: float) -> None:
         s.closed = True
@@ -1042,8 +1072,7 @@ class Exchange:
         profile = self._profiles[key]
         handler = profile["handler"]
         self._waking.add(key)
-        timeout = max(float(handler.get("timeout_seconds") or 30.0), 0.1)
-        self._actions.start_timer(("wake", key), timeout)
+        self._actions.start_timer(("wake", key), wake_timeout(handler, self.settings))
         caller = call.caller
         log.info(
             "Waking %s for %s (call: %s)", profile["address"], caller.address if caller else "?", call.call_id

@@ -39,6 +39,7 @@ class RegisterFailedReason(enum.StrEnum):
     ADDRESS_IN_USE = "address_in_use"
     AUTH_FAILED = "auth_failed"
     WAKE_HANDLER_NOT_ALLOWED = "wake_handler_not_allowed"
+    WAKE_PROFILE_LIMIT = "wake_profile_limit"
 
 
 class BusyReason(enum.StrEnum):

@@ -84,6 +84,8 @@ class WakeHandler(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=Fals
 
     type: Literal["webhook", "spawn"]
     url: str | None = None
+    # spawn: the name of a handler the operator defined (``command`` must match its argv).
+    handler: str | None = None
     command: list[str] | None = None
     timeout_seconds: Annotated[float, Meta(gt=0, le=3600)] = 30.0
     payload: Any = None

@@ -9,13 +9,23 @@ longer waking.
 
 Webhook
     One POST of ``{"address", "call_id", "from", "handler", "payload"}`` as
-    JSON, bounded by ``SYSTEMX_WEBHOOK_TIMEOUT_MS``. Redirects are not followed,
-    so an allowed URL cannot bounce the request to a host the policy refused. A
-    non-2xx answer, a network error or the timeout is a failure.
+    JSON, bounded by ``SYSTEMX_WEBHOOK_TIMEOUT_MS``. The URL is checked again
+    against the current policy, then each wake gets its own HTTP session whose
+    socket factory checks every address the host resolved to just before
+    connecting to it (:func:`~systemx.core.wakepolicy.connect_problem`): the
+    address checked is the address used, so a DNS answer that changes between
+    the check and the connection cannot redirect the POST. Redirects are not
+    followed, so an allowed URL cannot bounce the request to a host the policy
+    refused. A non-2xx answer, a refused or unreachable address, a network error
+    or the timeout is a failure.
 
 Spawn
-    ``command`` is executed directly (never through a shell) in a new process
-    group, with the exchange's environment plus ``SYSTEMX_URL``,
+    The handler names a program the operator defined in
+    ``SYSTEMX_SPAWN_HANDLERS``; it is looked up again now (so a handler removed
+    from the configuration no longer runs). Its ``argv`` is executed directly
+    (never through a shell), with ``{address}``, ``{call_id}`` and ``{caller}``
+    arguments replaced whole, in its ``cwd``, in a new process group, with the
+    exchange's environment plus the handler's ``env`` and ``SYSTEMX_URL``,
     ``SYSTEMX_ADDRESS``, ``SYSTEMX_CALL_ID``, ``SYSTEMX_CALLER`` and, when the
     handler has a payload, ``SYSTEMX_WAKE_PAYLOAD`` (JSON). Each line the
     process writes to stdout or stderr is logged under ``systemx.wake``. A
@@ -35,6 +45,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -44,8 +55,15 @@ import aiohttp
 import msgspec
 
 from systemx import __version__
-from systemx.config import Settings
+from systemx.config import Settings, SpawnHandler
 from systemx.core.actions import WakeRequest
+from systemx.core.wakepolicy import (
+    check_webhook,
+    connect_problem,
+    normalise_url,
+    resolve_spawn_handler,
+    url_allow_listed,
+)
 
 __all__ = ["WakeRunner"]
 
@@ -92,14 +110,14 @@ class WakeRunner:
         *,
         kill_grace: float = 2.0,
     ) -> None:
-        self._settings = settings
+        # Public so that a test (or a reload) can swap it; read at each wake.
+        self.settings = settings
         self._on_failed = on_failed
         self._is_registered = is_registered
         self._kill_grace = kill_grace
         self._current: dict[str, _Wake] = {}
         self._children: dict[asyncio.subprocess.Process, _Child] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
     # ----------------------------------------------------------------- public
@@ -168,9 +186,6 @@ class WakeRunner:
         for child in self._children.values():
             _signal(child.process, signal.SIGKILL if _POSIX else signal.SIGTERM)
         self._children.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
     # ------------------------------------------------------------ bookkeeping
 
@@ -223,17 +238,20 @@ class WakeRunner:
 
     # ---------------------------------------------------------------- webhook
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(headers={"User-Agent": f"systemx/{__version__}"})
-        return self._session
-
     async def _run_webhook(self, wake: _Wake) -> None:
         request = wake.request
         url = request.handler.get("url")
         if not isinstance(url, str):
             self._fail(wake, "webhook handler has no url")
             return
+        settings = self.settings
+        # The policy may have changed since REGISTER (or the profile predates it).
+        problem = check_webhook(url, settings)
+        parsed = normalise_url(url)
+        if problem is not None or isinstance(parsed, str):
+            self._fail(wake, problem or str(parsed))
+            return
+        guard = _ConnectGuard(settings, allow_listed=url_allow_listed(parsed, settings))
         body = msgspec.json.encode(
             {
                 "address": request.address,
@@ -243,22 +261,31 @@ class WakeRunner:
                 "payload": _payload(request),
             }
         )
-        timeout_ms = self._settings.webhook_timeout_ms
+        timeout_ms = settings.webhook_timeout_ms
         log.info("Wake webhook for %s: POST %s", request.address, url, extra={"address": request.address})
+        connector = aiohttp.TCPConnector(use_dns_cache=False, force_close=True, socket_factory=guard)
         try:
-            async with self._http().post(
-                url,
-                data=body,
-                headers={"Content-Type": "application/json"},
-                timeout=aiohttp.ClientTimeout(total=timeout_ms / 1000),
-                allow_redirects=False,
-            ) as response:
+            async with (
+                aiohttp.ClientSession(
+                    connector=connector, headers={"User-Agent": f"systemx/{__version__}"}
+                ) as http,
+                http.post(
+                    url,
+                    data=body,
+                    headers={"Content-Type": "application/json"},
+                    timeout=aiohttp.ClientTimeout(total=timeout_ms / 1000),
+                    allow_redirects=False,
+                ) as response,
+            ):
                 status = response.status
         except TimeoutError:
             self._fail(wake, f"webhook {url} did not answer within {timeout_ms} ms")
             return
         except (aiohttp.ClientError, ValueError) as exc:
-            self._fail(wake, f"webhook {url} failed: {str(exc) or type(exc).__name__}")
+            if guard.refused:
+                self._fail(wake, f"webhook {url} refused: {'; '.join(guard.refused)}")
+            else:
+                self._fail(wake, f"webhook {url} failed: {str(exc) or type(exc).__name__}")
             return
         if 200 <= status < 300:
             log.debug("Wake webhook for %s answered %d", request.address, status)
@@ -268,9 +295,10 @@ class WakeRunner:
 
     # ------------------------------------------------------------------ spawn
 
-    def _environment(self, request: WakeRequest) -> dict[str, str]:
+    def _environment(self, request: WakeRequest, spawn: SpawnHandler) -> dict[str, str]:
         env = dict(os.environ)
-        env["SYSTEMX_URL"] = self._settings.url
+        env.update(spawn.env)
+        env["SYSTEMX_URL"] = self.settings.url
         env["SYSTEMX_ADDRESS"] = request.address
         env["SYSTEMX_CALL_ID"] = request.call_id
         env["SYSTEMX_CALLER"] = request.caller
@@ -284,17 +312,20 @@ class WakeRunner:
     async def _run_spawn(self, wake: _Wake) -> None:
         request = wake.request
         address = request.address
-        command = request.handler.get("command")
-        if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
-            self._fail(wake, "spawn handler has no command")
+        spawn = resolve_spawn_handler(request.handler, address, self.settings)
+        if isinstance(spawn, str):
+            self._fail(wake, spawn)
             return
+        values = {"{address}": address, "{call_id}": request.call_id, "{caller}": request.caller}
+        command = [values.get(arg, arg) for arg in spawn.argv]
         try:
             process = await asyncio.create_subprocess_exec(
                 *command,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                env=self._environment(request),
+                cwd=spawn.cwd,
+                env=self._environment(request, spawn),
                 start_new_session=_POSIX,
                 limit=_STREAM_LIMIT,
             )
@@ -305,9 +336,10 @@ class WakeRunner:
         child = _Child(address, process)
         self._children[process] = child
         log.info(
-            "Wake process for %s started (pid %d): %s",
+            "Wake process for %s started (pid %d): handler %s, %s",
             address,
             process.pid,
+            spawn.name,
             command[0],
             extra={"address": address},
         )
@@ -354,6 +386,29 @@ class WakeRunner:
             log.warning("Process %d ignored SIGTERM; killing it", process.pid)
             _signal(process, signal.SIGKILL if _POSIX else signal.SIGTERM)
             await process.wait()
+
+
+class _ConnectGuard:
+    """aiohttp socket factory that refuses addresses the webhook policy forbids.
+
+    aiohappyeyeballs calls it with each resolved address in turn; raising
+    ``OSError`` makes it try the next, and the request fails when none is left.
+    """
+
+    def __init__(self, settings: Settings, *, allow_listed: bool) -> None:
+        self._settings = settings
+        self._allow_listed = allow_listed
+        self.refused: list[str] = []
+
+    def __call__(self, addr_info: tuple[Any, ...]) -> socket.socket:
+        family, type_, proto, _, sockaddr = addr_info
+        problem = connect_problem(
+            str(sockaddr[0]), int(sockaddr[1]), self._settings, allow_listed=self._allow_listed
+        )
+        if problem is not None:
+            self.refused.append(problem)
+            raise OSError(problem)
+        return socket.socket(family=family, type=type_, proto=proto)
 
 
 def _payload(request: WakeRequest) -> Any:

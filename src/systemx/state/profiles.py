@@ -7,7 +7,9 @@ can still wake an agent that went to sleep before the exchange restarted.
 :class:`ProfileStore` is the port. Backends:
 
 * :class:`MemoryProfileStore`: in-process, for tests and throwaway exchanges;
-* :class:`SqliteProfileStore`: one SQLite file (WAL, ``synchronous=NORMAL``).
+* :class:`SqliteProfileStore`: one SQLite file (WAL, ``synchronous=NORMAL``),
+  readable by the exchange's user only (mode 0600, with its ``-wal`` and
+  ``-shm`` files): profiles hold webhook URLs and payloads.
 
 Every backend keeps profiles as JSON, so a value that JSON cannot carry is
 refused at ``put`` (``TypeError``) by all of them alike, and what ``load_all``
@@ -76,6 +78,15 @@ class MemoryProfileStore:
         pass
 
 
+def _make_private(path: str) -> None:
+    """Create ``path`` with mode 0600 if missing, and narrow it to 0600 if it exists."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 # Each entry upgrades the schema from the version before it; index 0 creates version 1.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -96,18 +107,32 @@ class SqliteProfileStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
+        private = self.path != ":memory:"
+        if private:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit mode; transactions are opened explicitly where several statements belong together.
-        self._db: sqlite3.Connection | None = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
+            _make_private(self.path)
+        # SQLite creates -wal and -shm with the database file's mode; the umask covers the
+        # moment before that, and files left wider by an older version are narrowed below.
+        old_umask = os.umask(0o077)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate(self._db)
-        except BaseException:
-            self._db.close()
-            self._db = None
-            raise
+            # Autocommit mode; transactions are opened explicitly where statements belong together.
+            self._db: sqlite3.Connection | None = sqlite3.connect(
+                self.path, timeout=5.0, isolation_level=None
+            )
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._migrate(self._db)
+            except BaseException:
+                self._db.close()
+                self._db = None
+                raise
+        finally:
+            os.umask(old_umask)
+        if private:
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(self.path + suffix):
+                    _make_private(self.path + suffix)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
