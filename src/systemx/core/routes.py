@@ -40,11 +40,11 @@ stops at its first match. A pattern is tried with ``startswith``,
 ``endswith`` and ``str.find`` of its literal pieces, left to right (exact for
 ``*``-only patterns), without regular expressions.
 
-Measured on one core of the development machine (CPython 3.11), with 1000
-patterns ``*@dN.example.com`` and 1000 more ``*.agent@dN.example.com``,
-``*@*.dN.example.org`` and exact addresses mixed in (4000 in all): one
-``match`` costs about 1 µs for a hit and 0.7 µs for a miss, against about
-300 µs for a linear scan of 4000 compiled regular expressions.
+Measured with 1000 patterns (``*@dN.example.com``, ``*.agent@dN.example.com``,
+``*@*.dN.example.org`` and exact addresses, a quarter each; CPython 3.11 on a
+shared two-core machine under load, best of 7): an exact hit costs 0.3 µs, a
+wildcard hit 3-15 µs and a miss about 5 µs, against about 400 µs for a miss
+scanning 1000 compiled regular expressions in turn, as the reference does.
 """
 
 from __future__ import annotations
