@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import aiohttp
+import msgspec
+import pytest
 from picows import WSMsgType
 
 from tests.conftest import ServerFactory, SystemXProcess
@@ -160,6 +163,51 @@ async def test_oversized_messages_close_1009(systemx_server: ServerFactory) -> N
     await fits.expect("HEARTBEAT_ACK")
 
 
+async def _nothing_relayed_to(callee: WSClient, call_id: str) -> None:
+    """The callee hears its call end (HANGUP) and nothing else before a HEARTBEAT barrier."""
+    hangup = await callee.recv()
+    assert (hangup["type"], hangup.get("call_id"), hangup.get("reason")) == (
+        "HANGUP",
+        call_id,
+        "peer_disconnected",
+    ), hangup["type"]
+    callee.send_json({"type": "HEARTBEAT"})
+    assert (await callee.recv())["type"] == "HEARTBEAT_ACK"
+
+
+@pytest.mark.parametrize("fragmented", [False, True], ids=["one-frame", "fragmented"])
+async def test_oversized_message_is_never_relayed(systemx_server: ServerFactory, fragmented: bool) -> None:
+    server = await systemx_server(env={"SYSTEMX_MAX_MESSAGE_BYTES": "1024"})
+    caller, callee, call_id = await _connected_pair(server.connect, "big@example.com", "peer@example.com")
+    message = msgspec.json.encode({"type": "MSG", "call_id": call_id, "data": "x" * 2000})
+    if fragmented:
+        caller.send_fragmented(message, 4)
+    else:
+        caller.send_raw(message)
+
+    code, reason = await caller.expect_close()
+    assert code == 1009
+    if fragmented:
+        assert reason == "Message too big"
+    await caller.wait_disconnected()  # the exchange has read all it ever will from the caller
+    await _nothing_relayed_to(callee, call_id)
+    line = await server.wait_for_log(r"\[WARN\] Message too big \(1009\)")
+    assert "address: big@example.com" in line
+    assert "session: " in line
+
+
+async def test_message_over_the_default_limit_is_refused_unread(server: SystemXProcess) -> None:
+    # 1.5 MiB against the default 1 MiB: refused from the frame header, before the payload is in.
+    caller, callee, call_id = await _connected_pair(server.connect, "huge@example.com", "peer@example.com")
+    caller.send_json({"type": "MSG", "call_id": call_id, "data": "x" * (3 * 1024 * 1024 // 2)})
+    code, _reason = await caller.expect_close()
+    assert code == 1009
+    await caller.wait_disconnected()
+    await _nothing_relayed_to(callee, call_id)
+    line = await server.wait_for_log(r"Message too big \(1009\)")
+    assert "address: huge@example.com" in line
+
+
 # -- slow consumers ------------------------------------------------------------
 
 
@@ -204,6 +252,85 @@ async def test_slow_consumer_is_closed_1008_others_unaffected(systemx_server: Se
     # Once the slow reader drains its backlog it finds the 1008 close behind it.
     slow.resume_reading()
     assert await slow.expect_close(TIMEOUT * 2) == (1008, "slow_consumer")
+
+
+def _memory_kb(server: SystemXProcess, field: str) -> int:
+    """``VmRSS`` (resident now) or ``VmHWM`` (resident at the peak) of the server, in KiB."""
+    assert server.proc is not None
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for the server")
+
+
+_MIB = 1024 * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+async def test_slow_consumer_is_cut_at_the_bound(systemx_server: ServerFactory) -> None:
+    # The bound holds as frames are queued, not after a pass of writes: the exchange's
+    # peak memory grows by about the bound, not by what a fast sender pushes in a pass.
+    bound = 2 * _MIB
+    server = await systemx_server(env={"SYSTEMX_MAX_BUFFERED_BYTES": str(bound)})
+    flooder, slow, call_id = await _connected_pair(
+        server.connect, "flood@example.com", "slow@example.com", 4096
+    )
+    slow.pause_reading()
+    await flooder.roundtrip()
+    before = _memory_kb(server, "VmHWM")
+
+    chunk = "z" * 65536
+    hangup = None
+    for _ in range(200):
+        for _ in range(32):
+            flooder.send_json({"type": "MSG", "call_id": call_id, "data": chunk})
+        flooder.send_json({"type": "HEARTBEAT"})
+        while hangup is None:
+            message = await flooder.recv()
+            if message["type"] == "HEARTBEAT_ACK":
+                break
+            assert message["type"] == "HANGUP", message["type"]
+            hangup = message
+        if hangup is not None:
+            break
+    assert hangup is not None, "the slow consumer was never dropped"
+    assert (hangup["call_id"], hangup["reason"]) == (call_id, "peer_disconnected")
+    grown = (_memory_kb(server, "VmHWM") - before) * 1024
+    # Queued bytes never pass the bound: the frame that would is refused, not queued.
+    assert grown < bound + len(chunk), f"peak memory grew by {grown / _MIB:.1f} MiB"
+    await server.wait_for_log(r"\[WARN\] Slow consumer closed \(1008\).*address: slow@example.com")
+    await flooder.roundtrip()
+    slow.resume_reading()
+    assert await slow.expect_close(TIMEOUT * 2) == (1008, "slow_consumer")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+async def test_presence_results_count_against_the_slow_consumer_bound(systemx_server: ServerFactory) -> None:
+    # An asker that never reads its PRESENCE_RESULTs is cut like any slow consumer.
+    bound = 256 * 1024
+    server = await systemx_server(env={"SYSTEMX_MAX_BUFFERED_BYTES": str(bound)})
+    for i in range(40):
+        listed = await server.connect()
+        await listed.register(f"listed{i:02d}@example.com", metadata={"note": "n" * 2000})
+    asker = await server.connect(receive_buffer=4096)
+    await asker.register("asker@example.com")
+    asker.send_json({"type": "PRESENCE", "limit": 1000})
+    result = await asker.expect("PRESENCE_RESULT")
+    size = len(msgspec.json.encode(result))
+    assert size > 80_000
+    asker.pause_reading()
+    before = _memory_kb(server, "VmHWM")
+
+    for _ in range(30 * _MIB // size):  # far more than the kernel's socket buffers hold
+        asker.send_json({"type": "PRESENCE", "limit": 1000})
+    await server.wait_for_log(
+        r"\[WARN\] Slow consumer closed \(1008\).*address: asker@example\.com", TIMEOUT * 2
+    )
+
+    grown = (_memory_kb(server, "VmHWM") - before) * 1024
+    assert grown < bound + 2 * size + _MIB, f"peak memory grew by {grown / _MIB:.1f} MiB"
+    asker.resume_reading()
+    await asker.wait_disconnected(TIMEOUT * 2)
 
 
 # -- logs ----------------------------------------------------------------------

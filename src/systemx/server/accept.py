@@ -125,6 +125,18 @@ class AcceptedTransport:
         return getattr(self.transport, name)
 
 
+# picows doubles its read buffer after any read that leaves it over 90% full, and
+# never shrinks it: handed all of its free space, a socket that receives a burst
+# faster than the loop gets to it grows the buffer on every read (to megabytes
+# after one burst) though each frame is small. Offered half the free space, a read
+# cannot take the buffer past 90% unless an unfinished frame already fills over
+# 80% of it; only then (or with this little space left) is all of it offered, and
+# the buffer grows to fit that frame. So it ends at about twice the largest frame
+# received, and stays at SYSTEMX_READ_BUFFER_BYTES while frames fit in it.
+_READ_SLACK = 512
+# Where WSProtocol's constructor takes the logger (see create_server).
+_LOGGER_ARG = 4
+
 _101_HEAD = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
 _ACCEPT = "Sec-WebSocket-Accept"
 
@@ -155,10 +167,73 @@ class SwitchingProtocols(WSUpgradeResponse):
         return bytearray(b"%s%s: %s\r\n\r\n" % (_101_HEAD, _ACCEPT.encode(), accept.encode()))
 
 
+_PARSER_ERROR = "WS parser error"
+
+
+class _ProtocolLog:
+    """picows' logger for one connection: the shared one, plus word of a refused input.
+
+    picows reports a frame it refuses (one over ``max_frame_size``, a protocol
+    violation) only by sending the CLOSE and logging ``WS parser error``, and its
+    parser then goes on buffering the refused frame and delivers it once complete.
+    This logger passes that report to the connection's listener
+    (``on_parser_error(code, detail)``), which stops reading and delivering at once
+    and logs the refusal with the session it came from; other records go to the
+    shared logger unchanged.
+    """
+
+    __slots__ = ("_log", "protocol")
+
+    def __init__(self, shared: Any) -> None:
+        self._log = shared
+        self.protocol: Any = None
+
+    def isEnabledFor(self, level: int) -> bool:
+        enabled: bool = self._log.isEnabledFor(level)
+        return enabled
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log.log(level, msg, *args, **kwargs)
+
+    def debug(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log.log(logging.DEBUG, msg, *args, **kwargs)
+
+    def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log.log(logging.INFO, msg, *args, **kwargs)
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self._log.log(logging.WARNING, msg, *args, **kwargs)
+
+    def error(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        if isinstance(msg, str) and msg.startswith(_PARSER_ERROR) and self._refused(args):
+            return
+        self._log.log(logging.ERROR, msg, *args, **kwargs)
+
+    def exception(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("exc_info", True)
+        self._log.log(logging.ERROR, msg, *args, **kwargs)
+
+    def _refused(self, args: tuple[Any, ...]) -> bool:
+        # picows passes the WSProtocolError's args: (close code, text).
+        listener = getattr(self.protocol, "listener", None)
+        handler = getattr(listener, "on_parser_error", None)
+        if handler is None or not args or not isinstance(args[0], tuple) or len(args[0]) != 2:
+            return False
+        code, detail = args[0]
+        handler(int(code), str(detail))
+        return True
+
+
 if WSProtocol is not None:
 
     class _ServerProtocol(WSProtocol):  # type: ignore[misc]
-        __slots__ = ()
+        __slots__ = ("_conn_log",)
+
+        def __init__(self, *args: Any) -> None:
+            conn_log = _ProtocolLog(args[_LOGGER_ARG])
+            super().__init__(*args[:_LOGGER_ARG], conn_log, *args[_LOGGER_ARG + 1 :])
+            conn_log.protocol = self
+            self._conn_log = conn_log
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             view = AcceptedTransport(transport)
@@ -166,6 +241,20 @@ if WSProtocol is not None:
                 super().connection_made(view)
             finally:
                 view.set_up()
+
+        def get_buffer(self, size_hint: int) -> memoryview:
+            # Half the free space: see _READ_SLACK.
+            view: memoryview = super().get_buffer(size_hint)
+            free = len(view)
+            if free > _READ_SLACK:
+                return view[: free >> 1]
+            return view
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            try:
+                super().connection_lost(exc)
+            finally:
+                self._conn_log.protocol = None  # no cycle left behind
 
 
 async def create_server(
@@ -184,7 +273,7 @@ async def create_server(
     """Listen like ``ws_create_server``; the flag is True when the lean protocol is in use."""
     if WSProtocol is not None and not use_aiofastnet:
         # The defaults of ws_create_server for everything not passed here.
-        args = (
+        args: tuple[Any, ...] = (
             None,  # host and port (client side only)
             None,  # path (client side only)
             False,  # is_client_side

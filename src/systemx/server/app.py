@@ -14,7 +14,8 @@ HTTP on the listening port:
 
 Frames: TEXT and BINARY messages are both handed to the core, which validates
 UTF-8 and JSON itself. Fragmented messages are reassembled; a message larger
-than ``SYSTEMX_MAX_MESSAGE_BYTES`` closes the socket with 1009. A client CLOSE
+than ``SYSTEMX_MAX_MESSAGE_BYTES`` closes the socket with 1009 and is never
+delivered (see "Oversized input" below). A client CLOSE
 is answered and the socket dropped; PINGs are answered by picows.
 
 Closing: a close asked for by the core sends the CLOSE frame, stops reading
@@ -34,15 +35,23 @@ framing, which is cheaper than framing in Python. Large payloads (a frame over
 rather than joined: the payload of a fan-out is one bytes object shared by all
 its recipients, and neither the exchange nor uvloop copies it per recipient.
 
-Slow consumers: sends are never refused while the kernel accepts data. Once
-the socket's user-space write buffer crosses its high-water mark the transport
-reports ``pause_writing``; from then until ``resume_writing`` every flush
-checks the buffered byte count, and a flush that takes it past
-``SYSTEMX_MAX_BUFFERED_BYTES`` drops that connection: the CLOSE frame
-(1008 ``slow_consumer``) is queued behind the unsent data, the session ends in
-the core at once (``on_close`` on the next loop iteration, so its calls and
-parties end for everyone else), and the socket is aborted if it has not drained
-within :data:`CLOSE_TIMEOUT`. The sender and every other session are untouched.
+Slow consumers: sends are never refused while the kernel accepts data. Each
+frame queued for a socket is counted against ``SYSTEMX_MAX_BUFFERED_BYTES``
+together with the transport's write buffer (see :meth:`Server.send`: one
+subtraction and one compare per frame; the exact count only when the estimate
+runs out). A frame that would take a socket over the bound is not queued; that
+connection is dropped: the frames corked in the pass are discarded, the CLOSE
+frame (1008 ``slow_consumer``) is queued behind the unsent data, the session
+ends in the core at once (``on_close`` on the next loop iteration, so its calls
+and parties end for everyone else), and the socket is aborted if it has not
+drained within :data:`CLOSE_TIMEOUT`. The sender and every other session are
+untouched.
+
+Oversized input: picows refuses a frame over ``SYSTEMX_MAX_MESSAGE_BYTES`` from
+its header and sends the 1009 CLOSE; :meth:`Connection.on_parser_error` (told by
+``systemx.server.accept``) then stops reading that socket, so the refused
+payload is neither buffered further nor delivered. Read buffers grow only to
+fit a frame, not with a burst (``systemx.server.accept._READ_SLACK``).
 
 Memory per idle socket (the target is under 8 KB with a registered session):
 uvloop's own transports rather than aiofastnet's, the smallest picows read
@@ -260,6 +269,14 @@ def _session_label(session: Any) -> str:
     return str(getattr(session, "session_id", None) or getattr(session, "id", "?"))
 
 
+def _who(session: Any) -> str:
+    """``session: ID`` and, once registered, ``address: ADDRESS``, for log lines."""
+    address = getattr(session, "address", None)
+    if address:
+        return f"session: {_session_label(session)}, address: {address}"
+    return f"session: {_session_label(session)}"
+
+
 def _reply_code(frame: WSFrame) -> int:
     if frame.payload_size < 2:
         return CloseCode.NORMAL
@@ -284,6 +301,7 @@ class Connection(WSListener):
         "out",
         "paused",
         "raw",
+        "room",
         "server",
         "session",
         "transport",
@@ -303,6 +321,9 @@ class Connection(WSListener):
         self.closing = False
         # Frames sent during this loop pass, written by Server._flush.
         self.out: list[bytes] | None = None
+        # Bytes that may still be queued before SYSTEMX_MAX_BUFFERED_BYTES is crossed
+        # (valid while ``out`` is not None; see Server.send).
+        self.room = 0
         self._close_handle: asyncio.TimerHandle | None = None
 
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -346,7 +367,16 @@ class Connection(WSListener):
             self._frag_size = 0
             self._ready = False
         self._frag_size += frame.payload_size
-        if self._frag_size > self.server.settings.max_message_bytes:
+        limit = self.server.settings.max_message_bytes
+        if self._frag_size > limit:
+            # Refused as soon as the running total passes the limit; later fragments
+            # are read and dropped (closing) until the client answers the CLOSE.
+            log.warning(
+                "Message too big (1009): fragments of %d bytes so far, over the %d-byte limit (%s)",
+                self._frag_size,
+                limit,
+                _who(self.session),
+            )
             self.close(CloseCode.MESSAGE_TOO_BIG, CloseReason.TOO_BIG)
             return
         self._frags.append(frame.get_payload_as_bytes())
@@ -389,10 +419,6 @@ class Connection(WSListener):
         else:
             # Small frames: one copy into one buffer is cheaper than a writev of many.
             self.raw.write(b"".join(_frame_parts(out)))
-        if self.paused:
-            buffered = self.raw.get_write_buffer_size()
-            if buffered > self.server.settings.max_buffered_bytes:
-                self._drop_slow_consumer(buffered)
 
     def close(self, code: int, reason: str) -> None:
         """Send CLOSE and drop the socket once the client answers (or after :data:`CLOSE_TIMEOUT`)."""
@@ -414,23 +440,59 @@ class Connection(WSListener):
         if self.transport is not None:
             self.transport.disconnect(graceful=False)
 
-    def _drop_slow_consumer(self, buffered: int) -> None:
+    def over_room(self) -> None:
+        """The frame just queued may take this socket past its bound: check exactly, drop if so.
+
+        ``room`` is a lower bound (see :meth:`Server.send`); here the corked bytes and the
+        transport's own buffer are counted. Called only when ``room`` has gone negative.
+        """
+        out = self.out
+        assert out is not None
+        queued = sum(map(len, out))
+        room = self.server.max_buffered_bytes - queued - self.raw.get_write_buffer_size()
+        if room >= 0:
+            self.room = room
+            return
+        self._drop_slow_consumer(queued - len(out[-1]) + self.raw.get_write_buffer_size())
+
+    def _drop_slow_consumer(self, unsent: int) -> None:
         transport = self.transport
         assert transport is not None
+        # The frames corked in this pass are not written: the session is over.
+        self.out = None
         self.closing = True
         self._ready = False
         self._frags = None
         log.warning(
-            "Slow consumer closed (1008): %d bytes unsent (session: %s)",
-            buffered,
-            _session_label(self.session),
-            extra={"unsent_bytes": buffered},
+            "Slow consumer closed (1008): %d bytes unsent (%s)",
+            unsent,
+            _who(self.session),
+            extra={"unsent_bytes": unsent},
         )
         transport.send_close(_ws_code(CloseCode.POLICY_VIOLATION), CloseReason.SLOW_CONSUMER.encode())
         transport.disconnect()
         self._close_handle = self.server.loop.call_later(CLOSE_TIMEOUT, self.abort)
         # The core is mid-action (this is one of its sends): end the session after it returns.
         self.server.loop.call_soon(self.server._end_session, self)
+
+    def on_parser_error(self, code: int, detail: str) -> None:
+        """picows refused this socket's input (an oversized frame, a protocol violation).
+
+        picows sends the CLOSE and drops the connection shortly after; until then
+        nothing more from this socket is read or reaches the core (picows would go on
+        buffering the refused frame and hand it over once complete).
+        """
+        if self.closing:
+            return
+        self.closing = True
+        self._ready = False
+        self._frags = None
+        if self.raw is not None:
+            self.raw.pause_reading()
+        if code == CloseCode.MESSAGE_TOO_BIG:
+            log.warning("Message too big (1009): %s (%s)", detail, _who(self.session))
+        else:
+            log.warning("Protocol error (%d): %s (%s)", code, detail, _who(self.session))
 
 
 class Server:
@@ -466,6 +528,11 @@ class Server:
         self._stopping = False
         self._dirty: list[Connection] = []
         self._flush_pending = False
+        self.max_buffered_bytes = settings.max_buffered_bytes
+        # What a socket that has not paused writing may still take (see send): its
+        # buffer is then at most the transport's high-water mark (set on first accept).
+        self._unpaused_room = 0
+        self._high_water: int | None = None
         # Connections at which the open-files limit is near (warned once per approach).
         self._near_fd_limit: int | None = None
         self._fd_limit_warned = False
@@ -640,9 +707,14 @@ class Server:
         if self._near_fd_limit is not None and len(conns) >= self._near_fd_limit:
             self._warn_fd_limit()
         conn.session = self.exchange.on_open(conn, _now())
-        if self.settings.max_buffered_bytes < 65536 and conn.raw is not None:
-            # Pause (and so the slow-consumer check) must start below the limit.
-            conn.raw.set_write_buffer_limits(high=self.settings.max_buffered_bytes)
+        raw = conn.raw
+        if raw is not None:
+            if self.max_buffered_bytes < 65536:
+                # Pause must start below the limit (see send).
+                raw.set_write_buffer_limits(high=self.max_buffered_bytes)
+            if self._high_water is None:
+                self._high_water = high = raw.get_write_buffer_limits()[1]
+                self._unpaused_room = max(self.max_buffered_bytes - high, 0)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("Connection opened (session: %s)", _session_label(conn.session))
 
@@ -679,17 +751,29 @@ class Server:
     # -- Actions -------------------------------------------------------------
 
     def send(self, conn: Any, data: bytes) -> None:
+        # conn.room is what may still be queued for this socket before the slow-consumer
+        # bound: set when the pass's first frame is corked, from the transport's buffered
+        # bytes if it has paused writing, else from its high-water mark (its buffer is
+        # below that while not paused). Each frame costs a subtraction and a compare;
+        # conn.over_room counts exactly when the estimate runs out.
         out = conn.out
         if out is None:
             if conn.closing:
                 return
             conn.out = [data]
+            if conn.paused:
+                conn.room = self.max_buffered_bytes - conn.raw.get_write_buffer_size() - len(data)
+            else:
+                conn.room = self._unpaused_room - len(data)
             self._dirty.append(conn)
             if not self._flush_pending:
                 self._flush_pending = True
                 self._call_soon(self._flush)
-            return
-        out.append(data)
+        else:
+            out.append(data)
+            conn.room -= len(data)
+        if conn.room < 0:
+            conn.over_room()
 
     def _flush(self) -> None:
         self._flush_pending = False
