@@ -22,6 +22,8 @@ from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest
 from benchmarks.servers import BUN_ENV, find_bun
 from tests.wsclient import scaled
 
+pytestmark = pytest.mark.slow
+
 SHORT = ["--duration", "1", "--warmup", "0.3"]
 COMMON = {"scenario", "ok", "runs", "date"}
 
