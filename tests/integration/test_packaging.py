@@ -18,31 +18,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.wsclient import scaled
+from tests.conftest import run_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def _run(
-    *cmd: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120.0, check: bool = True
-) -> tuple[str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        *cmd,
-        cwd=cwd,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), scaled(timeout))
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    if check:
-        assert proc.returncode == 0, f"{cmd} exited {proc.returncode}\n{out.decode()}\n{err.decode()}"
-    return out.decode(), err.decode()
+async def _ok(*cmd: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    code, out, err = await run_command(*cmd, cwd=cwd, env=env, timeout=120.0)
+    assert code == 0, f"{cmd} exited {code}\n{out}\n{err}"
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +37,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     out = tmp_path_factory.mktemp("wheel")
     pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-    asyncio.run(_run(*pip, "-w", str(out), ".", cwd=source))
+    asyncio.run(_ok(*pip, "-w", str(out), ".", cwd=source))
     (built,) = out.glob("systemx-*.whl")
     return built
 
@@ -73,13 +57,13 @@ async def test_systemx_bench_runs_from_the_wheel_without_the_repository(wheel: P
     # -S: no site-packages processing, so the editable install of the repository is not seen;
     # the dependencies are still found through PYTHONPATH.
     env = {"PYTHONPATH": f"{unpacked}:{sysconfig.get_paths()['purelib']}:{sysconfig.get_paths()['platlib']}"}
-    probe = "import systemx, sys; print(systemx.__file__); import benchmarks"
-    out, err = await _run(sys.executable, "-S", "-c", probe, cwd=tmp_path, env=env, check=False)
+    probe = "import systemx; print(systemx.__file__); import benchmarks"
+    _, out, err = await run_command(sys.executable, "-S", "-c", probe, cwd=tmp_path, env=env, timeout=30.0)
     assert out.startswith(str(unpacked)), out
     assert "No module named 'benchmarks'" in err, err
 
     args = ["relay", "--pairs", "2", "--duration", "0.5", "--warmup", "0.2", "--no-pin"]
-    stdout, _ = await _run(sys.executable, "-S", "-m", "systemx", "bench", *args, cwd=tmp_path, env=env)
+    stdout = await _ok(sys.executable, "-S", "-m", "systemx", "bench", *args, cwd=tmp_path, env=env)
     (line,) = [msgspec.json.decode(x) for x in stdout.splitlines() if x.startswith("{")]
     assert line["scenario"] == "relay"
     assert line["ok"] is True, line
