@@ -17,6 +17,7 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/mypy --strict src
+	$(BIN)/mypy benchmarks tests
 	$(BIN)/pytest
 
 bench: $(STAMP)

@@ -1,10 +1,11 @@
-"""Load generator and benchmark scenarios for the SystemX exchange.
+"""Repository-only benchmarks of the SystemX exchange.
 
-Run ``python -m benchmarks <scenario> [options]`` (or ``systemx bench``). Each
-scenario speaks the real wire protocol over real WebSocket connections, checks
-every frame it receives, measures the server's CPU time per unit of work from
-``/proc`` and prints human-readable lines plus one JSON line per scenario.
-See ``docs/performance.md`` for the method.
+``python -m benchmarks <scenario> [options]`` is ``systemx bench`` (the load
+generator in :mod:`systemx.bench`) plus the baselines it compares the exchange
+with: the bare picows relay (``bare_relay.py``) and the Bun relay
+(``bun_relay.js``). ``core_micro`` and ``presence_core`` time the exchange core
+and the presence index in process; ``profile`` records py-spy stacks. See
+``docs/performance.md`` for the method.
 """
 
 __all__: list[str] = []

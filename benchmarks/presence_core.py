@@ -13,13 +13,16 @@ import argparse
 import gc
 import math
 import random
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from systemx.state.presence import MemoryPresenceIndex, PresenceRow
 
-__all__ = ["build_world", "main"]
+__all__ = ["build_world", "core_figures", "main"]
 
 STATUSES = ("available", "busy", "dnd", "away")
 N_DOMAINS = 500
@@ -118,6 +121,40 @@ def _churn(index: MemoryPresenceIndex, rounds: int) -> float:
             metadata=metadata,
         )
     return (time.perf_counter() - start) / max(len(rows), 1)
+
+
+_CORE_ROW = re.compile(
+    r"^(?P<name>\S.*?)\s+(?P<qps>[\d.]+)\s+(?P<wall>[\d.]+)\s+(?P<cpu>[\d.]+)\s+(?P<rows>[\d.]+)$"
+)
+
+
+def core_figures(say: Callable[[str], None], entries: int = 100_000) -> dict[str, Any] | None:
+    """Run ``benchmarks/presence_core.py`` on ``entries`` entries; its per-kind CPU µs/query.
+
+    Returns ``None`` (and says why) when the module is missing or its output
+    cannot be read.
+    """
+    cmd = [sys.executable, __file__, "--entries", str(entries), "--seconds", "0.3"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        say(f"  presence_core not run: {exc}")
+        return None
+    if done.returncode != 0:
+        say(f"  presence_core failed ({done.returncode}): {done.stderr.strip()[-300:]}")
+        return None
+    kinds: dict[str, float] = {}
+    for line in done.stdout.splitlines():
+        m = _CORE_ROW.match(line.strip())
+        if m:
+            kinds[m.group("name").strip()] = float(m.group("cpu"))
+    if not kinds:
+        say("  presence_core output not understood")
+        return None
+    say(f"  presence_core, {entries} entries in process (CPU us/query):")
+    for name, cpu in kinds.items():
+        say(f"    {name:28s} {cpu:8.1f}")
+    return {"entries": entries, "cpu_us_per_query": kinds}
 
 
 def main(argv: list[str] | None = None) -> None:

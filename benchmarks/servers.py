@@ -1,93 +1,35 @@
-"""Starting, pinning, watching and stopping the server under test.
+"""The baselines the exchange is measured against, as :class:`~systemx.bench.servers.Baseline`.
 
-:class:`SpawnedServer` runs the exchange (``systemx serve``), the bare relay
-(``python -m benchmarks.bare_relay``) or the Bun relay (``bun
-benchmarks/bun_relay.js``, with the ``bun`` :func:`find_bun` finds) as a
-subprocess in a scratch directory (so no ``.env`` or data directory of the
-caller leaks in), pins it to its own CPU, reads its stderr on a thread (keeping
-the tail for error reports) and finds its URL. :class:`ExternalServer`
-describes a server someone else started (``--url`` and optionally
-``--server-pid``).
+``bare``: the bare picows relay (``python benchmarks/bare_relay.py``).
+``bun``: the Bun relay (``bun benchmarks/bun_relay.js``, with the ``bun``
+:func:`find_bun` finds).
 """
 
 from __future__ import annotations
 
-import collections
 import os
-import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import threading
-import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
 
-from benchmarks.procstat import ProcessMeter, pin_to_cpus
+from systemx.bench.servers import Baseline, ServerError
 
-__all__ = [
-    "BUN_ENV",
-    "PAIR_KINDS",
-    "ExternalServer",
-    "ServerError",
-    "ServerKind",
-    "SpawnedServer",
-    "Target",
-    "bun_command",
-    "bun_missing",
-    "exchange_command",
-    "find_bun",
-]
-
-ServerKind = Literal["systemx", "bare", "bun"]
-#: The baselines: they speak the PAIR handshake instead of REGISTER and DIAL.
-PAIR_KINDS: frozenset[str] = frozenset({"bare", "bun"})
+__all__ = ["BASELINES", "BUN_ENV", "bare_command", "bun_command", "bun_missing", "find_bun"]
 
 #: The environment variable naming the ``bun`` executable for the Bun baseline.
 BUN_ENV = "SYSTEMX_BENCH_BUN"
 _BUN_INSTALL = "make bench-bun-install"
 _BENCH_DIR = Path(__file__).resolve().parent
+_BARE_RELAY = _BENCH_DIR / "bare_relay.py"
 _BUN_RELAY = _BENCH_DIR / "bun_relay.js"
 # Where ``make bench-bun-install`` puts bun: ``.bench/`` at the project root.
 _LOCAL_BUN = _BENCH_DIR.parent / ".bench" / "node_modules" / ".bin" / "bun"
 
-_LISTENING = re.compile(r"listening on (wss?://[^\s,;]+)")
-# The exchange only prints its "listening on" line at INFO; at quieter levels
-# readiness is probed on a port chosen here.
-_LINE_LEVELS = frozenset({"debug", "info"})
-_STRIPPED_ENV = ("SYSTEMX_", "TLS_", "FEDERATION_")
 
-
-class ServerError(RuntimeError):
-    """The server could not start, or died while being measured."""
-
-
-@dataclass
-class Target:
-    """Where the load goes, and how to measure the process serving it."""
-
-    url: str
-    kind: ServerKind
-    meter: ProcessMeter | None = None
-    spawned: SpawnedServer | None = field(default=None, repr=False)
-
-    def check(self) -> None:
-        """Raise :class:`ServerError` if a spawned server has exited."""
-        if self.spawned is not None:
-            self.spawned.check_alive()
-
-
-def exchange_command() -> list[str]:
-    """The command that runs ``systemx`` from this interpreter's environment."""
-    script = shutil.which("systemx", path=os.path.dirname(sys.executable))
-    if script:
-        return [script]
-    return [sys.executable, "-c", "import sys; from systemx.cli import main; sys.exit(main())"]
+def bare_command(host: str) -> list[str]:
+    """The command that runs the bare relay on ``host``, any free port."""
+    # By path: the server runs in a scratch directory, where ``benchmarks`` is not importable.
+    return [sys.executable, str(_BARE_RELAY), "--host", host, "--port", "0"]
 
 
 def find_bun() -> str | None:
@@ -125,162 +67,11 @@ def bun_missing() -> str:
     )
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+def _bun_unavailable() -> str | None:
+    return bun_missing() if find_bun() is None else None
 
 
-class SpawnedServer:
-    """A server subprocess owned by the benchmark."""
-
-    def __init__(
-        self,
-        kind: ServerKind,
-        *,
-        cpu: int | None = 0,
-        log_level: str = "warn",
-        env: Mapping[str, str] | None = None,
-        host: str = "127.0.0.1",
-        start_timeout: float = 30.0,
-    ) -> None:
-        self.kind = kind
-        self.cpu = cpu
-        self.log_level = log_level.lower()
-        self.extra_env = dict(env or {})
-        self.host = host
-        self.start_timeout = start_timeout
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.tail: collections.deque[str] = collections.deque(maxlen=60)
-        self._ready = threading.Event()
-        self._reader: threading.Thread | None = None
-        self._scratch: tempfile.TemporaryDirectory[str] | None = None
-
-    # ------------------------------------------------------------------
-    def start(self) -> Target:
-        # A missing bun fails here, before there is anything to clean up.
-        bun = bun_command(self.host) if self.kind == "bun" else None
-        self._scratch = tempfile.TemporaryDirectory(prefix="systemx-bench-")
-        # The caller's exchange settings must not leak into a measured server.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_ENV)}
-        env.pop("PYTHONASYNCIODEBUG", None)
-        port = 0
-        if self.kind == "systemx":
-            if self.log_level not in _LINE_LEVELS:
-                port = _free_port(self.host)
-            env.update(
-                {
-                    "SYSTEMX_LOG_LEVEL": self.log_level,
-                    "SYSTEMX_DATA_DIR": os.path.join(self._scratch.name, "data"),
-                    # No sweeps or dial limits inside a measurement window.
-                    "SYSTEMX_HEARTBEAT_INTERVAL": "3600000",
-                    "SYSTEMX_HEARTBEAT_TIMEOUT": "7200000",
-                    "SYSTEMX_DIAL_MAX_ATTEMPTS": "0",
-                }
-            )
-            cmd = [*exchange_command(), "serve", "--host", self.host, "--port", str(port)]
-        elif bun is not None:
-            cmd = bun
-        else:
-            cmd = [sys.executable, "-m", "benchmarks.bare_relay", "--host", self.host, "--port", "0"]
-        env.update(self.extra_env)
-        self.proc = subprocess.Popen(
-            cmd,
-            cwd=self._scratch.name,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        if self.cpu is not None:
-            pin_to_cpus(self.proc.pid, {self.cpu})
-        assert self.proc.stderr is not None
-        self._reader = threading.Thread(target=self._read_stderr, args=(self.proc.stderr,), daemon=True)
-        self._reader.start()
-        self._wait_ready(port)
-        if self.cpu is not None:
-            # Threads started during start-up inherit the mask, but re-pin to be sure.
-            pin_to_cpus(self.proc.pid, {self.cpu})
-        return Target(url=self.url, kind=self.kind, meter=ProcessMeter(self.proc.pid), spawned=self)
-
-    def _read_stderr(self, stream: IO[bytes]) -> None:
-        for raw in stream:
-            line = raw.decode("utf-8", "replace").rstrip()
-            self.tail.append(line)
-            if not self._ready.is_set():
-                m = _LISTENING.search(line)
-                if m:
-                    self.url = m.group(1).replace("0.0.0.0", "127.0.0.1")
-                    self._ready.set()
-
-    def _wait_ready(self, port: int) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if self._ready.wait(0.02):
-                return
-            if self.proc.poll() is not None:
-                raise ServerError(
-                    f"{self.kind} server exited with {self.proc.returncode}:\n{self.stderr_tail()}"
-                )
-            if port:
-                try:
-                    with socket.create_connection((self.host, port), timeout=0.5):
-                        self.url = f"ws://{self.host}:{port}"
-                        return
-                except OSError:
-                    continue
-        self.stop()
-        raise ServerError(
-            f"{self.kind} server not ready after {self.start_timeout:.0f} s:\n{self.stderr_tail()}"
-        )
-
-    # ------------------------------------------------------------------
-    def stderr_tail(self, lines: int = 30) -> str:
-        return "\n".join(list(self.tail)[-lines:])
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise ServerError(f"{self.kind} server died with {self.proc.returncode}:\n{self.stderr_tail()}")
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self._reader is not None:
-            self._reader.join(2.0)
-        if self._scratch is not None:
-            self._scratch.cleanup()
-            self._scratch = None
-        return proc.returncode
-
-    def __enter__(self) -> Target:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-@dataclass
-class ExternalServer:
-    """A server the benchmark did not start: ``--url`` and maybe ``--server-pid``."""
-
-    url: str
-    pid: int | None = None
-    kind: ServerKind = "systemx"
-
-    def __enter__(self) -> Target:
-        meter = ProcessMeter(self.pid) if self.pid else None
-        return Target(url=self.url, kind=self.kind, meter=meter)
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+BASELINES: dict[str, Baseline] = {
+    "bare": Baseline(bare_command),
+    "bun": Baseline(bun_command, _bun_unavailable),
+}

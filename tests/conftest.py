@@ -25,10 +25,32 @@ import pytest
 
 from tests.wsclient import TIMEOUT, TIMEOUT_SCALE, WSClient, scaled
 
-__all__ = ["TIMEOUT", "TIMEOUT_SCALE", "ServerFactory", "SystemXProcess", "scaled"]
+__all__ = ["TIMEOUT", "TIMEOUT_SCALE", "ServerFactory", "SystemXProcess", "run_command", "scaled"]
 
 _LISTENING = re.compile(r"listening on (wss?)://([^\s:]+|\[[^\]]+\]):(\d+)")
 _STRIPPED_ENV = ("SYSTEMX_", "TLS_", "FEDERATION_")
+
+
+async def run_command(
+    *cmd: str, timeout: float, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run ``cmd`` to its end (killed after ``scaled(timeout)`` s): exit status, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), scaled(timeout))
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 class SystemXProcess:

@@ -151,12 +151,21 @@ class WSClient:
         return decoded
 
     async def expect(
-        self, type_: str, timeout: float = TIMEOUT, *, skip: tuple[str, ...] = (), **fields: Any
+        self,
+        type_: str,
+        timeout: float = TIMEOUT,
+        *,
+        skip: tuple[str, ...] = (),
+        from_: str | None = None,
+        **fields: Any,
     ) -> dict[str, Any]:
         """The next message, asserting its ``type`` and any given field values.
 
-        Messages whose type is in ``skip`` are passed over (and kept in :attr:`skipped`).
+        ``from_`` stands for the field ``from``. Messages whose type is in
+        ``skip`` are passed over (and kept in :attr:`skipped`).
         """
+        if from_ is not None:
+            fields["from"] = from_
         message = await self.recv(timeout)
         while message.get("type") in skip:
             self.skipped.append(message)

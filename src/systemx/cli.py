@@ -7,7 +7,6 @@ print one line naming the problem and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -85,13 +84,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _bench(argv: list[str]) -> int:
-    try:
-        bench_cli = importlib.import_module("benchmarks.cli")
-    except ImportError as exc:
-        print(f"systemx: benchmarks are not available ({exc})", file=sys.stderr)
-        return EXIT_CONFIG
-    result = bench_cli.main(argv)
-    return int(result or 0)
+    from systemx.bench.cli import main as bench_main
+
+    return bench_main(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,6 @@ put a faulty relay in front of the generator and expect it to notice.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from typing import Any
@@ -20,7 +19,9 @@ import pytest
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 from benchmarks.servers import BUN_ENV, find_bun
-from tests.wsclient import scaled
+from tests.conftest import run_command
+
+pytestmark = pytest.mark.slow
 
 SHORT = ["--duration", "1", "--warmup", "0.3"]
 COMMON = {"scenario", "ok", "runs", "date"}
@@ -34,23 +35,7 @@ needs_bun = pytest.mark.skipif(
 async def _bench(
     *args: str, timeout: float = 120.0, env: dict[str, str] | None = None
 ) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "benchmarks",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), scaled(timeout))
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_command(sys.executable, "-m", "benchmarks", *args, timeout=timeout, env=env)
 
 
 def _json_lines(stdout: str) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from systemx.client import (
     connect,
 )
 from systemx.protocol.messages import Hangup, Ring
-from tests.conftest import TIMEOUT, ServerFactory, SystemXProcess
+from tests.conftest import TIMEOUT, ServerFactory, SystemXProcess, run_command
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "simple_client.py"
 # Never called (these agents are not dialled while asleep); a host name passes REGISTER unresolved.
@@ -121,6 +121,19 @@ async def test_connect_as_context_manager_closes_cleanly(server: SystemXProcess)
     assert alice.closed and bob.closed
     assert alice.close_info is not None and alice.close_info.code == 1000
     assert asyncio.all_tasks() == before
+
+
+async def test_connect_without_await_names_the_fix(server: SystemXProcess) -> None:
+    pending = connect(server.url, "alice@example.com")
+    with pytest.raises(AttributeError, match=r"await connect\(\.\.\.\)") as forgot:
+        pending.dial("bob@example.com")  # type: ignore[attr-defined]
+    assert "async with connect(...)" in str(forgot.value)
+    with pytest.raises(TypeError, match=r"async with connect\(\.\.\.\)"), pending:  # type: ignore[attr-defined]
+        pass
+    # Nothing was opened: the exchange does not know the address.
+    async with connect(server.url, "bob@example.com") as bob:
+        with pytest.raises(BusyError):
+            await bob.dial("alice@example.com", timeout=TIMEOUT)
 
 
 # ------------------------------------------------------------------------ calls
@@ -397,6 +410,39 @@ async def test_party_errors_are_exchange_errors(open_client: OpenClient) -> None
     assert invalid.value.reason == "invalid_address"
 
 
+async def test_each_join_gets_the_answer_to_its_own_party(open_client: OpenClient) -> None:
+    alice = await open_client("alice@example.com")
+    bob = await open_client("bob@example.com")
+    await alice.join("room@Example.com")
+    # In flight together: a name the exchange refuses and echoes cut to 300 characters, and
+    # the same line under another spelling of its domain, answered with the creator's spelling.
+    long_name = "x" * 400
+    refused, joined = await asyncio.gather(
+        bob.join(long_name, create=False, timeout=TIMEOUT),
+        bob.join("room@example.com", create=False, timeout=TIMEOUT),
+        return_exceptions=True,
+    )
+    assert isinstance(refused, JoinFailed), refused
+    assert (refused.party, refused.reason) == ("x" * 300, "invalid_address")
+    assert not isinstance(joined, BaseException), joined
+    assert joined.name == "room@Example.com"
+    assert joined.participants == ["alice@example.com", "bob@example.com"]
+
+
+async def test_leaving_one_line_twice_does_not_answer_the_leave_of_another(open_client: OpenClient) -> None:
+    alice = await open_client("alice@example.com")
+    first = await alice.join("first@example.com")
+    second = await alice.join("second@example.com")
+    results = await asyncio.gather(
+        first.leave(TIMEOUT), first.leave(TIMEOUT), second.leave(TIMEOUT), return_exceptions=True
+    )
+    assert list(results) == [None, None, None]
+    assert await asyncio.wait_for(second.left, TIMEOUT) == "left"
+    assert alice.parties == {}
+    # Nothing unanswered is left over: the next request gets its own answer.
+    assert await alice.ping(TIMEOUT) > 0
+
+
 # --------------------------------------------------------------------- presence
 
 
@@ -546,22 +592,7 @@ async def test_abrupt_server_death_is_1006(server: SystemXProcess, open_client: 
 
 
 async def run_example(url: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(EXAMPLE),
-        "--url",
-        url,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), TIMEOUT * 2)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, stdout.decode(), stderr.decode()
+    return await run_command(sys.executable, str(EXAMPLE), "--url", url, timeout=10.0)
 
 
 async def test_simple_client_example(server: SystemXProcess) -> None:

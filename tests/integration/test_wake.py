@@ -145,11 +145,11 @@ async def test_two_callers_one_wake_rings_in_order(systemx_server: ServerFactory
     await asyncio.wait_for(hooks.calls.get(), TIMEOUT)
     agent = await server.connect()
     await agent.register("agent@example.com")
-    ring = await agent.expect("RING", call_id=one["call_id"], **{"from": "first@example.com"})
+    ring = await agent.expect("RING", call_id=one["call_id"], from_="first@example.com")
     agent.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
     await first.expect("CONNECTED", skip=("RINGING",))
     agent.send_json({"type": "HANGUP", "call_id": ring["call_id"]})
-    await agent.expect("RING", call_id=two["call_id"], **{"from": "second@example.com"})
+    await agent.expect("RING", call_id=two["call_id"], from_="second@example.com")
     assert hooks.calls.empty()  # one wake for both callers
 
 

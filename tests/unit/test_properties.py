@@ -128,7 +128,7 @@ def test_random_sequences_keep_indexes_consistent(sequence: list[tuple[str, Any,
                 )
             h.send(who, {"type": "REGISTER", "address": ADDRS[who], **extra})
         elif op == "timer":
-            keys = [k for k in h.actions.timers if k[0] == who]
+            keys = [k for k in h.actions.timers if isinstance(k, tuple) and k[0] == who]
             if keys:
                 h.fire(keys[arg % len(keys)], advance=0.0)
         elif who not in open_:

@@ -7,10 +7,17 @@ dispatched synchronously: call-scoped frames to their :class:`Call` (by
 ``call_id``), RING to the incoming-call queue, party frames to their
 :class:`Party`, answers to the future of the request that asked for them.
 
-The exchange answers requests in order and, apart from ``call_id`` and
-``party``, frames carry no correlation id, so requests of one kind are matched
-first-in first-out. A waiter abandoned by a timeout stays queued until its
-answer arrives so that later answers still line up.
+An answer is matched to the request it answers by what it names: a call by
+``call_id`` (or, before the exchange named one, by ``to``), a JOIN or LEAVE by
+its party line (``JOINED``, ``JOIN_FAILED``, ``LEFT``; names compared as the
+exchange compares them, the domain without case, an invalid name by the 300
+characters a ``JOIN_FAILED`` echoes). One JOIN and one LEAVE per line are in
+flight at a time; a second ``join``/``leave`` of the same line waits for the
+first's answer. What names nothing (``PRESENCE_RESULT``, and an ``ERROR``,
+which carries only the request's type in ``context``) answers the oldest
+request of that type still unanswered: the exchange answers in order. A
+waiter abandoned by a timeout stays queued until its answer arrives so that
+later answers still line up.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import msgspec
 from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
@@ -41,7 +48,9 @@ from systemx.client.errors import (
 )
 from systemx.client.party import Party
 from systemx.protocol import messages as wire
+from systemx.protocol.address import address_key, is_valid_address
 from systemx.protocol.messages import (
+    Answer,
     AutoSleep,
     Busy,
     Connected,
@@ -52,6 +61,7 @@ from systemx.protocol.messages import (
     HeartbeatAck,
     Join,
     Joined,
+    Leave,
     Left,
     Msg,
     Near,
@@ -96,6 +106,14 @@ _CONTINUATION = WSMsgType.CONTINUATION
 _CLOSE = WSMsgType.CLOSE
 _EVENTS_KEPT = 1000
 _ABANDONED_KEPT = 256
+# JOIN_FAILED echoes a name that is not an address cut to this many characters.
+_ECHOED_NAME = 300
+
+
+def _party_key(name: str) -> str:
+    """What tells party lines apart: the name with its domain folded to lower case,
+    or, for a name the exchange refuses, as much of it as JOIN_FAILED echoes."""
+    return address_key(name) if is_valid_address(name) else name[:_ECHOED_NAME]
 
 
 class _PendingDial:
@@ -200,8 +218,9 @@ class Client:
 
         self._register_waiter: asyncio.Future[Registered] | None = None
         self._presence_waiters: deque[asyncio.Future[list[PresenceEntry]]] = deque()
+        # By party key, oldest first.
         self._join_waiters: dict[str, asyncio.Future[Party]] = {}
-        self._leave_waiters: deque[tuple[str, asyncio.Future[None]]] = deque()
+        self._leave_waiters: dict[str, asyncio.Future[None]] = {}
         self._status_waiters: deque[asyncio.Future[None]] = deque()
         self._sleep_waiter: asyncio.Future[None] | None = None
 
@@ -392,9 +411,7 @@ class Client:
             if not future.cancelled() and future.exception() is None and dial.abandoned is False:
                 dial.abandoned = True
                 call = future.result()
-                if self._closed is None:
-                    self._send_message(Hangup(call_id=call.call_id, reason="normal"))
-                self._forget(call.call_id)
+                self._hang_up(call.call_id, "normal")
                 call._end("normal", CallEnded(call.call_id, "normal"))
             return
         dial.abandoned = True
@@ -437,14 +454,27 @@ class Client:
         joined = self._parties.get(party)
         if joined is not None:
             return joined
-        waiter = self._join_waiters.get(party)
-        if waiter is None or waiter.done():
-            waiter = self.loop.create_future()
-            # Shielded below: whoever gave up waiting must not leave an unretrieved error.
-            waiter.add_done_callback(_retrieve)
-            self._join_waiters[party] = waiter
+        key = _party_key(party)
+        waiter = self._join_waiters.get(key)
+        if waiter is None:
             self._send_message(Join(party=party, create_if_missing=create))
+            waiter = self._join_waiters[key] = self._shared_waiter()
         return await self._wait(asyncio.shield(waiter), timeout)
+
+    async def _leave(self, party: str, timeout: float | None) -> None:
+        key = _party_key(party)
+        waiter = self._leave_waiters.get(key)
+        if waiter is None:
+            self._send_message(Leave(party=party))
+            waiter = self._leave_waiters[key] = self._shared_waiter()
+        await self._wait(asyncio.shield(waiter), timeout)
+
+    def _shared_waiter(self) -> asyncio.Future[Any]:
+        """A future several callers await, each shielded: whoever gives up waiting
+        must neither cancel it for the others nor leave an unretrieved error."""
+        waiter: asyncio.Future[Any] = self.loop.create_future()
+        waiter.add_done_callback(_retrieve)
+        return waiter
 
     @property
     def parties(self) -> dict[str, Party]:
@@ -547,6 +577,18 @@ class Client:
 
     def _send_message(self, message: Any) -> None:
         self._send(encode(message))
+
+    def _hang_up(self, call_id: str, reason: str | None) -> None:
+        if self._closed is None:
+            self._send_message(Hangup(call_id=call_id, reason=reason))
+        self._forget(call_id)
+
+    def _answer(self, call: Call) -> None:
+        self._check_open()
+        self._ringing_in.pop(call.call_id, None)
+        # Taken in before ANSWER goes out so that no MSG can arrive for an unknown call.
+        self._calls[call.call_id] = call
+        self._send_message(Answer(call_id=call.call_id))
 
     def _on_resume_writing(self) -> None:
         self._write_paused = False
@@ -742,11 +784,7 @@ class Client:
             waiter.set_exception(RegisterFailed(msg.reason, msg.detail, msg.address))
 
     def _on_joined(self, msg: Joined) -> None:
-        name = msg.party
-        waiter = self._join_waiters.pop(name, None)
-        if waiter is None and self._join_waiters:
-            name, waiter = next(iter(self._join_waiters.items()))
-            del self._join_waiters[name]
+        waiter = self._join_waiters.pop(_party_key(msg.party), None)
         party = self._parties.get(msg.party)
         if party is None:
             party = Party(self, msg.party, list(msg.participants))
@@ -757,7 +795,9 @@ class Client:
             waiter.set_result(party)
 
     def _on_join_failed(self, msg: wire.JoinFailed) -> None:
-        waiter = self._join_waiters.pop(msg.party, None)
+        waiters = self._join_waiters
+        # A refused name cut to 300 characters may read as an address; its JOIN is keyed by the cut.
+        waiter = waiters.pop(_party_key(msg.party), None) or waiters.pop(msg.party, None)
         if waiter is not None and not waiter.done():
             waiter.set_exception(JoinFailed(msg.party, msg.reason, msg.detail))
 
@@ -765,14 +805,9 @@ class Client:
         party = self._parties.pop(msg.party, None)
         if party is not None:
             party._end("left", PartyClosed(msg.party, "left"))
-        remaining: deque[tuple[str, asyncio.Future[None]]] = deque()
-        for name, waiter in self._leave_waiters:
-            if name == msg.party:
-                if not waiter.done():
-                    waiter.set_result(None)
-            else:
-                remaining.append((name, waiter))
-        self._leave_waiters = remaining
+        waiter = self._leave_waiters.pop(_party_key(msg.party), None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _on_party_joined(self, msg: PartyJoined) -> None:
         party = self._parties.get(msg.party)
@@ -831,7 +866,7 @@ class Client:
         elif context == "JOIN" and self._join_waiters:
             found = self._join_waiters.pop(next(iter(self._join_waiters)))
         elif context == "LEAVE" and self._leave_waiters:
-            found = self._leave_waiters.popleft()[1]
+            found = self._leave_waiters.pop(next(iter(self._leave_waiters)))
         elif context == "STATUS" and self._status_waiters:
             found = self._status_waiters.popleft()
         elif context == "SLEEP_ACK":
@@ -877,7 +912,7 @@ class Client:
             *self._presence_waiters,
             *self._join_waiters.values(),
             *self._status_waiters,
-            *(w for _, w in self._leave_waiters),
+            *self._leave_waiters.values(),
             *(w for _, w in self._ping_waiters),
         ]
         for waiter in waiters:
@@ -933,9 +968,16 @@ class _Events:
             raise StopAsyncIteration from None
 
 
+_NOT_AWAITED = (
+    "connect() returns an awaitable, not a Client: write `client = await connect(...)` "
+    "or `async with connect(...) as client`"
+)
+
+
 class _Connecting:
     """What :func:`connect` returns: await it for a :class:`Client`, or use it
-    directly as ``async with connect(...) as client``."""
+    directly as ``async with connect(...) as client``. Anything else (a forgotten
+    ``await``) raises an error that names the fix; nothing is opened until then."""
 
     __slots__ = ("_client", "_coro")
 
@@ -945,6 +987,17 @@ class _Connecting:
 
     def __await__(self) -> Generator[Any, None, Client]:
         return _await(self._coro()).__await__()
+
+    if not TYPE_CHECKING:  # at run time only: a type checker still flags these mistakes
+
+        def __getattr__(self, name: str) -> Any:
+            raise AttributeError(f"{_NOT_AWAITED} (no attribute {name!r} before that)", name=name, obj=self)
+
+        def __enter__(self) -> Any:
+            raise TypeError(f"{_NOT_AWAITED}; `with` without `async` cannot connect")
+
+        def __exit__(self, *exc: object) -> None:
+            return None
 
     async def __aenter__(self) -> Client:
         self._client = await self._coro()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from benchmarks.procstat import ProcessMeter, host_busy_seconds
+from systemx.bench.procstat import ProcessMeter, host_busy_seconds
 
 __all__ = ["Window", "load_figures", "median_result", "percentile", "summarize_latency"]
 

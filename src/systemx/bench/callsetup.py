@@ -15,7 +15,7 @@ import asyncio
 import time
 from typing import Any
 
-from benchmarks.common import (
+from systemx.bench.common import (
     Gate,
     Options,
     ShardResult,
@@ -24,9 +24,9 @@ from benchmarks.common import (
     run_shards,
     run_tag,
 )
-from benchmarks.servers import Target
-from benchmarks.stats import Window
-from benchmarks.wire import (
+from systemx.bench.servers import Target
+from systemx.bench.stats import Window
+from systemx.bench.wire import (
     Conn,
     Failures,
     Violation,
@@ -36,7 +36,7 @@ from benchmarks.wire import (
     open_conns,
     register,
 )
-from benchmarks.wire import keepalive as start_keepalive
+from systemx.bench.wire import keepalive as start_keepalive
 
 __all__ = ["CallLoop", "run_callsetup"]
 

@@ -12,9 +12,9 @@ matches the filter, carries the metadata it registered and status
 the limit). Figures: queries/s and server CPU per query, per kind and overall.
 
 Registering 100,000 real connections is beyond one machine's open-file
-limits, so the 100,000-entry index figure comes from
+limits, so the 100,000-entry index figure comes from the repository's
 ``benchmarks/presence_core.py`` (the index alone, in process), which
-:func:`core_figures` runs and reports next to the wire figures.
+``python -m benchmarks presence`` runs and reports next to the wire figures.
 """
 
 from __future__ import annotations
@@ -24,24 +24,20 @@ import bisect
 import collections
 import math
 import random
-import re
 import resource
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from picows import WSMsgType
 
-from benchmarks.common import Options, run_loop, run_tag
-from benchmarks.servers import Target
-from benchmarks.stats import Window, summarize_latency
-from benchmarks.wire import Conn, Failures, Violation, close_all, encode, open_conns, register, wait_closed
-from benchmarks.wire import keepalive as start_keepalive
+from systemx.bench.common import Options, run_loop, run_tag
+from systemx.bench.servers import Target
+from systemx.bench.stats import Window, summarize_latency
+from systemx.bench.wire import Conn, Failures, Violation, close_all, encode, open_conns, register, wait_closed
+from systemx.bench.wire import keepalive as start_keepalive
 
-__all__ = ["World", "core_figures", "effective_registrations", "run_presence"]
+__all__ = ["World", "effective_registrations", "run_presence"]
 
 EARTH_RADIUS_KM = 6371.0
 KINDS = ("domain", "capability", "near")
@@ -324,37 +320,3 @@ def run_presence(target: Target, opts: Options) -> dict[str, Any]:
     """One ``presence`` run (single generator process)."""
     result: dict[str, Any] = run_loop(_presence(target, opts))
     return result
-
-
-_CORE_ROW = re.compile(
-    r"^(?P<name>\S.*?)\s+(?P<qps>[\d.]+)\s+(?P<wall>[\d.]+)\s+(?P<cpu>[\d.]+)\s+(?P<rows>[\d.]+)$"
-)
-
-
-def core_figures(say: Callable[[str], None], entries: int = 100_000) -> dict[str, Any] | None:
-    """Run ``benchmarks/presence_core.py`` on ``entries`` entries; its per-kind CPU µs/query.
-
-    Returns ``None`` (and says why) when the module is missing or its output
-    cannot be read.
-    """
-    cmd = [sys.executable, "-m", "benchmarks.presence_core", "--entries", str(entries), "--seconds", "0.3"]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        say(f"  presence_core not run: {exc}")
-        return None
-    if done.returncode != 0:
-        say(f"  presence_core failed ({done.returncode}): {done.stderr.strip()[-300:]}")
-        return None
-    kinds: dict[str, float] = {}
-    for line in done.stdout.splitlines():
-        m = _CORE_ROW.match(line.strip())
-        if m:
-            kinds[m.group("name").strip()] = float(m.group("cpu"))
-    if not kinds:
-        say("  presence_core output not understood")
-        return None
-    say(f"  presence_core, {entries} entries in process (CPU us/query):")
-    for name, cpu in kinds.items():
-        say(f"    {name:28s} {cpu:8.1f}")
-    return {"entries": entries, "cpu_us_per_query": kinds}

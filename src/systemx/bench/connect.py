@@ -16,11 +16,11 @@ import asyncio
 import time
 from typing import Any
 
-from benchmarks.common import Options, run_loop, run_tag
-from benchmarks.procstat import host_busy_seconds
-from benchmarks.servers import Target
-from benchmarks.stats import load_figures, summarize_latency
-from benchmarks.wire import Conn, Failures, Violation, close_all, open_conns, register, wait_closed
+from systemx.bench.common import Options, run_loop, run_tag
+from systemx.bench.procstat import host_busy_seconds
+from systemx.bench.servers import Target
+from systemx.bench.stats import load_figures, summarize_latency
+from systemx.bench.wire import Conn, Failures, Violation, close_all, open_conns, register, wait_closed
 
 __all__ = ["run_connect"]
 

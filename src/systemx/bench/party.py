@@ -20,10 +20,10 @@ from typing import Any
 
 from picows import WSMsgType
 
-from benchmarks.common import Options, run_loop, run_tag
-from benchmarks.servers import Target
-from benchmarks.stats import Window, summarize_latency
-from benchmarks.wire import (
+from systemx.bench.common import Options, run_loop, run_tag
+from systemx.bench.servers import Target
+from systemx.bench.stats import Window, summarize_latency
+from systemx.bench.wire import (
     Conn,
     Corker,
     Failures,
@@ -34,7 +34,7 @@ from benchmarks.wire import (
     open_conns,
     register,
 )
-from benchmarks.wire import keepalive as start_keepalive
+from systemx.bench.wire import keepalive as start_keepalive
 
 __all__ = ["run_party"]
 

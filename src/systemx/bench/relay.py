@@ -22,10 +22,18 @@ from typing import Any
 
 from picows import WSMsgType
 
-from benchmarks.common import Gate, Options, ShardResult, combine_shards, generator_cpus, run_shards, run_tag
-from benchmarks.servers import PAIR_KINDS, Target
-from benchmarks.stats import Window
-from benchmarks.wire import (
+from systemx.bench.common import (
+    Gate,
+    Options,
+    ShardResult,
+    combine_shards,
+    generator_cpus,
+    run_shards,
+    run_tag,
+)
+from systemx.bench.servers import PAIR_KINDS, Target
+from systemx.bench.stats import Window
+from systemx.bench.wire import (
     Conn,
     Corker,
     Failures,
@@ -36,7 +44,7 @@ from benchmarks.wire import (
     open_conns,
     register,
 )
-from benchmarks.wire import keepalive as start_keepalive
+from systemx.bench.wire import keepalive as start_keepalive
 
 __all__ = [
     "Direction",

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from benchmarks.procstat import ProcessMeter, host_busy_seconds, pin_to_cpus
-from benchmarks.stats import Window
+from systemx.bench.procstat import ProcessMeter, host_busy_seconds, pin_to_cpus
+from systemx.bench.stats import Window
 
 __all__ = [
     "Gate",
@@ -234,7 +234,7 @@ def generator_cpus(pin: bool) -> list[int] | None:
 
 def combine_shards(results: list[ShardResult], unit: str) -> dict[str, Any]:
     """Merge shard results into the figures of one run, per ``unit`` of work."""
-    from benchmarks.stats import load_figures, summarize_latency
+    from systemx.bench.stats import load_figures, summarize_latency
 
     count = sum(r.count for r in results)
     elapsed = max(max(r.elapsed for r in results), 1e-9)

@@ -1,0 +1,252 @@
+"""Starting, pinning, watching and stopping the server under test.
+
+:class:`SpawnedServer` runs the exchange (``systemx serve``) or a baseline
+(a :class:`Baseline` names its command line; the repository's ``benchmarks``
+package has the bare relay and the Bun relay) as a subprocess in a scratch
+directory (so no ``.env`` or data directory of the caller leaks in), pins it
+to its own CPU, reads its stderr on a thread (keeping the tail for error
+reports) and finds its URL. :class:`ExternalServer` describes a server someone
+else started (``--url`` and optionally ``--server-pid``).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Literal
+
+from systemx.bench.procstat import ProcessMeter, pin_to_cpus
+
+__all__ = [
+    "PAIR_KINDS",
+    "Baseline",
+    "ExternalServer",
+    "ServerError",
+    "ServerKind",
+    "SpawnedServer",
+    "Target",
+    "exchange_command",
+]
+
+ServerKind = Literal["systemx", "bare", "bun"]
+#: The baselines: they speak the PAIR handshake instead of REGISTER and DIAL.
+PAIR_KINDS: frozenset[str] = frozenset({"bare", "bun"})
+
+_LISTENING = re.compile(r"listening on (wss?://[^\s,;]+)")
+# The exchange only prints its "listening on" line at INFO; at quieter levels
+# readiness is probed on a port chosen here.
+_LINE_LEVELS = frozenset({"debug", "info"})
+_STRIPPED_ENV = ("SYSTEMX_", "TLS_", "FEDERATION_")
+
+
+class ServerError(RuntimeError):
+    """The server could not start, or died while being measured."""
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A server the exchange is compared with, started from its command line.
+
+    ``command(host)`` is the command that serves on ``host``, any free port,
+    and prints ``listening on ws://...`` on stderr; it raises
+    :class:`ServerError` when the baseline cannot run. ``missing()`` says why it
+    cannot run (and how to fix that), or returns None when it can.
+    """
+
+    command: Callable[[str], list[str]]
+    missing: Callable[[], str | None] = lambda: None
+
+
+@dataclass
+class Target:
+    """Where the load goes, and how to measure the process serving it."""
+
+    url: str
+    kind: ServerKind
+    meter: ProcessMeter | None = None
+    spawned: SpawnedServer | None = field(default=None, repr=False)
+
+    def check(self) -> None:
+        """Raise :class:`ServerError` if a spawned server has exited."""
+        if self.spawned is not None:
+            self.spawned.check_alive()
+
+
+def exchange_command() -> list[str]:
+    """The command that runs ``systemx`` from this interpreter's environment."""
+    script = shutil.which("systemx", path=os.path.dirname(sys.executable))
+    if script:
+        return [script]
+    return [sys.executable, "-c", "import sys; from systemx.cli import main; sys.exit(main())"]
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class SpawnedServer:
+    """A server subprocess owned by the benchmark."""
+
+    def __init__(
+        self,
+        kind: ServerKind,
+        *,
+        baseline: Baseline | None = None,
+        cpu: int | None = 0,
+        log_level: str = "warn",
+        env: Mapping[str, str] | None = None,
+        host: str = "127.0.0.1",
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.kind = kind
+        self.baseline = baseline
+        self.cpu = cpu
+        self.log_level = log_level.lower()
+        self.extra_env = dict(env or {})
+        self.host = host
+        self.start_timeout = start_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.tail: collections.deque[str] = collections.deque(maxlen=60)
+        self._ready = threading.Event()
+        self._reader: threading.Thread | None = None
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+
+    # ------------------------------------------------------------------
+    def start(self) -> Target:
+        # A baseline that cannot run fails here, before there is anything to clean up.
+        baseline = self.baseline.command(self.host) if self.baseline is not None else None
+        self._scratch = tempfile.TemporaryDirectory(prefix="systemx-bench-")
+        # The caller's exchange settings must not leak into a measured server.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_ENV)}
+        env.pop("PYTHONASYNCIODEBUG", None)
+        port = 0
+        if baseline is None:
+            if self.log_level not in _LINE_LEVELS:
+                port = _free_port(self.host)
+            env.update(
+                {
+                    "SYSTEMX_LOG_LEVEL": self.log_level,
+                    "SYSTEMX_DATA_DIR": os.path.join(self._scratch.name, "data"),
+                    # No sweeps or dial limits inside a measurement window.
+                    "SYSTEMX_HEARTBEAT_INTERVAL": "3600000",
+                    "SYSTEMX_HEARTBEAT_TIMEOUT": "7200000",
+                    "SYSTEMX_DIAL_MAX_ATTEMPTS": "0",
+                }
+            )
+            cmd = [*exchange_command(), "serve", "--host", self.host, "--port", str(port)]
+        else:
+            cmd = baseline
+        env.update(self.extra_env)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=self._scratch.name,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        if self.cpu is not None:
+            pin_to_cpus(self.proc.pid, {self.cpu})
+        assert self.proc.stderr is not None
+        self._reader = threading.Thread(target=self._read_stderr, args=(self.proc.stderr,), daemon=True)
+        self._reader.start()
+        self._wait_ready(port)
+        if self.cpu is not None:
+            # Threads started during start-up inherit the mask, but re-pin to be sure.
+            pin_to_cpus(self.proc.pid, {self.cpu})
+        return Target(url=self.url, kind=self.kind, meter=ProcessMeter(self.proc.pid), spawned=self)
+
+    def _read_stderr(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.tail.append(line)
+            if not self._ready.is_set():
+                m = _LISTENING.search(line)
+                if m:
+                    self.url = m.group(1).replace("0.0.0.0", "127.0.0.1")
+                    self._ready.set()
+
+    def _wait_ready(self, port: int) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._ready.wait(0.02):
+                return
+            if self.proc.poll() is not None:
+                raise ServerError(
+                    f"{self.kind} server exited with {self.proc.returncode}:\n{self.stderr_tail()}"
+                )
+            if port:
+                try:
+                    with socket.create_connection((self.host, port), timeout=0.5):
+                        self.url = f"ws://{self.host}:{port}"
+                        return
+                except OSError:
+                    continue
+        self.stop()
+        raise ServerError(
+            f"{self.kind} server not ready after {self.start_timeout:.0f} s:\n{self.stderr_tail()}"
+        )
+
+    # ------------------------------------------------------------------
+    def stderr_tail(self, lines: int = 30) -> str:
+        return "\n".join(list(self.tail)[-lines:])
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise ServerError(f"{self.kind} server died with {self.proc.returncode}:\n{self.stderr_tail()}")
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._reader is not None:
+            self._reader.join(2.0)
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+        return proc.returncode
+
+    def __enter__(self) -> Target:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class ExternalServer:
+    """A server the benchmark did not start: ``--url`` and maybe ``--server-pid``."""
+
+    url: str
+    pid: int | None = None
+    kind: ServerKind = "systemx"
+
+    def __enter__(self) -> Target:
+        meter = ProcessMeter(self.pid) if self.pid else None
+        return Target(url=self.url, kind=self.kind, meter=meter)
+
+    def __exit__(self, *exc: object) -> None:
+        return None
