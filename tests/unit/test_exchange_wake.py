@@ -133,7 +133,9 @@ def test_spawn_refused_by_policy() -> None:
     )
     assert ok["type"] == "REGISTERED"
     # Stored by name, with the operator's timeout.
-    assert h.actions.profiles["b@spawn.test"]["handler"] == {
+    stored = h.actions.profiles["b@spawn.test"]
+    assert stored is not None
+    assert stored["handler"] == {
         "type": "spawn",
         "handler": "true",
         "timeout_seconds": 30.0,
