@@ -333,6 +333,53 @@ async def test_presence_results_count_against_the_slow_consumer_bound(systemx_se
     await asker.wait_disconnected(TIMEOUT * 2)
 
 
+def _client_text_frame(payload: bytes) -> bytes:
+    """A final, masked TEXT frame as a client sends it (an all-zero mask key leaves the payload as is)."""
+    n = len(payload)
+    if n < 126:
+        length = bytes((0x80 | n,))
+    elif n < 65536:
+        length = bytes((0x80 | 126,)) + n.to_bytes(2, "big")
+    else:
+        length = bytes((0x80 | 127,)) + n.to_bytes(8, "big")
+    return b"\x81" + length + b"\0\0\0\0" + payload
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+async def test_a_burst_of_small_frames_leaves_no_large_read_buffer(systemx_server: ServerFactory) -> None:
+    # Each sender writes 2 MB of 100-byte MSGs in one go, far faster than the exchange
+    # reads them. Read buffers that grew with the burst (doubling on every full read)
+    # would keep about a megabyte or more per sender once it is over; they stay at
+    # their initial size, so the exchange's resident memory barely moves.
+    server = await systemx_server()
+    pairs = [
+        await _connected_pair(server.connect, f"burst{i}@example.com", f"sink{i}@example.com")
+        for i in range(8)
+    ]
+    for caller, callee, _ in pairs:
+        await caller.roundtrip()
+        await callee.roundtrip()
+    before = _memory_kb(server, "VmRSS")
+
+    count = 20_000
+    for caller, _, call_id in pairs:
+        envelope = {"type": "MSG", "call_id": call_id, "data": ""}
+        envelope["data"] = "x" * (100 - len(msgspec.json.encode(envelope)))
+        message = msgspec.json.encode(envelope)
+        caller.transport.underlying_transport.write(_client_text_frame(message) * count)
+
+    async def relayed(callee: WSClient) -> None:
+        for _ in range(count):
+            assert (await callee.recv(TIMEOUT * 4))["type"] == "MSG"
+
+    await asyncio.gather(*(relayed(callee) for _, callee, _ in pairs))
+    for caller, callee, _ in pairs:
+        await caller.roundtrip()
+        await callee.roundtrip()
+    grown = (_memory_kb(server, "VmRSS") - before) / len(pairs)
+    assert grown < 256, f"resident memory grew by {grown:.0f} KiB per sender"
+
+
 # -- logs ----------------------------------------------------------------------
 
 

@@ -133,6 +133,11 @@ class AcceptedTransport:
 # 80% of it; only then (or with this little space left) is all of it offered, and
 # the buffer grows to fit that frame. So it ends at about twice the largest frame
 # received, and stays at SYSTEMX_READ_BUFFER_BYTES while frames fit in it.
+# It cannot be given back once grown: the buffer is a C-level attribute of
+# WSProtocol (no Python access, no hook to replace or reallocate it), picows only
+# ever enlarges it, and read_buffer_init_size is read once, by the constructor. A
+# connection that received a frame of N bytes keeps a buffer of about 2N (about N
+# of it resident) until it closes.
 _READ_SLACK = 512
 # Where WSProtocol's constructor takes the logger (see create_server).
 _LOGGER_ARG = 4
