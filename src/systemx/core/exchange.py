@@ -262,8 +262,8 @@ class Exchange:
         self._profiles: dict[str, dict[str, Any]] = {}
         # key -> calls waiting for that callee (asleep, or busy with an earlier queued call)
         self._queues: dict[str, deque[Call]] = {}
-        # keys whose wake handler is running
-        self._waking: set[str] = set()
+        # key -> the address a running wake handler was asked to wake (as the profile wrote it)
+        self._waking: dict[str, str] = {}
         # With a directory (cluster, federation), an address not held here is looked
         # up by an action and the answer returns as ``on_lookup_result``.
         self._directory = directory
@@ -480,8 +480,8 @@ class Exchange:
     def _touch_presence(self, *sessions: Session | None) -> None:
         set_status = self._presence.set_status
         for s in sessions:
-            if s is not None and s.address is not None and not s.closed:
-                set_status(s.address, self._effective_status(s))
+            if s is not None and s.key is not None and not s.closed:
+                set_status(s.key, self._effective_status(s))
 
     # ------------------------------------------------------------ registration
 
@@ -557,29 +557,37 @@ class Exchange:
         s.last_activity = now
         fresh = s.key != key
         if fresh:
-            s.address = address
             s.key = key
-            s.addr_json = _encode(address)
             self._by_key[key] = s
+        if s.address != address:
+            # The same line re-registered with its domain in another case: shown as now written.
+            s.address = address
+            s.addr_json = _encode(address)
         if msg.mode == "normal":
             if self._profiles.pop(key, None) is not None:
                 self._actions.persist_profile(key, None)
-        elif handler is not None or (key in self._profiles and msg.metadata is not None):
-            profile = {
-                "address": address,
-                "handler": handler if handler is not None else self._profiles[key]["handler"],
-                "metadata": meta,
-            }
-            self._profiles[key] = profile
-            self._actions.persist_profile(key, profile)
-        self._publish(address, meta, self._effective_status(s))
+        else:
+            old = self._profiles.get(key)
+            profile: dict[str, Any] | None = None
+            if handler is not None:
+                profile = {"address": address, "handler": handler, "metadata": meta}
+            elif old is not None and msg.metadata is not None:
+                profile = {"address": address, "handler": old["handler"], "metadata": meta}
+            elif old is not None and old["address"] != address:
+                # The line re-registered with its domain in another case: wake it as now written.
+                profile = {**old, "address": address}
+            if profile is not None:
+                self._profiles[key] = profile
+                self._actions.persist_profile(key, profile)
+        self._publish(key, address, meta, self._effective_status(s))
         self._send_msg(s, m.Registered(address=address, session_id=s.session_id))
         if fresh:
             log.info("Connection registered: %s (session: %s)", address, s.session_id)
-        if key in self._waking:
-            self._waking.discard(key)
+        woken = self._waking.pop(key, None)
+        if woken is not None:
             self._actions.cancel_timer(("wake", key))
-            self._actions.cancel_wake(address)
+            # The wake was started under the profile's spelling, which may differ in case.
+            self._actions.cancel_wake(woken)
             log.info("Woken: %s", address)
             queue = self._queues.get(key)
             if queue:
@@ -619,10 +627,10 @@ class Exchange:
         profile = self._profiles.get(key)
         why = "disconnected" if reason == HangupReason.PEER_DISCONNECTED else reason
         if profile is not None and reason != HangupReason.RECONFIGURED:
-            self._presence.set_status(profile["address"], Status.ASLEEP)
+            self._presence.set_status(key, Status.ASLEEP)
             log.info("Asleep: %s (session: %s, %s)", address, s.session_id, why)
         else:
-            self._presence.remove(address)
+            self._presence.remove(key)
             if profile is not None:
                 self._load_profile(profile)
             log.info("Connection unregistered: %s (session: %s, %s)", address, s.session_id, why)
@@ -636,11 +644,12 @@ class Exchange:
                         self._busy(call.caller, call.to, BusyReason.TIMEOUT, call.call_id)
                     self._end_call(call, CallEvent.DISCONNECT, BusyReason.TIMEOUT, now)
 
-    def _publish(self, address: str, meta: dict[str, Any], status: str) -> None:
-        """Put ``address`` in the presence index with its (validated) metadata."""
+    def _publish(self, key: str, address: str, meta: dict[str, Any], status: str) -> None:
+        """Put ``address`` in the presence index under ``key`` with its (validated) metadata."""
         lat, lon = _location(meta)
         self._presence.put(
-            address,
+            key,
+            address=address,
             domain=domain_of(address),
             capabilities=meta.get("capabilities") or (),
             lat=lat,
@@ -654,7 +663,7 @@ class Exchange:
         key = address_key(address)
         self._profiles[key] = profile
         if key not in self._by_key:
-            self._publish(address, profile.get("metadata") or {}, Status.ASLEEP)
+            self._publish(key, address, profile.get("metadata") or {}, Status.ASLEEP)
 
     # -------------------------------------------------------- status, liveness
 
@@ -1041,7 +1050,7 @@ class Exchange:
     def _start_wake(self, key: str, call: Call, now: float) -> None:
         profile = self._profiles[key]
         handler = profile["handler"]
-        self._waking.add(key)
+        self._waking[key] = profile["address"]
         timeout = max(float(handler.get("timeout_seconds") or 30.0), 0.1)
         self._actions.start_timer(("wake", key), timeout)
         caller = call.caller
@@ -1061,14 +1070,13 @@ class Exchange:
 
     def _wake_ended(self, key: str, reason: str, now: float) -> None:
         """The wake of ``key`` failed or timed out: every waiting caller hears BUSY."""
-        if key not in self._waking:
+        address = self._waking.pop(key, None)
+        if address is None:
             return
-        self._waking.discard(key)
         self._actions.cancel_timer(("wake", key))
         if reason == BusyReason.TIMEOUT:
-            profile = self._profiles.get(key)
-            self._actions.cancel_wake(profile["address"] if profile else key)
-            log.warning("Wake timeout: %s", profile["address"] if profile else key)
+            self._actions.cancel_wake(address)
+            log.warning("Wake timeout: %s", address)
         event = CallEvent.TIMEOUT if reason == BusyReason.TIMEOUT else CallEvent.WAKE_FAILED
         for call in list(self._queues.get(key, ())):
             if call.caller is not None:
@@ -1199,7 +1207,7 @@ class Exchange:
             capabilities=q.capabilities,
             near=near,
             status=q.status,
-            exclude=s.address,
+            exclude=s.key,
             limit=limit,
         )
         self._send_msg(

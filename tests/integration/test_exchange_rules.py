@@ -1,0 +1,82 @@
+"""Presence bounds, address identity and call answers over real WebSockets against ``systemx serve``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import ServerFactory, SystemXProcess
+from tests.wsclient import WSClient
+
+# Never contacted: these tests register wake profiles but never dial them.
+UNUSED_HOOK = {"type": "webhook", "url": "http://127.0.0.1:9/wake", "timeout_seconds": 5}
+
+
+@pytest.fixture
+async def server(systemx_server: ServerFactory) -> SystemXProcess:
+    return await systemx_server()
+
+
+async def registered(server: SystemXProcess, address: str, **extra: Any) -> WSClient:
+    client = await server.connect()
+    await client.register(address, **extra)
+    return client
+
+
+async def presence(client: WSClient, **message: Any) -> dict[str, Any]:
+    client.send_json({"type": "PRESENCE", **message})
+    return await client.expect("PRESENCE_RESULT")
+
+
+def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(e["address"], e["status"]) for e in result["addresses"]]
+
+
+# ----------------------------------------------------------- address identity
+
+
+async def test_wake_profile_re_registered_in_another_case_leaves_one_row(server: SystemXProcess) -> None:
+    agent = await registered(server, "agent@example.com", mode="wake_on_ring", wake_handler=UNUSED_HOOK)
+    agent.send_json({"type": "SLEEP_ACK"})
+    assert await agent.expect_close() == (4000, "sleep")
+    again = await registered(server, "agent@EXAMPLE.com", mode="wake_on_ring")
+    asker = await registered(server, "asker@example.com")
+    assert rows(await presence(asker)) == [("agent@EXAMPLE.com", "available")]
+    mark = len(server.logs)
+    await again.close()
+    await server.wait_for_log(r"Asleep: agent@EXAMPLE\.com ", since=mark)
+    assert rows(await presence(asker)) == [("agent@EXAMPLE.com", "asleep")]
+
+
+async def test_re_register_in_another_case_then_disconnect_leaves_no_row(server: SystemXProcess) -> None:
+    alice = await registered(server, "alice@example.com")
+    await alice.register("alice@EXAMPLE.com")
+    asker = await registered(server, "asker@example.com")
+    assert rows(await presence(asker)) == [("alice@EXAMPLE.com", "available")]
+    mark = len(server.logs)
+    await alice.close()
+    await server.wait_for_log(r"Connection unregistered: alice@EXAMPLE\.com ", since=mark)
+    assert rows(await presence(asker)) == []
+
+
+async def test_status_and_calls_reach_the_row_registered_in_another_case(server: SystemXProcess) -> None:
+    bob = await registered(server, "bob@example.com")
+    await bob.register("bob@Example.COM")
+    bob.send_json({"type": "STATUS", "status": "dnd"})
+    await bob.roundtrip()
+    asker = await registered(server, "asker@example.com")
+    assert rows(await presence(asker)) == [("bob@Example.COM", "dnd")]
+    bob.send_json({"type": "STATUS", "status": "available"})
+    await bob.roundtrip()
+    asker.send_json({"type": "DIAL", "to": "bob@example.com"})
+    await bob.expect("RING")
+    await asker.expect("RINGING")
+    assert rows(await presence(asker)) == [("bob@Example.COM", "busy")]
+
+
+async def test_asker_re_registered_in_another_case_is_still_excluded(server: SystemXProcess) -> None:
+    await registered(server, "other@example.com")
+    asker = await registered(server, "asker@example.com")
+    await asker.register("asker@EXAMPLE.com")
+    assert rows(await presence(asker)) == [("other@example.com", "available")]
