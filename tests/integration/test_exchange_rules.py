@@ -80,3 +80,25 @@ async def test_asker_re_registered_in_another_case_is_still_excluded(server: Sys
     asker = await registered(server, "asker@example.com")
     await asker.register("asker@EXAMPLE.com")
     assert rows(await presence(asker)) == [("other@example.com", "available")]
+
+
+# ---------------------------------------------------------------------- calls
+
+
+async def test_second_answer_sends_no_second_connected(server: SystemXProcess) -> None:
+    alice = await registered(server, "alice@example.com")
+    bob = await registered(server, "bob@example.com")
+    alice.send_json({"type": "DIAL", "to": "bob@example.com"})
+    call_id = (await bob.expect("RING"))["call_id"]
+    bob.send_json({"type": "ANSWER", "call_id": call_id})
+    await alice.expect("CONNECTED", skip=("RINGING",), call_id=call_id)
+    mark = len(server.logs)
+    bob.send_json({"type": "ANSWER", "call_id": call_id})
+    # Bob's second ANSWER has been handled once his HEARTBEAT is answered; then alice's
+    # barrier: anything sent to her for it would arrive before her HEARTBEAT_ACK.
+    await bob.roundtrip()
+    await alice.roundtrip()
+    await server.wait_for_log(rf"ANSWER ignored: call {call_id} is already connected", since=mark)
+    # The call is still connected and unchanged.
+    alice.send_json({"type": "MSG", "call_id": call_id, "data": "still here"})
+    assert (await bob.expect("MSG"))["data"] == "still here"

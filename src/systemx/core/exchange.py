@@ -945,20 +945,22 @@ class Exchange:
         s.last_activity = now
         if call.listeners is not None:
             return  # a broadcaster's ANSWER is optional and changes nothing
+        if call.state is not RINGING:
+            # Answered already: the call and the caller's view of it stay as they are.
+            self._warn(s, now, "ANSWER ignored: call %s is already %s", msg.call_id, call.state.value)
+            return
         caller = call.caller
         assert caller is not None
-        if call.state is RINGING:
-            call.state = transition(call.state, CallEvent.ANSWER)
-            call.connected_at = now
-            self._actions.cancel_timer(("ring", call.call_id))
-            call.routes = {
-                caller: (s.conn, _msg_prefix(call.call_id, caller)),
-                s: (caller.conn, _msg_prefix(call.call_id, s)),
-            }
-            if self._debug:
-                log.debug("Call connected: %s ↔ %s (call: %s)", caller.address, s.address, call.call_id)
-        if call.state is CONNECTED:
-            self._send_msg(caller, m.Connected(call_id=call.call_id, to=call.to))
+        call.state = transition(call.state, CallEvent.ANSWER)
+        call.connected_at = now
+        self._actions.cancel_timer(("ring", call.call_id))
+        call.routes = {
+            caller: (s.conn, _msg_prefix(call.call_id, caller)),
+            s: (caller.conn, _msg_prefix(call.call_id, s)),
+        }
+        if self._debug:
+            log.debug("Call connected: %s ↔ %s (call: %s)", caller.address, s.address, call.call_id)
+        self._send_msg(caller, m.Connected(call_id=call.call_id, to=call.to))
 
     def _on_hangup(self, s: Session, msg: m.Hangup, now: float) -> None:
         call = self._calls.get(msg.call_id)
