@@ -819,6 +819,10 @@ class Exchange:
 
         A found holder becomes a remote endpoint bound to the address, and the
         calls waiting for it ring; otherwise their callers hear BUSY no_such_address.
+        The binding lasts only while it carries calls: when its last call ends the
+        endpoint is forgotten (marked closed, so frames for it are ignored), and a
+        later DIAL asks the directory again. None is returned, and nothing bound,
+        when no call waits any more (they ended while the directory was asked).
         """
         key = address_key(address)
         if key not in self._looking_up:
@@ -832,6 +836,8 @@ class Exchange:
                     self._busy(call.caller, call.to, BusyReason.NO_SUCH_ADDRESS, call.call_id)
                 self._end_call(call, CallEvent.UNREACHABLE, BusyReason.NO_SUCH_ADDRESS, now)
             self._pump(key, now)
+            return None
+        if not self._queues.get(key):
             return None
         endpoint = Session(conn, _uuid4(), now)
         endpoint.remote = True
@@ -894,6 +900,19 @@ class Exchange:
         callee = call.callee
         if callee is not None and not callee.closed and call.callee_key in self._queues:
             self._pump(call.callee_key, now)
+        for p in parties:
+            if p.remote and not p.calls and not p.closed:
+                self._forget_remote(p)
+
+    def _forget_remote(self, s: Session) -> None:
+        """A remote holder's last call ended: it holds the address here no longer."""
+        s.closed = True
+        key = s.key
+        if key is not None and self._by_key.get(key) is s:
+            del self._by_key[key]
+        s.key = None
+        self._sessions.pop(s, None)
+        log.info("Remote holder released: %s (session: %s)", s.address, s.session_id)
 
     def _pump(self, key: str, now: float) -> None:
         """Ring queued calls for ``key`` while its concurrency allows."""
