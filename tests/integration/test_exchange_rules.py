@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from tests.conftest import ServerFactory, SystemXProcess
@@ -31,6 +32,40 @@ async def presence(client: WSClient, **message: Any) -> dict[str, Any]:
 
 def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
     return [(e["address"], e["status"]) for e in result["addresses"]]
+
+
+# ------------------------------------------------------------- presence bounds
+
+
+async def test_presence_result_is_bounded_in_bytes_and_says_truncated(server: SystemXProcess) -> None:
+    big = {"blob": "x" * 40_000}
+    for n in range(10):
+        await registered(server, f"big{n}@example.com", metadata=big)
+    asker = await registered(server, "asker@example.com")
+    result = await presence(asker, limit=1000)
+    # The default bound, 256 KiB: six 40 KB entries fit, the other four are left out.
+    assert len(msgspec.json.encode(result)) <= 262_144
+    assert [e["address"] for e in result["addresses"]] == [f"big{n}@example.com" for n in range(6)]
+    assert result["truncated"] is True
+    small = await presence(asker, limit=2)
+    assert [e["address"] for e in small["addresses"]] == ["big0@example.com", "big1@example.com"]
+    assert "truncated" not in small
+
+
+async def test_presence_is_rate_limited_per_session(server: SystemXProcess) -> None:
+    asker = await registered(server, "asker@example.com")
+    other = await registered(server, "other@example.com")
+    for _ in range(10):
+        asker.send_json({"type": "PRESENCE"})
+    for _ in range(10):
+        await asker.expect("PRESENCE_RESULT")
+    asker.send_json({"type": "PRESENCE"})
+    error = await asker.expect("ERROR", reason="rate_limited", context="PRESENCE", limit=10)
+    assert 0 < error["retry_after_ms"] <= 10_000
+    assert error["detail"].startswith("Too many PRESENCE queries: at most 10 per 10000 ms; retry in ")
+    # The refused session stays usable, and other sessions are not affected.
+    await asker.roundtrip()
+    assert rows(await presence(other)) == [("asker@example.com", "available")]
 
 
 # ----------------------------------------------------------- address identity

@@ -44,6 +44,8 @@ def test_an_empty_value_keeps_the_default() -> None:
         ("SYSTEMX_READ_BUFFER_BYTES", "-1", "SYSTEMX_READ_BUFFER_BYTES must be positive"),
         ("SYSTEMX_HANDSHAKE_TIMEOUT_MS", "0", "SYSTEMX_HANDSHAKE_TIMEOUT_MS must be positive"),
         ("SYSTEMX_PORT", "70000", "SYSTEMX_PORT must be 0-65535"),
+        ("SYSTEMX_PRESENCE_WINDOW_MS", "0", "SYSTEMX_PRESENCE_WINDOW_MS must be positive"),
+        ("SYSTEMX_PRESENCE_MAX_RESULT_BYTES", "1023", "_MAX_RESULT_BYTES must be at least 1024"),
         ("TLS_ENABLED", "maybe", "TLS_ENABLED: not a boolean"),
     ],
 )
@@ -69,3 +71,7 @@ def test_dotenv_fills_in_but_never_overrides_the_environment(
     settings = load_settings(env_file=env_file)
     assert settings.listen_backlog == 256
     assert settings.port == 9292
+
+
+def test_presence_rate_limit_may_be_disabled() -> None:
+    assert load_settings(env={"SYSTEMX_PRESENCE_MAX_QUERIES": "0"}).presence_max_queries == 0

@@ -53,7 +53,7 @@ from systemx.protocol.codes import (
 )
 from systemx.protocol.errors import describe_invalid
 from systemx.quicklog import get_logger
-from systemx.state.presence import MemoryPresenceIndex, PresenceIndex
+from systemx.state.presence import MemoryPresenceIndex, PresenceIndex, PresenceRow
 
 __all__ = ["Call", "Exchange", "PartyLine", "Session"]
 
@@ -103,6 +103,8 @@ class Session:
         "max_sessions",
         "metadata",
         "parties",
+        "presence_count",
+        "presence_window_start",
         "remote",
         "session_id",
         "sleep_pending_at",
@@ -128,6 +130,8 @@ class Session:
         self.last_activity = now
         self.dial_window_start = 0.0
         self.dial_count = 0
+        self.presence_window_start = 0.0
+        self.presence_count = 0
         self.auto_sleep: float | None = None
         self.sleep_pending_at: float | None = None
         self.closed = False
@@ -230,6 +234,35 @@ def _validate_metadata(meta: dict[str, Any]) -> str | None:
     return None
 
 
+_RESULT_HEAD = b'{"type":"PRESENCE_RESULT","addresses":['
+_RESULT_TAIL = b"]}"
+_RESULT_TRUNCATED_TAIL = b'],"truncated":true}'
+
+
+def _presence_result(rows: list[PresenceRow], max_bytes: int) -> bytes:
+    """The PRESENCE_RESULT frame for ``rows``, at most ``max_bytes`` long.
+
+    Entries are encoded one at a time, so a query matching much large metadata
+    costs no more than the bound: the first entry that would not fit ends the list,
+    and the frame says ``"truncated":true``.
+    """
+    parts: list[bytes] = []
+    size = len(_RESULT_HEAD) + len(_RESULT_TAIL)
+    for address, status, metadata in rows:
+        part = _encode(m.PresenceEntry(address=address, status=status, metadata=metadata))
+        size += len(part) + (1 if parts else 0)
+        if size > max_bytes:
+            break
+        parts.append(part)
+    else:
+        return _join((_RESULT_HEAD, b",".join(parts), _RESULT_TAIL))
+    room = max_bytes - len(_RESULT_HEAD) - len(_RESULT_TRUNCATED_TAIL)
+    used = sum(map(len, parts)) + max(len(parts) - 1, 0)
+    while parts and used > room:
+        used -= len(parts.pop()) + (1 if parts else 0)
+    return _join((_RESULT_HEAD, b",".join(parts), _RESULT_TRUNCATED_TAIL))
+
+
 def _location(meta: dict[str, Any]) -> tuple[float | None, float | None]:
     loc = meta.get("location")
     if isinstance(loc, dict):
@@ -274,6 +307,8 @@ class Exchange:
         self._hb_interval = settings.heartbeat_interval_ms / 1000.0
         self._dial_max = settings.dial_max_attempts
         self._dial_window = settings.dial_window_ms / 1000.0
+        self._presence_max = settings.presence_max_queries
+        self._presence_window = settings.presence_window_ms / 1000.0
         self._stopping = False
         self._handlers: dict[type, Callable[[Session, Any, float], None]] = {
             m.Register: self._on_register,
@@ -1217,6 +1252,8 @@ class Exchange:
     # ---------------------------------------------------------------- presence
 
     def _on_presence(self, s: Session, msg: m.Presence, now: float) -> None:
+        if self._presence_max > 0 and self._presence_limited(s, now):
+            return
         if s.key is None:
             self._error(s, ErrorReason.NOT_REGISTERED, "PRESENCE", "REGISTER an address before PRESENCE")
             return
@@ -1231,12 +1268,31 @@ class Exchange:
             exclude=s.key,
             limit=limit,
         )
+        self._send(s.conn, _presence_result(rows, self.settings.presence_max_result_bytes))
+
+    def _presence_limited(self, s: Session, now: float) -> bool:
+        """Count one PRESENCE in ``s``'s fixed window; past the limit, answer ``rate_limited``."""
+        if s.presence_count == 0 or now - s.presence_window_start >= self._presence_window:
+            s.presence_window_start = now
+            s.presence_count = 1
+            return False
+        s.presence_count += 1
+        if s.presence_count <= self._presence_max:
+            return False
+        retry_ms = max(1, math.ceil((s.presence_window_start + self._presence_window - now) * 1000))
+        self._warn(s, now, "Presence rate limit: %s (session: %s)", s.address, s.session_id)
         self._send_msg(
             s,
-            m.PresenceResult(
-                addresses=[m.PresenceEntry(address=a, status=st, metadata=md) for a, st, md in rows]
+            m.Error(
+                reason=ErrorReason.RATE_LIMITED,
+                context="PRESENCE",
+                detail=f"Too many PRESENCE queries: at most {self._presence_max} per "
+                f"{self.settings.presence_window_ms} ms; retry in {retry_ms} ms",
+                limit=self._presence_max,
+                retry_after_ms=retry_ms,
             ),
         )
+        return True
 
     # -------------------------------------------------------------- federation
 
