@@ -72,10 +72,9 @@ async def _bench(port: int, n: int, rounds: int) -> None:
 
     async def execute(n: int) -> None:
         for _ in range(0, n, BATCH):
-            last = None
-            for _ in range(BATCH):
-                last = conn.execute("XADD", key, "MAXLEN", "~", 100000, "*", "m", PAYLOAD)
-            await last
+            for _ in range(BATCH - 1):
+                conn.execute("XADD", key, "MAXLEN", "~", 100000, "*", "m", PAYLOAD)
+            await conn.execute("XADD", key, "MAXLEN", "~", 100000, "*", "m", PAYLOAD)
 
     directory = RedisDirectory(conn, "bench-node")
     await directory.start()

@@ -78,6 +78,9 @@ class Settings:
     presence_max_limit: int = 1_000
     wake_max_profiles: int = 10_000
     wake_max_profiles_per_session: int = 8
+    presence_max_result_bytes: int = 262_144
+    presence_max_queries: int = 10
+    presence_window_ms: int = 10_000
     # URL prefixes a webhook may never target (the exchange's own endpoints).
     webhook_deny: tuple[str, ...] = field(default=())
 
@@ -277,6 +280,21 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         _int,
         "Wake profiles one session may create (re-REGISTERing under new addresses)",
     ),
+    "SYSTEMX_PRESENCE_MAX_RESULT_BYTES": (
+        "presence_max_result_bytes",
+        _int,
+        "Largest PRESENCE_RESULT frame (bytes); entries past it are left out and the result says truncated",
+    ),
+    "SYSTEMX_PRESENCE_MAX_QUERIES": (
+        "presence_max_queries",
+        _int,
+        "PRESENCE queries allowed per window per session (<=0 disables)",
+    ),
+    "SYSTEMX_PRESENCE_WINDOW_MS": (
+        "presence_window_ms",
+        _int,
+        "Length (ms) of the presence rate-limit window",
+    ),
 }
 
 # Settings that are no longer read; a value for one stops the exchange from starting.
@@ -307,10 +325,16 @@ def _validate(s: Settings) -> None:
         "SYSTEMX_PRESENCE_MAX_LIMIT": s.presence_max_limit,
         "SYSTEMX_WAKE_MAX_PROFILES": s.wake_max_profiles,
         "SYSTEMX_WAKE_MAX_PROFILES_PER_SESSION": s.wake_max_profiles_per_session,
+        "SYSTEMX_PRESENCE_MAX_RESULT_BYTES": s.presence_max_result_bytes,
+        "SYSTEMX_PRESENCE_WINDOW_MS": s.presence_window_ms,
     }
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{name} must be positive, got {value}")
+    if s.presence_max_result_bytes < 1024:
+        raise ConfigError(
+            f"SYSTEMX_PRESENCE_MAX_RESULT_BYTES must be at least 1024, got {s.presence_max_result_bytes}"
+        )
     if not 0 <= s.port <= 65535:
         raise ConfigError(f"SYSTEMX_PORT must be 0-65535, got {s.port}")
     if s.log_level.lower() not in ("debug", "info", "warn", "warning", "error"):

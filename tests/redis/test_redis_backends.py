@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 import pytest
 
 from systemx.protocol import link
@@ -350,7 +351,7 @@ async def _bus(
 
 
 def deliver(call: str, seq: int) -> bytes:
-    return link.encode(link.Deliver(f"s-{call}", link.Raw(b'{"type":"MSG","seq":%d}' % seq)))
+    return link.encode(link.Deliver(f"s-{call}", msgspec.Raw(b'{"type":"MSG","seq":%d}' % seq)))
 
 
 async def test_bus_keeps_order_and_loses_nothing_over_10k_messages(connect: Connections) -> None:

@@ -46,6 +46,8 @@ def test_an_empty_value_keeps_the_default() -> None:
         ("SYSTEMX_READ_BUFFER_BYTES", "-1", "SYSTEMX_READ_BUFFER_BYTES must be positive"),
         ("SYSTEMX_HANDSHAKE_TIMEOUT_MS", "0", "SYSTEMX_HANDSHAKE_TIMEOUT_MS must be positive"),
         ("SYSTEMX_PORT", "70000", "SYSTEMX_PORT must be 0-65535"),
+        ("SYSTEMX_PRESENCE_WINDOW_MS", "0", "SYSTEMX_PRESENCE_WINDOW_MS must be positive"),
+        ("SYSTEMX_PRESENCE_MAX_RESULT_BYTES", "1023", "_MAX_RESULT_BYTES must be at least 1024"),
         ("TLS_ENABLED", "maybe", "TLS_ENABLED: not a boolean"),
         ("SYSTEMX_WAKE_MAX_PROFILES", "0", "SYSTEMX_WAKE_MAX_PROFILES must be positive"),
         (
@@ -138,3 +140,5 @@ def test_spawn_handlers_from_a_json_file(tmp_path: Path) -> None:
     path.write_text('{"bot": {"argv": ["/opt/bot"], "cwd": "/abs"}}')
     (bot,) = load_settings(env={"SYSTEMX_SPAWN_HANDLERS": str(path)}).spawn_handlers
     assert bot.cwd == "/abs"
+def test_presence_rate_limit_may_be_disabled() -> None:
+    assert load_settings(env={"SYSTEMX_PRESENCE_MAX_QUERIES": "0"}).presence_max_queries == 0

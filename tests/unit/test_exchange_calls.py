@@ -203,11 +203,14 @@ def test_hangup_reason_relayed(h: Harness) -> None:
     assert h.frames("A") == [{"type": "HANGUP", "call_id": cid, "reason": "done"}]
 
 
-def test_second_answer_repeats_connected(h: Harness) -> None:
+def test_second_answer_changes_nothing(h: Harness) -> None:
     pair(h)
     cid = h.connect("A", "B")
     h.send("B", {"type": "ANSWER", "call_id": cid})
-    assert h.frames("A") == [{"type": "CONNECTED", "call_id": cid, "to": "bob@example.com"}]
+    assert h.frames("A") == []
+    assert h.frames("B") == []
+    call = h.x.call(cid)
+    assert call is not None and call.state.value == "connected"
 
 
 def test_caller_cancels_while_ringing(h: Harness) -> None:

@@ -585,3 +585,24 @@ def test_domain_churn_query_walks_the_ordered_table() -> None:
     rows = index.query(domain="x.example", limit=3)
     assert [address for address, _, _ in rows] == ["a0@x.example", "a1@x.example", "a2@x.example"]
     assert index._domains["x.example"].sorted is False  # answered without sorting
+
+
+def test_entries_are_keyed_apart_from_the_address_they_show() -> None:
+    index = MemoryPresenceIndex()
+    meta: dict[str, Any] = {"capabilities": ["chat"]}
+    fields: dict[str, Any] = {"capabilities": ["chat"], "lat": 1.0, "lon": 2.0, "metadata": meta}
+    index.put("a@x.org", address="a@x.org", domain="x.org", status="available", **fields)
+    index.put("b@x.org", domain="x.org", status="available", **fields)
+    # The same key shown with another spelling: updated in place, never a second row.
+    index.put("a@x.org", address="a@X.ORG", domain="X.ORG", status="available", **fields)
+    assert index.query(limit=10) == [("a@X.ORG", "available", meta), ("b@x.org", "available", meta)]
+    index.set_status("a@x.org", "busy")
+    assert index.query(status="busy", limit=10) == [("a@X.ORG", "busy", meta)]
+    chat = ["chat"]
+    for query in ({}, {"domain": "x.org"}, {"capabilities": chat}, {"domain": "x.org", "capabilities": chat}):
+        assert _addresses(index.query(exclude="a@x.org", limit=10, **query)) == ["b@x.org"]
+        assert _addresses(index.query(exclude="a@X.ORG", limit=10, **query)) == ["a@X.ORG", "b@x.org"]
+    assert _addresses(index.query(near=(1.0, 2.0, 1.0), exclude="a@x.org", limit=10)) == ["b@x.org"]
+    index.remove("a@x.org")
+    assert _addresses(index.query(limit=10)) == ["b@x.org"]
+    assert "a@x.org" not in index and len(index) == 1

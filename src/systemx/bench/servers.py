@@ -142,10 +142,11 @@ class SpawnedServer:
                 {
                     "SYSTEMX_LOG_LEVEL": self.log_level,
                     "SYSTEMX_DATA_DIR": os.path.join(self._scratch.name, "data"),
-                    # No sweeps or dial limits inside a measurement window.
+                    # No sweeps, dial or presence limits inside a measurement window.
                     "SYSTEMX_HEARTBEAT_INTERVAL": "3600000",
                     "SYSTEMX_HEARTBEAT_TIMEOUT": "7200000",
                     "SYSTEMX_DIAL_MAX_ATTEMPTS": "0",
+                    "SYSTEMX_PRESENCE_MAX_QUERIES": "0",
                 }
             )
             cmd = [*exchange_command(), "serve", "--host", self.host, "--port", str(port)]

@@ -53,7 +53,7 @@ from systemx.protocol.codes import (
 )
 from systemx.protocol.errors import describe_invalid
 from systemx.quicklog import get_logger
-from systemx.state.presence import MemoryPresenceIndex, PresenceIndex
+from systemx.state.presence import MemoryPresenceIndex, PresenceIndex, PresenceRow
 
 __all__ = ["Call", "Exchange", "PartyLine", "Session"]
 
@@ -103,6 +103,8 @@ class Session:
         "max_sessions",
         "metadata",
         "parties",
+        "presence_count",
+        "presence_window_start",
         "remote",
         "session_id",
         "sleep_pending_at",
@@ -129,6 +131,8 @@ class Session:
         self.last_activity = now
         self.dial_window_start = 0.0
         self.dial_count = 0
+        self.presence_window_start = 0.0
+        self.presence_count = 0
         self.auto_sleep: float | None = None
         self.sleep_pending_at: float | None = None
         self.closed = False
@@ -233,6 +237,35 @@ def _validate_metadata(meta: dict[str, Any]) -> str | None:
     return None
 
 
+_RESULT_HEAD = b'{"type":"PRESENCE_RESULT","addresses":['
+_RESULT_TAIL = b"]}"
+_RESULT_TRUNCATED_TAIL = b'],"truncated":true}'
+
+
+def _presence_result(rows: list[PresenceRow], max_bytes: int) -> bytes:
+    """The PRESENCE_RESULT frame for ``rows``, at most ``max_bytes`` long.
+
+    Entries are encoded one at a time, so a query matching much large metadata
+    costs no more than the bound: the first entry that would not fit ends the list,
+    and the frame says ``"truncated":true``.
+    """
+    parts: list[bytes] = []
+    size = len(_RESULT_HEAD) + len(_RESULT_TAIL)
+    for address, status, metadata in rows:
+        part = _encode(m.PresenceEntry(address=address, status=status, metadata=metadata))
+        size += len(part) + (1 if parts else 0)
+        if size > max_bytes:
+            break
+        parts.append(part)
+    else:
+        return _join((_RESULT_HEAD, b",".join(parts), _RESULT_TAIL))
+    room = max_bytes - len(_RESULT_HEAD) - len(_RESULT_TRUNCATED_TAIL)
+    used = sum(map(len, parts)) + max(len(parts) - 1, 0)
+    while parts and used > room:
+        used -= len(parts.pop()) + (1 if parts else 0)
+    return _join((_RESULT_HEAD, b",".join(parts), _RESULT_TRUNCATED_TAIL))
+
+
 def _location(meta: dict[str, Any]) -> tuple[float | None, float | None]:
     loc = meta.get("location")
     if isinstance(loc, dict):
@@ -265,8 +298,8 @@ class Exchange:
         self._profiles: dict[str, dict[str, Any]] = {}
         # key -> calls waiting for that callee (asleep, or busy with an earlier queued call)
         self._queues: dict[str, deque[Call]] = {}
-        # keys whose wake handler is running
-        self._waking: set[str] = set()
+        # key -> the address a running wake handler was asked to wake (as the profile wrote it)
+        self._waking: dict[str, str] = {}
         # With a directory (cluster, federation), an address not held here is looked
         # up by an action and the answer returns as ``on_lookup_result``.
         self._directory = directory
@@ -277,6 +310,8 @@ class Exchange:
         self._hb_interval = settings.heartbeat_interval_ms / 1000.0
         self._dial_max = settings.dial_max_attempts
         self._dial_window = settings.dial_window_ms / 1000.0
+        self._presence_max = settings.presence_max_queries
+        self._presence_window = settings.presence_window_ms / 1000.0
         self._stopping = False
         self._handlers: dict[type, Callable[[Session, Any, float], None]] = {
             m.Register: self._on_register,
@@ -483,8 +518,8 @@ class Exchange:
     def _touch_presence(self, *sessions: Session | None) -> None:
         set_status = self._presence.set_status
         for s in sessions:
-            if s is not None and s.address is not None and not s.closed:
-                set_status(s.address, self._effective_status(s))
+            if s is not None and s.key is not None and not s.closed:
+                set_status(s.key, self._effective_status(s))
 
     # ------------------------------------------------------------ registration
 
@@ -572,29 +607,37 @@ class Exchange:
         s.last_activity = now
         fresh = s.key != key
         if fresh:
-            s.address = address
             s.key = key
-            s.addr_json = _encode(address)
             self._by_key[key] = s
+        if s.address != address:
+            # The same line re-registered with its domain in another case: shown as now written.
+            s.address = address
+            s.addr_json = _encode(address)
         if msg.mode == "normal":
             if self._profiles.pop(key, None) is not None:
                 self._actions.persist_profile(key, None)
-        elif handler is not None or (key in self._profiles and msg.metadata is not None):
-            profile = {
-                "address": address,
-                "handler": handler if handler is not None else self._profiles[key]["handler"],
-                "metadata": meta,
-            }
-            self._profiles[key] = profile
-            self._actions.persist_profile(key, profile)
-        self._publish(address, meta, self._effective_status(s))
+        else:
+            old = self._profiles.get(key)
+            profile: dict[str, Any] | None = None
+            if handler is not None:
+                profile = {"address": address, "handler": handler, "metadata": meta}
+            elif old is not None and msg.metadata is not None:
+                profile = {"address": address, "handler": old["handler"], "metadata": meta}
+            elif old is not None and old["address"] != address:
+                # The line re-registered with its domain in another case: wake it as now written.
+                profile = {**old, "address": address}
+            if profile is not None:
+                self._profiles[key] = profile
+                self._actions.persist_profile(key, profile)
+        self._publish(key, address, meta, self._effective_status(s))
         self._send_msg(s, m.Registered(address=address, session_id=s.session_id))
         if fresh:
             log.info("Connection registered: %s (session: %s)", address, s.session_id)
-        if key in self._waking:
-            self._waking.discard(key)
+        woken = self._waking.pop(key, None)
+        if woken is not None:
             self._actions.cancel_timer(("wake", key))
-            self._actions.cancel_wake(address)
+            # The wake was started under the profile's spelling, which may differ in case.
+            self._actions.cancel_wake(woken)
             log.info("Woken: %s", address)
             queue = self._queues.get(key)
             if queue:
@@ -649,10 +692,10 @@ class Exchange:
         profile = self._profiles.get(key)
         why = "disconnected" if reason == HangupReason.PEER_DISCONNECTED else reason
         if profile is not None and reason != HangupReason.RECONFIGURED:
-            self._presence.set_status(profile["address"], Status.ASLEEP)
+            self._presence.set_status(key, Status.ASLEEP)
             log.info("Asleep: %s (session: %s, %s)", address, s.session_id, why)
         else:
-            self._presence.remove(address)
+            self._presence.remove(key)
             if profile is not None:
                 self._load_profile(profile)
             log.info("Connection unregistered: %s (session: %s, %s)", address, s.session_id, why)
@@ -666,11 +709,12 @@ class Exchange:
                         self._busy(call.caller, call.to, BusyReason.TIMEOUT, call.call_id)
                     self._end_call(call, CallEvent.DISCONNECT, BusyReason.TIMEOUT, now)
 
-    def _publish(self, address: str, meta: dict[str, Any], status: str) -> None:
-        """Put ``address`` in the presence index with its (validated) metadata."""
+    def _publish(self, key: str, address: str, meta: dict[str, Any], status: str) -> None:
+        """Put ``address`` in the presence index under ``key`` with its (validated) metadata."""
         lat, lon = _location(meta)
         self._presence.put(
-            address,
+            key,
+            address=address,
             domain=domain_of(address),
             capabilities=meta.get("capabilities") or (),
             lat=lat,
@@ -684,7 +728,7 @@ class Exchange:
         key = address_key(address)
         self._profiles[key] = profile
         if key not in self._by_key:
-            self._publish(address, profile.get("metadata") or {}, Status.ASLEEP)
+            self._publish(key, address, profile.get("metadata") or {}, Status.ASLEEP)
 
     # -------------------------------------------------------- status, liveness
 
@@ -840,6 +884,10 @@ class Exchange:
 
         A found holder becomes a remote endpoint bound to the address, and the
         calls waiting for it ring; otherwise their callers hear BUSY no_such_address.
+        The binding lasts only while it carries calls: when its last call ends the
+        endpoint is forgotten (marked closed, so frames for it are ignored), and a
+        later DIAL asks the directory again. None is returned, and nothing bound,
+        when no call waits any more (they ended while the directory was asked).
         """
         key = address_key(address)
         if key not in self._looking_up:
@@ -853,6 +901,8 @@ class Exchange:
                     self._busy(call.caller, call.to, BusyReason.NO_SUCH_ADDRESS, call.call_id)
                 self._end_call(call, CallEvent.UNREACHABLE, BusyReason.NO_SUCH_ADDRESS, now)
             self._pump(key, now)
+            return None
+        if not self._queues.get(key):
             return None
         endpoint = Session(conn, _uuid4(), now)
         endpoint.remote = True
@@ -915,6 +965,19 @@ class Exchange:
         callee = call.callee
         if callee is not None and not callee.closed and call.callee_key in self._queues:
             self._pump(call.callee_key, now)
+        for p in parties:
+            if p.remote and not p.calls and not p.closed:
+                self._forget_remote(p)
+
+    def _forget_remote(self, s: Session) -> None:
+        """A remote holder's last call ended: it holds the address here no longer."""
+        s.closed = True
+        key = s.key
+        if key is not None and self._by_key.get(key) is s:
+            del self._by_key[key]
+        s.key = None
+        self._sessions.pop(s, None)
+        log.info("Remote holder released: %s (session: %s)", s.address, s.session_id)
 
     def _pump(self, key: str, now: float) -> None:
         """Ring queued calls for ``key`` while its concurrency allows."""
@@ -966,20 +1029,22 @@ class Exchange:
         s.last_activity = now
         if call.listeners is not None:
             return  # a broadcaster's ANSWER is optional and changes nothing
+        if call.state is not RINGING:
+            # Answered already: the call and the caller's view of it stay as they are.
+            self._warn(s, now, "ANSWER ignored: call %s is already %s", msg.call_id, call.state.value)
+            return
         caller = call.caller
         assert caller is not None
-        if call.state is RINGING:
-            call.state = transition(call.state, CallEvent.ANSWER)
-            call.connected_at = now
-            self._actions.cancel_timer(("ring", call.call_id))
-            call.routes = {
-                caller: (s.conn, _msg_prefix(call.call_id, caller)),
-                s: (caller.conn, _msg_prefix(call.call_id, s)),
-            }
-            if self._debug:
-                log.debug("Call connected: %s ↔ %s (call: %s)", caller.address, s.address, call.call_id)
-        if call.state is CONNECTED:
-            self._send_msg(caller, m.Connected(call_id=call.call_id, to=call.to))
+        call.state = transition(call.state, CallEvent.ANSWER)
+        call.connected_at = now
+        self._actions.cancel_timer(("ring", call.call_id))
+        call.routes = {
+            caller: (s.conn, _msg_prefix(call.call_id, caller)),
+            s: (caller.conn, _msg_prefix(call.call_id, s)),
+        }
+        if self._debug:
+            log.debug("Call connected: %s ↔ %s (call: %s)", caller.address, s.address, call.call_id)
+        self._send_msg(caller, m.Connected(call_id=call.call_id, to=call.to))
 
     def _on_hangup(self, s: Session, msg: m.Hangup, now: float) -> None:
         call = self._calls.get(msg.call_id)
@@ -1071,7 +1136,7 @@ class Exchange:
     def _start_wake(self, key: str, call: Call, now: float) -> None:
         profile = self._profiles[key]
         handler = profile["handler"]
-        self._waking.add(key)
+        self._waking[key] = profile["address"]
         self._actions.start_timer(("wake", key), wake_timeout(handler, self.settings))
         caller = call.caller
         log.info(
@@ -1090,14 +1155,13 @@ class Exchange:
 
     def _wake_ended(self, key: str, reason: str, now: float) -> None:
         """The wake of ``key`` failed or timed out: every waiting caller hears BUSY."""
-        if key not in self._waking:
+        address = self._waking.pop(key, None)
+        if address is None:
             return
-        self._waking.discard(key)
         self._actions.cancel_timer(("wake", key))
         if reason == BusyReason.TIMEOUT:
-            profile = self._profiles.get(key)
-            self._actions.cancel_wake(profile["address"] if profile else key)
-            log.warning("Wake timeout: %s", profile["address"] if profile else key)
+            self._actions.cancel_wake(address)
+            log.warning("Wake timeout: %s", address)
         event = CallEvent.TIMEOUT if reason == BusyReason.TIMEOUT else CallEvent.WAKE_FAILED
         for call in list(self._queues.get(key, ())):
             if call.caller is not None:
@@ -1217,6 +1281,8 @@ class Exchange:
     # ---------------------------------------------------------------- presence
 
     def _on_presence(self, s: Session, msg: m.Presence, now: float) -> None:
+        if self._presence_max > 0 and self._presence_limited(s, now):
+            return
         if s.key is None:
             self._error(s, ErrorReason.NOT_REGISTERED, "PRESENCE", "REGISTER an address before PRESENCE")
             return
@@ -1228,15 +1294,34 @@ class Exchange:
             capabilities=q.capabilities,
             near=near,
             status=q.status,
-            exclude=s.address,
+            exclude=s.key,
             limit=limit,
         )
+        self._send(s.conn, _presence_result(rows, self.settings.presence_max_result_bytes))
+
+    def _presence_limited(self, s: Session, now: float) -> bool:
+        """Count one PRESENCE in ``s``'s fixed window; past the limit, answer ``rate_limited``."""
+        if s.presence_count == 0 or now - s.presence_window_start >= self._presence_window:
+            s.presence_window_start = now
+            s.presence_count = 1
+            return False
+        s.presence_count += 1
+        if s.presence_count <= self._presence_max:
+            return False
+        retry_ms = max(1, math.ceil((s.presence_window_start + self._presence_window - now) * 1000))
+        self._warn(s, now, "Presence rate limit: %s (session: %s)", s.address, s.session_id)
         self._send_msg(
             s,
-            m.PresenceResult(
-                addresses=[m.PresenceEntry(address=a, status=st, metadata=md) for a, st, md in rows]
+            m.Error(
+                reason=ErrorReason.RATE_LIMITED,
+                context="PRESENCE",
+                detail=f"Too many PRESENCE queries: at most {self._presence_max} per "
+                f"{self.settings.presence_window_ms} ms; retry in {retry_ms} ms",
+                limit=self._presence_max,
+                retry_after_ms=retry_ms,
             ),
         )
+        return True
 
     # -------------------------------------------------------------- federation
 

@@ -283,6 +283,8 @@ class PartyLeft(_Message, tag="PARTY_LEFT"):
 
 class PresenceResult(_Message, tag="PRESENCE_RESULT"):
     addresses: list[PresenceEntry]
+    # Present (true) only when the result's byte bound left out matching entries.
+    truncated: bool = False
 
 
 class SleepPending(_Message, tag="SLEEP_PENDING"):
@@ -298,6 +300,9 @@ class Error(_Message, tag="ERROR"):
     reason: str
     context: str
     detail: str
+    # With ``rate_limited`` for PRESENCE: the queries allowed per window, and when the next is.
+    limit: int | None = None
+    retry_after_ms: int | None = None
 
 
 ClientMessage = (

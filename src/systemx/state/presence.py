@@ -10,18 +10,25 @@ the reference router:
 * ``near=(lat, lon, radius_km)``: great-circle distance by the haversine formula
   with R = 6371 km, ``distance <= radius_km``; entries without a location never match;
 * ``status`` matches the current status exactly;
-* ``exclude`` drops one address (the asker).
+* ``exclude`` drops one entry (the asker).
+
+Entries are identified by a *key*, which ``set_status``, ``remove`` and
+``exclude`` name, and show an *address* in results. The exchange keys them by
+the address's canonical form (:func:`systemx.protocol.address.address_key`)
+and shows the address as last registered, so that one line is one entry
+whatever the case of the domain it was registered or updated with. The address
+defaults to the key.
 
 Results come in registration order, or by ascending distance (ties in
 registration order) when ``near`` is given, truncated to ``limit``.
 
-Registration order is a sequence number given to an address the first time it
-is put. Putting an address that is already present updates it *in place*, like
-assignment to an existing key of an ordered map in the reference; to move an
-address to the end (a fresh registration), ``remove`` it first.
+Registration order is a sequence number given to a key the first time it
+is put. Putting a key that is already present updates it *in place* (its shown
+address included), like assignment to an existing key of an ordered map in the
+reference; to move an entry to the end (a fresh registration), ``remove`` it first.
 
 The port is synchronous because the exchange core is sans-I/O; ``set_status``
-and ``remove`` of an unknown address do nothing, so a backend need not read
+and ``remove`` of an unknown key do nothing, so a backend need not read
 before it writes.
 
 The memory index answers selective queries without scanning the world: one
@@ -71,8 +78,9 @@ class PresenceIndex(Protocol):
 
     def put(
         self,
-        address: str,
+        key: str,
         *,
+        address: str | None = None,
         domain: str,
         capabilities: Iterable[str],
         lat: float | None,
@@ -80,18 +88,20 @@ class PresenceIndex(Protocol):
         status: str,
         metadata: dict[str, Any],
     ) -> None:
-        """Insert ``address``, or update it in place keeping its registration order.
+        """Insert ``key``, or update it in place keeping its registration order.
+
+        ``address`` is what results show for it (default: ``key``).
 
         ``lat`` and ``lon`` are both given or both ``None``. Raises ``ValueError``
         for only one of them, or a latitude outside [-90, 90] or a longitude outside
         [-180, 180] (which excludes NaN and infinities).
         """
 
-    def set_status(self, address: str, status: str) -> None:
-        """Change the status of ``address``; unknown addresses are ignored."""
+    def set_status(self, key: str, status: str) -> None:
+        """Change the status of ``key``; unknown keys are ignored."""
 
-    def remove(self, address: str) -> None:
-        """Forget ``address``; unknown addresses are ignored."""
+    def remove(self, key: str) -> None:
+        """Forget ``key``; unknown keys are ignored."""
 
     def query(
         self,
@@ -141,6 +151,7 @@ class _Entry:
         "cell",
         "cos_lat",
         "domain",
+        "key",
         "lat",
         "lon",
         "metadata",
@@ -151,6 +162,7 @@ class _Entry:
 
     def __init__(
         self,
+        key: str,
         address: str,
         seq: int,
         domain: str,
@@ -161,12 +173,13 @@ class _Entry:
         status: str,
         metadata: dict[str, Any],
     ) -> None:
-        self.address = address
+        self.key = key
         self.seq = seq
-        self.set(domain, capabilities, lat, lon, cell, status, metadata)
+        self.set(address, domain, capabilities, lat, lon, cell, status, metadata)
 
     def set(
         self,
+        address: str,
         domain: str,
         capabilities: frozenset[str],
         lat: float | None,
@@ -175,6 +188,7 @@ class _Entry:
         status: str,
         metadata: dict[str, Any],
     ) -> None:
+        self.address = address
         self.domain = domain
         self.capabilities = capabilities
         # Unlocated entries (``cell is None``) store 0.0, never read.
@@ -192,7 +206,7 @@ class _Entry:
 
 _SEQ = attrgetter("seq")
 
-# Every index maps address -> entry, so that a candidate found in any of them
+# Every index maps key -> entry, so that a candidate found in any of them
 # needs no second lookup, and returned rows are prebuilt tuples.
 _Members = dict[str, _Entry]
 
@@ -216,7 +230,7 @@ class _Bucket:
         return len(self.members)
 
     def add(self, entry: _Entry) -> None:
-        self.members[entry.address] = entry
+        self.members[entry.key] = entry
         if entry.seq > self.tail:
             self.tail = entry.seq
         else:
@@ -224,7 +238,7 @@ class _Bucket:
 
     def ordered(self) -> _Members:
         if not self.sorted:
-            self.members = {e.address: e for e in sorted(self.members.values(), key=_SEQ)}
+            self.members = {e.key: e for e in sorted(self.members.values(), key=_SEQ)}
             self.sorted = True
         return self.members
 
@@ -257,15 +271,16 @@ class MemoryPresenceIndex:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, address: object) -> bool:
-        return address in self._entries
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
 
     # -- updates ---------------------------------------------------------------
 
     def put(
         self,
-        address: str,
+        key: str,
         *,
+        address: str | None = None,
         domain: str,
         capabilities: Iterable[str],
         lat: float | None,
@@ -281,11 +296,13 @@ class MemoryPresenceIndex:
             cell = self._cell_of(lat, lon)
         domain = domain.lower()
         caps = frozenset(capabilities)
-        entry = self._entries.get(address)
+        if address is None:
+            address = key
+        entry = self._entries.get(key)
         if entry is None:
-            entry = _Entry(address, self._next_seq, domain, caps, lat, lon, cell, status, metadata)
+            entry = _Entry(key, address, self._next_seq, domain, caps, lat, lon, cell, status, metadata)
             self._next_seq += 1
-            self._entries[address] = entry
+            self._entries[key] = entry
             _bucket_add(self._domains, domain, entry)
             for cap in caps:
                 _bucket_add(self._capabilities, cap, entry)
@@ -294,49 +311,49 @@ class MemoryPresenceIndex:
             return
 
         if entry.domain != domain:
-            _bucket_discard(self._domains, entry.domain, address)
+            _bucket_discard(self._domains, entry.domain, key)
             _bucket_add(self._domains, domain, entry)
         if entry.capabilities != caps:
             for cap in entry.capabilities - caps:
-                _bucket_discard(self._capabilities, cap, address)
+                _bucket_discard(self._capabilities, cap, key)
             for cap in caps - entry.capabilities:
                 _bucket_add(self._capabilities, cap, entry)
         if entry.cell != cell:
             if entry.cell is not None:
-                self._cell_discard(entry.cell, address)
+                self._cell_discard(entry.cell, key)
             if cell is not None:
                 self._cell_add(cell, entry)
-        entry.set(domain, caps, lat, lon, cell, status, metadata)
+        entry.set(address, domain, caps, lat, lon, cell, status, metadata)
 
-    def set_status(self, address: str, status: str) -> None:
-        entry = self._entries.get(address)
+    def set_status(self, key: str, status: str) -> None:
+        entry = self._entries.get(key)
         if entry is not None and entry.status != status:
             entry.set_status(status)
 
-    def remove(self, address: str) -> None:
-        entry = self._entries.pop(address, None)
+    def remove(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
         if entry is None:
             return
-        _bucket_discard(self._domains, entry.domain, address)
+        _bucket_discard(self._domains, entry.domain, key)
         for cap in entry.capabilities:
-            _bucket_discard(self._capabilities, cap, address)
+            _bucket_discard(self._capabilities, cap, key)
         if entry.cell is not None:
-            self._cell_discard(entry.cell, address)
+            self._cell_discard(entry.cell, key)
 
     def _cell_add(self, cell: int, entry: _Entry) -> None:
         members = self._grid[cell]
         if members is None:
             members = self._grid[cell] = {}
-        members[entry.address] = entry
-        self._located[entry.address] = entry
+        members[entry.key] = entry
+        self._located[entry.key] = entry
 
-    def _cell_discard(self, cell: int, address: str) -> None:
+    def _cell_discard(self, cell: int, key: str) -> None:
         members = self._grid[cell]
         assert members is not None
-        del members[address]
+        del members[key]
         if not members:
             self._grid[cell] = None
-        del self._located[address]
+        del self._located[key]
 
     # -- grid ------------------------------------------------------------------
 
@@ -473,9 +490,9 @@ class MemoryPresenceIndex:
                 source = sorted(map(first.__getitem__, matches), key=_SEQ)
             else:
                 # Walking the smallest bucket in order stops after ``limit`` hits.
-                source = (e for e in self._in_order(buckets[0], limit) if e.address in matches)
+                source = (e for e in self._in_order(buckets[0], limit) if e.key in matches)
         if exclude is not None:
-            source = (e for e in source if e.address != exclude)
+            source = (e for e in source if e.key != exclude)
         if status is not None:
             source = (e for e in source if e.status == status)
         return [e.row for e in islice(source, limit)]
@@ -495,7 +512,7 @@ class MemoryPresenceIndex:
         expected_scan = limit * len(self._entries) / size
         if expected_scan < size * max(math.log2(size), 1.0):
             members = bucket.members
-            return (e for e in self._entries.values() if e.address in members)
+            return (e for e in self._entries.values() if e.key in members)
         return bucket.ordered().values()
 
     def _query_near(
@@ -552,32 +569,32 @@ class MemoryPresenceIndex:
                 if d <= radius:
                     hits.append((d, entry.seq, entry))
         if exclude is not None:
-            hits = [hit for hit in hits if hit[2].address != exclude]
+            hits = [hit for hit in hits if hit[2].key != exclude]
 
         ranked = heapq.nsmallest(limit, hits) if len(hits) > limit else sorted(hits)
         return [e.row for _, _, e in ranked]
 
 
-def _bucket_add(index: dict[str, _Bucket], key: str, entry: _Entry) -> None:
-    bucket = index.get(key)
+def _bucket_add(index: dict[str, _Bucket], value: str, entry: _Entry) -> None:
+    bucket = index.get(value)
     if bucket is None:
-        bucket = index[key] = _Bucket()
+        bucket = index[value] = _Bucket()
     bucket.add(entry)
 
 
-def _bucket_discard(index: dict[str, _Bucket], key: str, address: str) -> None:
-    bucket = index[key]
-    del bucket.members[address]
+def _bucket_discard(index: dict[str, _Bucket], value: str, key: str) -> None:
+    bucket = index[value]
+    del bucket.members[key]
     if not bucket.members:
-        del index[key]
+        del index[value]
 
 
-def _in_all(address: str, buckets: list[_Members]) -> bool:
-    return all(address in members for members in buckets)
+def _in_all(key: str, buckets: list[_Members]) -> bool:
+    return all(key in members for members in buckets)
 
 
 def _matching(buckets: list[_Members]) -> AbstractSet[str]:
-    """Addresses in every bucket; ``buckets`` is sorted by size, smallest first."""
+    """Keys in every bucket; ``buckets`` is sorted by size, smallest first."""
     return buckets[0].keys() if len(buckets) == 1 else _intersect(buckets)
 
 
@@ -588,7 +605,7 @@ def _matching_entries(buckets: list[_Members]) -> Iterable[_Entry]:
 
 
 def _intersect(buckets: list[_Members]) -> set[str]:
-    """Addresses in every bucket (at least two), sorted by size, smallest first."""
+    """Keys in every bucket (at least two), sorted by size, smallest first."""
     # Intersecting two key views iterates the smaller one in C.
     matches: set[str] = buckets[0].keys() & buckets[1].keys()
     for members in buckets[2:]:
