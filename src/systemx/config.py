@@ -56,6 +56,8 @@ class Settings:
     party_max_per_session: int = 64
     presence_default_limit: int = 100
     presence_max_limit: int = 1_000
+    max_json_depth: int = 32
+    max_value_bytes: int = 16_384
     # URL prefixes a webhook may never target (the exchange's own endpoints).
     webhook_deny: tuple[str, ...] = field(default=())
 
@@ -165,7 +167,20 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         "PRESENCE results when no limit is given",
     ),
     "SYSTEMX_PRESENCE_MAX_LIMIT": ("presence_max_limit", _int, "Largest PRESENCE limit honoured"),
+    "SYSTEMX_MAX_JSON_DEPTH": (
+        "max_json_depth",
+        _int,
+        "Nesting levels allowed in REGISTER metadata, wake_handler.payload and DIAL metadata (1-256)",
+    ),
+    "SYSTEMX_MAX_VALUE_BYTES": (
+        "max_value_bytes",
+        _int,
+        "Encoded size (bytes) allowed for REGISTER metadata, wake_handler.payload and DIAL metadata",
+    ),
 }
+
+
+_MAX_JSON_DEPTH = 256
 
 
 def _validate(s: Settings) -> None:
@@ -183,10 +198,14 @@ def _validate(s: Settings) -> None:
         "SYSTEMX_PARTY_MAX_PER_SESSION": s.party_max_per_session,
         "SYSTEMX_PRESENCE_DEFAULT_LIMIT": s.presence_default_limit,
         "SYSTEMX_PRESENCE_MAX_LIMIT": s.presence_max_limit,
+        "SYSTEMX_MAX_VALUE_BYTES": s.max_value_bytes,
     }
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{name} must be positive, got {value}")
+    if not 1 <= s.max_json_depth <= _MAX_JSON_DEPTH:
+        # Deeper values could not be encoded again inside an outgoing message.
+        raise ConfigError(f"SYSTEMX_MAX_JSON_DEPTH must be 1-{_MAX_JSON_DEPTH}, got {s.max_json_depth}")
     if not 0 <= s.port <= 65535:
         raise ConfigError(f"SYSTEMX_PORT must be 0-65535, got {s.port}")
     if s.log_level.lower() not in ("debug", "info", "warn", "warning", "error"):

@@ -86,10 +86,12 @@ async def test_unfinished_handshakes_are_dropped_after_the_handshake_timeout(
 # -- frames --------------------------------------------------------------------
 
 
-async def test_invalid_json_closes_1003(connect: ClientFactory) -> None:
+async def test_invalid_json_is_answered_and_the_socket_stays(connect: ClientFactory) -> None:
     client = await connect()
     client.send_raw(b'{"type": "HEARTBEAT"')
-    assert await client.expect_close() == (1003, "Invalid JSON")
+    error = await client.expect("ERROR", reason="invalid_payload", context="UNKNOWN")
+    assert error["detail"] == "Invalid JSON: Input data was truncated"
+    await client.roundtrip()
 
 
 async def test_invalid_utf8_closes_1007(connect: ClientFactory) -> None:

@@ -45,6 +45,9 @@ def test_an_empty_value_keeps_the_default() -> None:
         ("SYSTEMX_HANDSHAKE_TIMEOUT_MS", "0", "SYSTEMX_HANDSHAKE_TIMEOUT_MS must be positive"),
         ("SYSTEMX_PORT", "70000", "SYSTEMX_PORT must be 0-65535"),
         ("TLS_ENABLED", "maybe", "TLS_ENABLED: not a boolean"),
+        ("SYSTEMX_MAX_JSON_DEPTH", "0", "SYSTEMX_MAX_JSON_DEPTH must be 1-256"),
+        ("SYSTEMX_MAX_JSON_DEPTH", "257", "SYSTEMX_MAX_JSON_DEPTH must be 1-256"),
+        ("SYSTEMX_MAX_VALUE_BYTES", "0", "SYSTEMX_MAX_VALUE_BYTES must be positive"),
     ],
 )
 def test_a_bad_value_names_its_variable(var: str, value: str, complaint: str) -> None:

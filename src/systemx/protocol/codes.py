@@ -39,6 +39,7 @@ class RegisterFailedReason(enum.StrEnum):
     ADDRESS_IN_USE = "address_in_use"
     AUTH_FAILED = "auth_failed"
     WAKE_HANDLER_NOT_ALLOWED = "wake_handler_not_allowed"
+    INVALID_PAYLOAD = "invalid_payload"
 
 
 class BusyReason(enum.StrEnum):
@@ -70,6 +71,7 @@ class ErrorReason(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     NOT_IN_PARTY = "not_in_party"
     NOT_WAKE_ON_RING = "not_wake_on_ring"
+    INTERNAL_ERROR = "internal_error"
 
 
 class JoinFailedReason(enum.StrEnum):
@@ -96,7 +98,6 @@ class CloseReason(enum.StrEnum):
     TIMEOUT = "timeout"
     SLEEP = "sleep"
     CLIENT_REQUESTED = "client_requested"
-    INVALID_JSON = "Invalid JSON"
     INVALID_UTF8 = "Invalid UTF-8"
     TOO_BIG = "Message too big"
     SLOW_CONSUMER = "slow_consumer"
