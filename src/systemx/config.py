@@ -81,6 +81,8 @@ class Settings:
     presence_max_result_bytes: int = 262_144
     presence_max_queries: int = 10
     presence_window_ms: int = 10_000
+    max_json_depth: int = 32
+    max_value_bytes: int = 16_384
     # URL prefixes a webhook may never target (the exchange's own endpoints).
     webhook_deny: tuple[str, ...] = field(default=())
 
@@ -295,6 +297,16 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         _int,
         "Length (ms) of the presence rate-limit window",
     ),
+    "SYSTEMX_MAX_JSON_DEPTH": (
+        "max_json_depth",
+        _int,
+        "Nesting levels allowed in REGISTER metadata, wake_handler.payload and DIAL metadata (1-256)",
+    ),
+    "SYSTEMX_MAX_VALUE_BYTES": (
+        "max_value_bytes",
+        _int,
+        "Encoded size (bytes) allowed for REGISTER metadata, wake_handler.payload and DIAL metadata",
+    ),
 }
 
 # Settings that are no longer read; a value for one stops the exchange from starting.
@@ -306,6 +318,9 @@ REMOVED_VARS: dict[str, str] = {
         "define named spawn handlers in SYSTEMX_SPAWN_HANDLERS and restrict each with its \"addresses\" list"
     ),
 }
+
+
+_MAX_JSON_DEPTH = 256
 
 
 def _validate(s: Settings) -> None:
@@ -327,6 +342,7 @@ def _validate(s: Settings) -> None:
         "SYSTEMX_WAKE_MAX_PROFILES_PER_SESSION": s.wake_max_profiles_per_session,
         "SYSTEMX_PRESENCE_MAX_RESULT_BYTES": s.presence_max_result_bytes,
         "SYSTEMX_PRESENCE_WINDOW_MS": s.presence_window_ms,
+        "SYSTEMX_MAX_VALUE_BYTES": s.max_value_bytes,
     }
     for name, value in positive.items():
         if value <= 0:
@@ -335,6 +351,9 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             f"SYSTEMX_PRESENCE_MAX_RESULT_BYTES must be at least 1024, got {s.presence_max_result_bytes}"
         )
+    if not 1 <= s.max_json_depth <= _MAX_JSON_DEPTH:
+        # Deeper values could not be encoded again inside an outgoing message.
+        raise ConfigError(f"SYSTEMX_MAX_JSON_DEPTH must be 1-{_MAX_JSON_DEPTH}, got {s.max_json_depth}")
     if not 0 <= s.port <= 65535:
         raise ConfigError(f"SYSTEMX_PORT must be 0-65535, got {s.port}")
     if s.log_level.lower() not in ("debug", "info", "warn", "warning", "error"):

@@ -97,9 +97,10 @@ async def test_register_failures_are_typed(server: SystemXProcess, open_client: 
     with pytest.raises(RegisterFailed) as invalid:
         await Client.connect(server.url, "not an address")
     assert invalid.value.reason == "invalid_address"
-    with pytest.raises(ExchangeError) as error:
+    with pytest.raises(RegisterFailed) as refused:
         await Client.connect(server.url, "x@example.com", max_listeners=3)
-    assert (error.value.reason, error.value.context) == ("invalid_payload", "REGISTER")
+    assert refused.value.reason == "invalid_payload"
+    assert refused.value.detail == "max_listeners requires concurrency broadcast"
 
 
 async def test_connect_failed_when_nothing_listens() -> None:

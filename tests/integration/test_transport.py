@@ -311,7 +311,9 @@ async def test_slow_consumer_is_cut_at_the_bound(systemx_server: ServerFactory) 
 async def test_presence_results_count_against_the_slow_consumer_bound(systemx_server: ServerFactory) -> None:
     # An asker that never reads its PRESENCE_RESULTs is cut like any slow consumer.
     bound = 256 * 1024
-    server = await systemx_server(env={"SYSTEMX_MAX_BUFFERED_BYTES": str(bound)})
+    server = await systemx_server(
+        env={"SYSTEMX_MAX_BUFFERED_BYTES": str(bound), "SYSTEMX_PRESENCE_MAX_QUERIES": "0"}
+    )
     for i in range(40):
         listed = await server.connect()
         await listed.register(f"listed{i:02d}@example.com", metadata={"note": "n" * 2000})

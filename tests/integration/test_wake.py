@@ -216,7 +216,7 @@ async def test_disallowed_handlers_are_refused(systemx_server: ServerFactory) ->
     )
     await client.expect("REGISTER_FAILED", reason="wake_handler_not_allowed")
     client.send_json({"type": "REGISTER", "address": "a@example.com", "mode": "wake_on_ring"})
-    await client.expect("ERROR", reason="invalid_payload", context="REGISTER")
+    await client.expect("REGISTER_FAILED", reason="invalid_payload")
     await client.register("a@example.com")  # the socket is still usable
 
 

@@ -68,6 +68,9 @@ def test_an_empty_value_keeps_the_default() -> None:
         ("SYSTEMX_SPAWN_HANDLERS", '{"a": {"argv": ["x"], "timeout_seconds": 0}}', "timeout_seconds must be"),
         ("SYSTEMX_SPAWN_HANDLERS", '{"a": {"argv": ["x"], "env": {"K": 1}}}', "env values must be strings"),
         ("SYSTEMX_SPAWN_HANDLERS", '{"a": {"argv": ["x"], "addresses": "*"}}', "addresses must be a list"),
+        ("SYSTEMX_MAX_JSON_DEPTH", "0", "SYSTEMX_MAX_JSON_DEPTH must be 1-256"),
+        ("SYSTEMX_MAX_JSON_DEPTH", "257", "SYSTEMX_MAX_JSON_DEPTH must be 1-256"),
+        ("SYSTEMX_MAX_VALUE_BYTES", "0", "SYSTEMX_MAX_VALUE_BYTES must be positive"),
     ],
 )
 def test_a_bad_value_names_its_variable(var: str, value: str, complaint: str) -> None:

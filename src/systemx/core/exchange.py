@@ -51,7 +51,7 @@ from systemx.protocol.codes import (
     SleepReason,
     Status,
 )
-from systemx.protocol.errors import describe_invalid
+from systemx.protocol.errors import NOT_JSON, describe_invalid
 from systemx.quicklog import get_logger
 from systemx.state.presence import MemoryPresenceIndex, PresenceIndex, PresenceRow
 
@@ -227,12 +227,13 @@ def _validate_metadata(meta: dict[str, Any]) -> str | None:
             return "metadata.location must be an object {lat, lon}"
         lat, lon = loc.get("lat"), loc.get("lon")
         for name, value, bound in (("lat", lat, 90.0), ("lon", lon, 180.0)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 return f"metadata.location.{name} must be a number"
+            # Compared as given: float() of a huge integer would raise.
             if not -bound <= value <= bound:
                 return f"metadata.location.{name} must be between {-bound:g} and {bound:g}"
     status = meta.get("status")
-    if status is not None and status not in CLIENT_STATUSES:
+    if status is not None and (not isinstance(status, str) or status not in CLIENT_STATUSES):
         return "metadata.status must be one of available, busy, dnd, away"
     return None
 
@@ -264,6 +265,37 @@ def _presence_result(rows: list[PresenceRow], max_bytes: int) -> bytes:
     while parts and used > room:
         used -= len(parts.pop()) + (1 if parts else 0)
     return _join((_RESULT_HEAD, b",".join(parts), _RESULT_TRUNCATED_TAIL))
+def _bound_value(value: Any, name: str, max_depth: int, max_bytes: int) -> str | None:
+    """Why ``value`` (a decoded JSON value the exchange keeps) is refused, or None.
+
+    Anything kept is sent or stored again later (RING, PRESENCE_RESULT, the wake
+    profile, the webhook body), so it must stay encodable there: at most
+    ``max_depth`` levels of objects and arrays and ``max_bytes`` bytes encoded.
+    """
+    too_deep = f"{name} is nested deeper than {max_depth} levels"
+    try:
+        encoded = _encode(value)
+    except RecursionError:
+        return too_deep
+    if len(encoded) > max_bytes:
+        return f"{name} is over {max_bytes} bytes encoded"
+    # Depth is at most the number of brackets; walk only when that could be too many.
+    if encoded.count(b"[") + encoded.count(b"{") > max_depth and _deeper_than(value, max_depth):
+        return too_deep
+    return None
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests more than ``limit`` objects/arrays (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
 
 
 def _location(meta: dict[str, Any]) -> tuple[float | None, float | None]:
@@ -313,6 +345,8 @@ class Exchange:
         self._presence_max = settings.presence_max_queries
         self._presence_window = settings.presence_window_ms / 1000.0
         self._stopping = False
+        #: Frames whose handler raised (answered ``ERROR internal_error``).
+        self.internal_errors = 0
         self._handlers: dict[type, Callable[[Session, Any, float], None]] = {
             m.Register: self._on_register,
             m.Unregister: self._on_unregister,
@@ -329,6 +363,13 @@ class Exchange:
             m.RegisterPbx: self._on_federation,
             m.DialForward: self._on_federation,
         }
+        # Checks of values the exchange keeps, run before the handler; False: refused and answered.
+        self._door: dict[type, Callable[[Session, Any, float], bool]] = {
+            m.Register: self._door_register,
+            m.Dial: self._door_dial,
+        }
+        self._max_depth = settings.max_json_depth
+        self._max_value_bytes = settings.max_value_bytes
         self.refresh_log_level()
         for profile in (profiles or {}).values():
             self._load_profile(profile)
@@ -360,32 +401,38 @@ class Exchange:
             return
         try:
             msg = _decode(data)
-        except _ValidationError as exc:
+        except (_ValidationError, _DecodeError, RecursionError) as exc:
+            # Not JSON, nested deeper than the decoder follows, or not a valid message.
             self._invalid(s, data, exc, now)
-            return
-        except _DecodeError:
-            log.warning("Invalid JSON from %s; closing", s.address or s.session_id)
-            self._close(s, CloseCode.UNSUPPORTED_DATA, CloseReason.INVALID_JSON)
             return
         if self._debug:
             log.debug("<- %s %s", s.address or s.session_id, data[:512].decode("utf-8", "replace"))
-        if type(msg) is m.Msg:
-            # Hot path.
-            s.last_activity = now
-            call = self._calls.get(msg.call_id)
-            if call is not None:
-                routes = call.routes
-                if routes is not None:
-                    route = routes.get(s)
-                    if route is not None:
-                        self._send(route[0], _join((route[1], msg.data, _CT_SUFFIX[msg.content_type])))
+        # The error boundary: a handler that raises costs its own frame an ERROR, nothing
+        # more (a try block costs nothing on 3.11 until something raises).
+        try:
+            if type(msg) is m.Msg:
+                # Hot path.
+                s.last_activity = now
+                call = self._calls.get(msg.call_id)
+                if call is not None:
+                    routes = call.routes
+                    if routes is not None:
+                        route = routes.get(s)
+                        if route is not None:
+                            self._send(route[0], _join((route[1], msg.data, _CT_SUFFIX[msg.content_type])))
+                            return
+                    elif call.listeners is not None and call.state is CONNECTED:
+                        self._broadcast_msg(s, call, msg)
                         return
-                elif call.listeners is not None and call.state is CONNECTED:
-                    self._broadcast_msg(s, call, msg)
-                    return
-            self._warn(s, now, "MSG ignored: call %s is not a connected call of %s", msg.call_id, s.address)
-            return
-        self._handlers[type(msg)](s, msg, now)
+                self._warn(
+                    s, now, "MSG ignored: call %s is not a connected call of %s", msg.call_id, s.address
+                )
+                return
+            check = self._door.get(type(msg))
+            if check is None or check(s, msg, now):
+                self._handlers[type(msg)](s, msg, now)
+        except Exception:
+            self._internal_error(s, msg, now)
 
     def on_close(self, s: Session, now: float) -> None:
         """The session's socket is gone. Safe to call more than once."""
@@ -443,6 +490,7 @@ class Exchange:
             "asleep": sum(1 for k in self._profiles if k not in self._by_key),
             "waking": len(self._waking),
             "parties": len(self._parties),
+            "internal_errors": self.internal_errors,
         }
 
     # ------------------------------------------------------------ introspection
@@ -505,10 +553,75 @@ class Exchange:
         s.warned_at = now
         log.warning(msg, *args)
 
-    def _invalid(self, s: Session, data: bytes, exc: msgspec.ValidationError, now: float) -> None:
-        context, detail = describe_invalid(data, exc)
-        self._warn(s, now, "Invalid %s from %s: %s", context, s.address or s.session_id, detail)
-        self._error(s, ErrorReason.INVALID_PAYLOAD, context, detail)
+    def _invalid(self, s: Session, data: bytes, exc: Exception, now: float) -> None:
+        """Answer a frame that did not decode: ERROR, or REGISTER_FAILED for a REGISTER."""
+        why = describe_invalid(data, exc)
+        self._warn(s, now, "Invalid %s from %s: %s", why.context, s.address or s.session_id, why.detail)
+        if why.detail.startswith(NOT_JSON):
+            # Text that is not JSON at all closes the socket, as the specification and
+            # the reference router do; JSON that is not a valid message is answered.
+            self._close(s, CloseCode.UNSUPPORTED_DATA, CloseReason.INVALID_JSON)
+            return
+        if why.context == "REGISTER":
+            # A client waiting for REGISTERED must get REGISTERED or REGISTER_FAILED.
+            reason = (
+                RegisterFailedReason.INVALID_ADDRESS
+                if why.address_missing
+                else RegisterFailedReason.INVALID_PAYLOAD
+            )
+            address = why.address[:300] if why.address is not None else None
+            self._send_msg(s, m.RegisterFailed(reason=reason, address=address, detail=why.detail))
+            return
+        self._error(s, ErrorReason.INVALID_PAYLOAD, why.context, why.detail)
+
+    def _door_register(self, s: Session, msg: m.Register, now: float) -> bool:
+        problem = None
+        if msg.metadata is not None:
+            problem = _bound_value(msg.metadata, "metadata", self._max_depth, self._max_value_bytes)
+        if problem is None and msg.wake_handler is not None and msg.wake_handler.payload is not None:
+            problem = _bound_value(
+                msg.wake_handler.payload, "wake_handler.payload", self._max_depth, self._max_value_bytes
+            )
+        if problem is None:
+            return True
+        self._warn(s, now, "Invalid REGISTER from %s: %s", s.address or s.session_id, problem)
+        self._send_msg(
+            s,
+            m.RegisterFailed(
+                reason=RegisterFailedReason.INVALID_PAYLOAD, address=msg.address[:300], detail=problem
+            ),
+        )
+        return False
+
+    def _door_dial(self, s: Session, msg: m.Dial, now: float) -> bool:
+        if msg.metadata is None:
+            return True
+        problem = _bound_value(msg.metadata, "metadata", self._max_depth, self._max_value_bytes)
+        if problem is None:
+            return True
+        self._warn(s, now, "Invalid DIAL from %s: %s", s.address or s.session_id, problem)
+        self._error(s, ErrorReason.INVALID_PAYLOAD, "DIAL", problem)
+        return False
+
+    def _internal_error(self, s: Session, msg: Any, now: float) -> None:
+        """A handler raised: count it, log it (with the traceback, flood-limited), answer ERROR.
+
+        Called from the ``except`` block, so the exception is the one being handled.
+        """
+        self.internal_errors += 1
+        context = type(msg).__struct_config__.tag
+        if now - s.warned_at < 1.0:
+            s.warnings_dropped += 1
+        else:
+            s.warned_at = now
+            log.error(
+                "Internal error handling %s from %s (session: %s)",
+                context,
+                s.address or "(unregistered)",
+                s.session_id,
+                exc_info=True,
+            )
+        self._error(s, ErrorReason.INTERNAL_ERROR, str(context), "internal error")
 
     def _effective_status(self, s: Session) -> str:
         if s.status in ("dnd", "away"):
@@ -569,7 +682,8 @@ class Exchange:
                         return
                     handler = stored_handler(msg.wake_handler, address, self.settings)
         if problem is not None:
-            self._error(s, ErrorReason.INVALID_PAYLOAD, "REGISTER", problem)
+            reason = RegisterFailedReason.INVALID_PAYLOAD
+            self._send_msg(s, m.RegisterFailed(reason=reason, address=address, detail=problem))
             return
         holder = self._by_key.get(key)
         if (holder is not None and holder is not s) or key in self._parties:

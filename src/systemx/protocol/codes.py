@@ -40,6 +40,7 @@ class RegisterFailedReason(enum.StrEnum):
     AUTH_FAILED = "auth_failed"
     WAKE_HANDLER_NOT_ALLOWED = "wake_handler_not_allowed"
     WAKE_PROFILE_LIMIT = "wake_profile_limit"
+    INVALID_PAYLOAD = "invalid_payload"
 
 
 class BusyReason(enum.StrEnum):
@@ -71,6 +72,7 @@ class ErrorReason(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     NOT_IN_PARTY = "not_in_party"
     NOT_WAKE_ON_RING = "not_wake_on_ring"
+    INTERNAL_ERROR = "internal_error"
 
 
 class JoinFailedReason(enum.StrEnum):
@@ -97,8 +99,8 @@ class CloseReason(enum.StrEnum):
     TIMEOUT = "timeout"
     SLEEP = "sleep"
     CLIENT_REQUESTED = "client_requested"
-    INVALID_JSON = "Invalid JSON"
     INVALID_UTF8 = "Invalid UTF-8"
+    INVALID_JSON = "Invalid JSON"
     TOO_BIG = "Message too big"
     SLOW_CONSUMER = "slow_consumer"
     SHUTDOWN = "shutdown"

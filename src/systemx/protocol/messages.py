@@ -69,6 +69,9 @@ ContentType = Literal["text", "json", "binary"]
 StatusValue = Literal["available", "busy", "dnd", "away"]
 ShortStr = Annotated[str, Meta(max_length=256)]
 PositiveInt = Annotated[int, Meta(gt=0)]
+# ``from`` of a message that travels both ways: the exchange always sends a string, and
+# whatever an endpoint puts there (any JSON value) is decoded only to be ignored.
+Sender = Any
 
 
 class _Message(msgspec.Struct, tag_field="type", omit_defaults=True):
@@ -152,15 +155,15 @@ class Dial(_Message, tag="DIAL"):
 
 class Answer(_Message, tag="ANSWER"):
     call_id: str
-    # Set only by a downstream PBX relaying its callee's answer.
-    from_: str | None = field(default=None, name="from")
+    # Set only by a downstream PBX relaying its callee's answer; any JSON value from an endpoint is ignored.
+    from_: Sender = field(default=None, name="from")
 
 
 class Hangup(_Message, tag="HANGUP"):
     call_id: str
     reason: ShortStr | None = None
-    # Set by the exchange when a broadcast listener leaves.
-    from_: str | None = field(default=None, name="from")
+    # Set by the exchange when a broadcast listener leaves; ignored from endpoints.
+    from_: Sender = field(default=None, name="from")
 
 
 class Msg(_Message, tag="MSG", gc=False):
@@ -169,7 +172,7 @@ class Msg(_Message, tag="MSG", gc=False):
     # Absent or null means "text"; the exchange always relays an explicit value.
     content_type: ContentType | None = "text"
     # Ignored from endpoints: the exchange always sets ``from`` itself.
-    from_: str | None = field(default=None, name="from")
+    from_: Sender = field(default=None, name="from")
 
 
 class Join(_Message, tag="JOIN"):
@@ -181,7 +184,7 @@ class PartyMsg(_Message, tag="PARTY_MSG", gc=False):
     party: str
     data: Raw
     content_type: ContentType | None = None
-    from_: str | None = field(default=None, name="from")
+    from_: Sender = field(default=None, name="from")
 
 
 class Leave(_Message, tag="LEAVE"):
