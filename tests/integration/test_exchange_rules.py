@@ -11,7 +11,7 @@ from tests.conftest import ServerFactory, SystemXProcess
 from tests.wsclient import WSClient
 
 # Never contacted: these tests register wake profiles but never dial them.
-UNUSED_HOOK = {"type": "webhook", "url": "http://127.0.0.1:9/wake", "timeout_seconds": 5}
+UNUSED_HOOK = {"type": "webhook", "url": "https://hooks.example.com/wake", "timeout_seconds": 5}
 
 
 @pytest.fixture
@@ -37,8 +37,9 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
 # ------------------------------------------------------------- presence bounds
 
 
-async def test_presence_result_is_bounded_in_bytes_and_says_truncated(server: SystemXProcess) -> None:
+async def test_presence_result_is_bounded_in_bytes_and_says_truncated(systemx_server: ServerFactory) -> None:
     big = {"blob": "x" * 40_000}
+    server = await systemx_server(env={"SYSTEMX_MAX_VALUE_BYTES": "65536"})
     for n in range(10):
         await registered(server, f"big{n}@example.com", metadata=big)
     asker = await registered(server, "asker@example.com")

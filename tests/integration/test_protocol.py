@@ -286,7 +286,10 @@ async def test_bad_input_leaves_nothing_behind(server: SystemXProcess) -> None:
         )
         client.send_json({"type": "DIAL", "to": "peer@example.com"})
         client.send_raw(bad_frames[round_ % len(bad_frames)])
-        if round_ % len(bad_frames) == 1:  # invalid UTF-8: the exchange closes
+        if round_ % len(bad_frames) == 0:  # not JSON: the exchange closes
+            code, _ = await client.expect_close()
+            assert code == 1003
+        elif round_ % len(bad_frames) == 1:  # invalid UTF-8: the exchange closes
             assert (await client.expect_close())[0] == 1007
         else:
             await client.expect(

@@ -212,7 +212,7 @@ async def test_non_public_webhook_targets_are_refused_at_register(
         f"http://127.0.0.1:{receiver.port}.evil.com/",
     ):
         reply = await register_wake(client, "a@example.com", {"type": "webhook", "url": url})
-        assert reply["type"] == "ERROR" and reply["reason"] == "invalid_payload", (url, reply)
+        assert reply["type"] == "REGISTER_FAILED" and reply["reason"] == "invalid_payload", (url, reply)
     await client.register("a@example.com")
     assert receiver.requests == []
 

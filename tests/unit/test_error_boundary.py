@@ -14,7 +14,7 @@ import pytest
 
 from tests.unit.harness import Harness
 
-WAKE = {"mode": "wake_on_ring", "wake_handler": {"type": "webhook", "url": "http://127.0.0.1:9/wake"}}
+WAKE = {"mode": "wake_on_ring", "wake_handler": {"type": "webhook", "url": "https://hooks.example.com/wake"}}
 
 
 class DiskFull(OSError):
