@@ -5,8 +5,9 @@
 * any other request without an upgrade gets ``426 Upgrade Required``;
 * an upgrade that arrives once shutdown has begun gets ``503``.
 
-picows parses the request; these answers are built without touching the core
-beyond ``health()``.
+picows parses the request and itself answers ``400`` to any method other than
+``GET`` (``HEAD`` included) before these answers are consulted. They are built
+without touching the core beyond ``health()``.
 """
 
 from __future__ import annotations
