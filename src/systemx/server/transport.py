@@ -69,6 +69,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
+from systemx.core.endpoint import Endpoint
 from systemx.protocol.codes import CloseCode, CloseReason
 from systemx.server.accept import AcceptedTransport
 
@@ -129,7 +130,7 @@ class PicowsLog(_Adapter):
 class ExchangeEvents(Protocol):
     """The part of the exchange a socket's life reports to."""
 
-    def on_open(self, conn: Connection, now: float) -> Any: ...
+    def on_open(self, conn: Endpoint, now: float) -> Any: ...
     def on_data(self, session: Any, data: bytes, now: float) -> None: ...
     def on_close(self, session: Any, now: float) -> None: ...
 
