@@ -13,7 +13,8 @@ import pytest
 
 from systemx.config import Settings
 from systemx.server.accept import AcceptedTransport, _SocketFacts
-from systemx.server.app import Connection, Server
+from systemx.server.app import Server
+from systemx.server.transport import Connection
 from tests.wsclient import WSClient
 
 
@@ -39,7 +40,7 @@ async def test_accepted_connection_works_and_answers_real_socket_facts(server: S
     try:
         registered = await client.register("lean@example.com")
         assert registered["address"] == "lean@example.com"
-        (conn,) = [c for c in server._conns if isinstance(c, Connection)]
+        (conn,) = [c for c in server.hub.conns if isinstance(c, Connection)]
         assert conn.transport is not None
         view = conn.transport.underlying_transport
         assert isinstance(view, AcceptedTransport)

@@ -1,0 +1,49 @@
+"""Plain HTTP on the WebSocket port: what a request without a WebSocket upgrade gets.
+
+* ``GET /healthz`` (any query string) answers ``200 application/json`` with
+  ``Exchange.health()``;
+* any other request without an upgrade gets ``426 Upgrade Required``;
+* an upgrade that arrives once shutdown has begun gets ``503``.
+
+picows parses the request and itself answers ``400`` to any method other than
+``GET`` (``HEAD`` included) before these answers are consulted. They are built
+without touching the core beyond ``health()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from picows import WSUpgradeRequest, WSUpgradeResponse
+
+__all__ = ["http_answer", "is_upgrade", "shutting_down"]
+
+_HEALTHZ = b"/healthz"
+
+
+def is_upgrade(request: WSUpgradeRequest) -> bool:
+    """Whether ``request`` asks for a WebSocket (``Upgrade: websocket``, any case)."""
+    return bool(request.headers.get("Upgrade", "").lower() == "websocket")
+
+
+def http_answer(request: WSUpgradeRequest, health: Callable[[], dict[str, Any]]) -> WSUpgradeResponse:
+    """The answer to a plain HTTP request: ``/healthz`` or 426."""
+    path = request.path.split(b"?", 1)[0]
+    if path == _HEALTHZ:
+        body = msgspec.json.encode(health())
+        response: WSUpgradeResponse = WSUpgradeResponse.create_ok_response(
+            body, {"Content-Type": "application/json"}
+        )
+        return response
+    response = WSUpgradeResponse.create_error_response(
+        426, b"Upgrade Required: this is a WebSocket endpoint\n", {"Upgrade": "websocket"}
+    )
+    return response
+
+
+def shutting_down() -> WSUpgradeResponse:
+    """The answer to an upgrade once shutdown has begun."""
+    response: WSUpgradeResponse = WSUpgradeResponse.create_error_response(503, b"Shutting down")
+    return response
