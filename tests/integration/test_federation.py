@@ -323,3 +323,33 @@ async def test_client_library_dial_across_a_trunk(systemx_server: ServerFactory)
     with pytest.raises(BusyError):
         async with connect(child.url, "carl@branch.test") as carl:
             await carl.dial("nobody@hq.test", timeout=TIMEOUT)
+
+
+async def test_a_trunk_back_within_the_grace_keeps_its_calls(
+    systemx_server: ServerFactory, clients: list[WSClient]
+) -> None:
+    server = await systemx_server(env={"SYSTEMX_TRUNK_GRACE_MS": "10000"})
+    register = {"type": "REGISTER_PBX", "domain": "t.test", "routes": ["*@t.test"]}
+    trunk = await server.connect()
+    trunk.send_json(register)
+    await trunk.expect("REGISTERED_PBX", domain="t.test")
+    bob = await client(server, "bob@example.com", clients)
+    bob.send_json({"type": "DIAL", "to": "tina@t.test"})
+    fwd = await trunk.expect("DIAL_FORWARD", to="tina@t.test", from_="bob@example.com")
+    call_id = fwd["call_id"]
+    trunk.send_json({"type": "RING", "call_id": call_id, "from": "tina@t.test"})
+    trunk.send_json({"type": "ANSWER", "call_id": call_id, "from": "tina@t.test"})
+    await bob.expect("RINGING", call_id=call_id)
+    await bob.expect("CONNECTED", call_id=call_id, to="tina@t.test")
+    trunk.transport.disconnect()
+    await server.wait_for_log("Trunk t.test down")
+    again = await server.connect()
+    clients.append(again)
+    again.send_json(register)
+    await again.expect("REGISTERED_PBX", domain="t.test")
+    bob.send_json({"type": "MSG", "call_id": call_id, "data": "still there?"})
+    await again.expect("MSG", call_id=call_id, from_="bob@example.com", data="still there?")
+    again.send_json({"type": "MSG", "call_id": call_id, "data": "yes"})
+    await bob.expect("MSG", call_id=call_id, from_="tina@t.test", data="yes")
+    again.send_json({"type": "HANGUP", "call_id": call_id})
+    await bob.expect("HANGUP", call_id=call_id, reason="normal")

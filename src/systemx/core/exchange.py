@@ -35,7 +35,7 @@ import msgspec
 from systemx.config import Settings
 from systemx.core.actions import Actions, WakeRequest
 from systemx.core.calls import CallEvent, CallState, transition
-from systemx.core.trunks import Trunk, Trunks
+from systemx.core.trunks import TRUNK_RING_BACKSTOP, Trunk, Trunks
 from systemx.core.wakepolicy import check_wake_handler, stored_handler, validate_wake_handler, wake_timeout
 from systemx.protocol import messages as m
 from systemx.protocol.address import address_key, domain_of, is_valid_address
@@ -931,11 +931,14 @@ class Exchange:
             callee.conn,
             _encode(m.Ring(from_=caller.address or "", call_id=call.call_id, metadata=call.metadata)),
         )
+        timeout = self._call_timeout
         if caller.trunk is not None:  # trunk hook: the far side hears RING
             self._trunks.rang(call)
+            # The caller's side runs the ring timeout; this one is a backstop.
+            timeout += TRUNK_RING_BACKSTOP
         else:
             self._send(caller.conn, _encode(m.Ringing(call_id=call.call_id, to=call.to)))
-        self._actions.start_timer(("ring", call.call_id), self._call_timeout)
+        self._actions.start_timer(("ring", call.call_id), timeout)
         self._touch_presence(caller, callee)
         log.info("Call initiated: %s → %s (call: %s)", caller.address, call.to, call.call_id)
 
@@ -1033,7 +1036,7 @@ class Exchange:
             if caller.trunk is not None or s.trunk is not None:  # trunk hook
                 self._trunks.answered(call, s)
                 return
-        if call.state is CONNECTED:
+        if call.state is CONNECTED and caller.trunk is None:
             self._send_msg(caller, m.Connected(call_id=call.call_id, to=call.to))
 
     def _on_hangup(self, s: Session, msg: m.Hangup, now: float) -> None:

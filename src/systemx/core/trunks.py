@@ -57,7 +57,11 @@ from systemx.quicklog import get_logger
 if TYPE_CHECKING:
     from systemx.core.exchange import Call, Exchange, Session
 
-__all__ = ["Trunk", "Trunks"]
+__all__ = ["TRUNK_RING_BACKSTOP", "Trunk", "Trunks"]
+
+#: Seconds the callee's side of a call from a trunk lets it ring past the ring
+#: timeout, which the caller's side runs, before ending it itself.
+TRUNK_RING_BACKSTOP = 5.0
 
 log = get_logger("systemx.trunks")
 

@@ -19,6 +19,8 @@ registration and reconnects; this module joins it to the core:
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from time import time as _now
 from typing import TYPE_CHECKING, Any
 
@@ -152,7 +154,14 @@ def start_federation(server: Server) -> Federation | None:
             "SYSTEMX_PBX_TOKENS is not set: any connection may register a trunk (REGISTER_PBX) "
             "and take calls for the routes it announces"
         )
-    config = load_federation()
+    env: dict[str, str] = {}
+    if Path(".env").is_file():
+        # As the other settings: the environment wins over .env.
+        from dotenv import dotenv_values
+
+        env.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
+    env.update(os.environ)
+    config = load_federation(env)
     if config is None:
         return None
     log.info("Federation: %d trunk(s) from %s, domain %s", len(config.peers), config.source, config.domain)
