@@ -23,6 +23,8 @@ def test_every_variable_is_read_into_its_field() -> None:
             "SYSTEMX_WEBHOOK_ALLOW": " http://127.0.0.1:9000/ , https://hooks.example.com ,",
             "SYSTEMX_WAKE_MAX_PROFILES": "50",
             "TLS_ENABLED": "false",
+            "SYSTEMX_PBX_TOKENS": "s3cret=*@branch.test",
+            "SYSTEMX_TRUNK_GRACE_MS": "0",
         }
     )
     assert settings.port == 9090
@@ -31,6 +33,8 @@ def test_every_variable_is_read_into_its_field() -> None:
     assert settings.webhook_allow == ("http://127.0.0.1:9000/", "https://hooks.example.com")
     assert settings.wake_max_profiles == 50
     assert settings.tls_enabled is False
+    assert settings.pbx_tokens == "s3cret=*@branch.test"
+    assert settings.trunk_grace_ms == 0
     assert all(hasattr(settings, field) for field, _, _ in ENV_VARS.values())
 
 
@@ -71,6 +75,9 @@ def test_an_empty_value_keeps_the_default() -> None:
         ("SYSTEMX_MAX_JSON_DEPTH", "0", "SYSTEMX_MAX_JSON_DEPTH must be 1-256"),
         ("SYSTEMX_MAX_JSON_DEPTH", "257", "SYSTEMX_MAX_JSON_DEPTH must be 1-256"),
         ("SYSTEMX_MAX_VALUE_BYTES", "0", "SYSTEMX_MAX_VALUE_BYTES must be positive"),
+        ("SYSTEMX_PBX_TOKENS", ",,", "SYSTEMX_PBX_TOKENS is set but lists no token"),
+        ("SYSTEMX_PBX_TOKENS", "a=x||y", "SYSTEMX_PBX_TOKENS: entry 1 has an empty route pattern"),
+        ("SYSTEMX_TRUNK_GRACE_MS", "-1", "SYSTEMX_TRUNK_GRACE_MS must be 0 or more"),
     ],
 )
 def test_a_bad_value_names_its_variable(var: str, value: str, complaint: str) -> None:

@@ -38,7 +38,7 @@ import signal
 import ssl
 from pathlib import Path
 from time import time as _now
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from picows import WSUpgradeRequest, WSUpgradeResponseWithListener
 
@@ -58,6 +58,9 @@ from systemx.server.runtime import (
 from systemx.server.timers import Timers
 from systemx.server.transport import Connection, Hub, PicowsLog
 from systemx.state.profiles import ProfileStore
+
+if TYPE_CHECKING:
+    from systemx.server.federation import Federation
 
 try:
     import resource
@@ -103,6 +106,7 @@ class Server:
         self._server: asyncio.Server | None = None
         # True when connections are accepted by systemx.server.accept's lean protocol.
         self.lean_accept = False
+        self._federation: Federation | None = None
         self._stopping = False
         self.port = 0
 
@@ -178,6 +182,10 @@ class Server:
         runtime.attach(exchange)
         hub.attach(exchange)
         exchange.start(_now())
+        # Federation hook: outbound trunks (server/federation.py).
+        from systemx.server.federation import start_federation
+
+        self._federation = start_federation(self)
         capacity = connection_capacity()
         hub.near_fd_limit = None if capacity is None else max(int(capacity * 0.9), 1)
         log.info("SystemX listening on %s", self.url, extra={"port": self.port})
@@ -201,10 +209,12 @@ class Server:
         if hub is not None:
             hub.close_all(CloseCode.GOING_AWAY, CloseReason.SHUTDOWN)
             await hub.wait_all_closed(self.settings.shutdown_timeout_ms / 1000)
-            if hub.conns:
-                log.warning("Shutdown timeout: aborting %d connection(s)", len(hub.conns))
-                hub.abort_all()
-                await hub.wait_all_closed(1.0)
+        if self._federation is not None:  # federation hook: close the outbound trunks
+            await self._federation.close()
+        if hub is not None and hub.conns:
+            log.warning("Shutdown timeout: aborting %d connection(s)", len(hub.conns))
+            hub.abort_all()
+            await hub.wait_all_closed(1.0)
         if self._runtime is not None:
             await self._runtime.stop()
         log.info("SystemX stopped")
