@@ -75,6 +75,7 @@ async def _bench(port: int, n: int, rounds: int) -> None:
             last = None
             for _ in range(BATCH):
                 last = conn.execute("XADD", key, "MAXLEN", "~", 100000, "*", "m", PAYLOAD)
+            assert last is not None
             await last
 
     directory = RedisDirectory(conn, "bench-node")

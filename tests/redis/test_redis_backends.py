@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from msgspec import Raw
 
 from systemx.protocol import link
 from systemx.state.ports import PENDING, Claimed, InUse, Registration, RosterMember
@@ -350,7 +351,7 @@ async def _bus(
 
 
 def deliver(call: str, seq: int) -> bytes:
-    return link.encode(link.Deliver(f"s-{call}", link.Raw(b'{"type":"MSG","seq":%d}' % seq)))
+    return link.encode(link.Deliver(f"s-{call}", Raw(b'{"type":"MSG","seq":%d}' % seq)))
 
 
 async def test_bus_keeps_order_and_loses_nothing_over_10k_messages(connect: Connections) -> None:
