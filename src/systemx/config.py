@@ -78,6 +78,9 @@ class Settings:
     presence_max_limit: int = 1_000
     wake_max_profiles: int = 10_000
     wake_max_profiles_per_session: int = 8
+    # Trunk tokens (systemx.core.trunkauth); empty: every trunk is accepted.
+    pbx_tokens: str = ""
+    trunk_grace_ms: int = 2_000
     # URL prefixes a webhook may never target (the exchange's own endpoints).
     webhook_deny: tuple[str, ...] = field(default=())
 
@@ -208,6 +211,16 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         "A session with no HEARTBEAT for this long (ms) is closed",
     ),
     "SYSTEMX_CALL_TIMEOUT": ("call_timeout_ms", _int, "How long (ms) a call may ring unanswered"),
+    "SYSTEMX_PBX_TOKENS": (
+        "pbx_tokens",
+        _str,
+        "Tokens a trunk must present in REGISTER_PBX auth (TOKEN or TOKEN=PATTERN|..., comma list)",
+    ),
+    "SYSTEMX_TRUNK_GRACE_MS": (
+        "trunk_grace_ms",
+        _int,
+        "How long (ms) connected calls over a dropped trunk wait for it to come back",
+    ),
     "SYSTEMX_DIAL_MAX_ATTEMPTS": (
         "dial_max_attempts",
         _int,
@@ -311,6 +324,15 @@ def _validate(s: Settings) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{name} must be positive, got {value}")
+    if s.trunk_grace_ms < 0:
+        raise ConfigError(f"SYSTEMX_TRUNK_GRACE_MS must be 0 or more, got {s.trunk_grace_ms}")
+    if s.pbx_tokens.strip():
+        from systemx.core.trunkauth import PbxTokens, TokenSyntaxError
+
+        try:
+            PbxTokens.parse(s.pbx_tokens)
+        except TokenSyntaxError as exc:
+            raise ConfigError(str(exc)) from None
     if not 0 <= s.port <= 65535:
         raise ConfigError(f"SYSTEMX_PORT must be 0-65535, got {s.port}")
     if s.log_level.lower() not in ("debug", "info", "warn", "warning", "error"):

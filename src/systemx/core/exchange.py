@@ -35,6 +35,7 @@ import msgspec
 from systemx.config import Settings
 from systemx.core.actions import Actions, WakeRequest
 from systemx.core.calls import CallEvent, CallState, transition
+from systemx.core.trunks import Trunk, Trunks
 from systemx.core.wakepolicy import check_wake_handler, stored_handler, validate_wake_handler, wake_timeout
 from systemx.protocol import messages as m
 from systemx.protocol.address import address_key, domain_of, is_valid_address
@@ -107,6 +108,7 @@ class Session:
         "session_id",
         "sleep_pending_at",
         "status",
+        "trunk",
         "wake_profiles_created",
         "warned_at",
         "warnings_dropped",
@@ -135,6 +137,9 @@ class Session:
         # An endpoint held by another router process or behind a trunk: its
         # liveness is that node's business, never this one's heartbeat sweep.
         self.remote = False
+        # The trunk this session is (a trunk session) or is reached through (a
+        # party behind a trunk); None for a local endpoint. See core/trunks.py.
+        self.trunk: Trunk | None = None
         self.warned_at = -1.0
         self.warnings_dropped = 0
         # Wake profiles this session created (renames count; updates do not).
@@ -291,9 +296,11 @@ class Exchange:
             m.Leave: self._on_leave,
             m.Presence: self._on_presence,
             m.SleepAck: self._on_sleep_ack,
-            m.RegisterPbx: self._on_federation,
-            m.DialForward: self._on_federation,
+            m.RegisterPbx: self._on_register_pbx,
+            m.DialForward: self._on_dial_forward,
         }
+        # Federation: every trunk, its routes and the legs that cross it.
+        self._trunks = Trunks(self, _uuid4())
         self.refresh_log_level()
         for profile in (profiles or {}).values():
             self._load_profile(profile)
@@ -326,6 +333,9 @@ class Exchange:
         try:
             msg = _decode(data)
         except _ValidationError as exc:
+            if s.trunk is not None:  # trunk hook: RING, BUSY... from a trunk
+                self._trunks.on_raw(s, data, now)
+                return
             self._invalid(s, data, exc, now)
             return
         except _DecodeError:
@@ -350,6 +360,9 @@ class Exchange:
                     return
             self._warn(s, now, "MSG ignored: call %s is not a connected call of %s", msg.call_id, s.address)
             return
+        if s.trunk is not None:  # trunk hook: control frames from a trunk
+            self._trunks.on_message(s, msg, now)
+            return
         self._handlers[type(msg)](s, msg, now)
 
     def on_close(self, s: Session, now: float) -> None:
@@ -372,6 +385,8 @@ class Exchange:
             self._idle_expired(key[1], now)
         elif kind == "sleep":
             self._sleep_due(key[1], now)
+        elif kind == "trunk":  # trunk hook: a dropped trunk's grace is over
+            self._trunks.on_timer(key, now)
 
     def on_wake_failed(self, address: str, detail: str, now: float) -> None:
         key = address_key(address) if is_valid_address(address) else address
@@ -408,6 +423,7 @@ class Exchange:
             "asleep": sum(1 for k in self._profiles if k not in self._by_key),
             "waking": len(self._waking),
             "parties": len(self._parties),
+            "trunks": self._trunks.up(),
         }
 
     # ------------------------------------------------------------ introspection
@@ -483,7 +499,7 @@ class Exchange:
     def _touch_presence(self, *sessions: Session | None) -> None:
         set_status = self._presence.set_status
         for s in sessions:
-            if s is not None and s.address is not None and not s.closed:
+            if s is not None and s.address is not None and not s.closed and s.trunk is None:
                 set_status(s.address, self._effective_status(s))
 
     # ------------------------------------------------------------ registration
@@ -624,6 +640,8 @@ class Exchange:
 
     def _release(self, s: Session, reason: str, now: float) -> None:
         """End ``s``'s calls and party memberships and free its address."""
+        if s.trunk is not None:  # trunk hook: trunk down ends (or holds) its calls
+            self._trunks.session_closed(s, now)
         for call in list(s.calls.values()):
             self._drop_party_from_call(s, call, reason, now)
         for line in list(s.parties.values()):
@@ -775,54 +793,85 @@ class Exchange:
             self._error(s, ErrorReason.NOT_REGISTERED, "DIAL", "REGISTER an address before DIAL")
             return
         s.last_activity = now
-        to = msg.to
+        self._place(s, msg.to, msg.metadata, now)
+
+    def _place(
+        self,
+        s: Session,
+        to: str,
+        metadata: dict[str, Any] | None,
+        now: float,
+        call_id: str | None = None,
+        hops: int = 0,
+        via: list[str] | None = None,
+    ) -> None:
+        """Place ``s``'s call to ``to``: local holder, then sleeping profile, then trunk route.
+
+        ``call_id`` is given when ``s`` is a caller behind a trunk (its DIAL_FORWARD's
+        id, kept on this side); ``hops`` and ``via`` then come from that DIAL_FORWARD.
+        """
         if not is_valid_address(to):
-            self._busy(s, to, BusyReason.NO_SUCH_ADDRESS)
+            self._busy(s, to, BusyReason.NO_SUCH_ADDRESS, call_id)
             return
         key = address_key(to)
         if key == s.key:
-            self._busy(s, to, BusyReason.ALREADY_IN_CALL)
+            self._busy(s, to, BusyReason.ALREADY_IN_CALL, call_id)
             return
         callee = self._by_key.get(key)
         if callee is None:
             if key in self._profiles:
-                call = self._queue_waiting(s, to, key, msg.metadata, now, waking=True)
+                call = self._queue_waiting(s, to, key, metadata, now, waking=True, call_id=call_id)
                 if key not in self._waking:
                     self._start_wake(key, call, now)
                 return
+            # trunk hook: a trunk route, after local holders and sleeping profiles
+            if self._trunks.dial_out(s, to, key, metadata, now, call_id, hops, via or []):
+                return
             if self._directory:
-                self._queue_waiting(s, to, key, msg.metadata, now, waking=False)
+                self._queue_waiting(s, to, key, metadata, now, waking=False, call_id=call_id)
                 if key not in self._looking_up:
                     self._looking_up.add(key)
                     self._actions.lookup(to)
                 return
-            self._busy(s, to, BusyReason.NO_SUCH_ADDRESS)
+            self._busy(s, to, BusyReason.NO_SUCH_ADDRESS, call_id)
             return
         status = callee.status
         if status == "dnd" or status == "away":
-            self._busy(s, to, status)
+            self._busy(s, to, status, call_id)
             return
         if callee.concurrency == "broadcast":
-            self._dial_broadcast(s, callee, to, msg.metadata, now)
+            if s.trunk is not None:
+                self._busy(s, to, BusyReason.UNSUPPORTED, call_id)
+                return
+            self._dial_broadcast(s, callee, to, metadata, now)
             return
         if status == "busy" and not callee.calls:
-            self._busy(s, to, BusyReason.BUSY)
+            self._busy(s, to, BusyReason.BUSY, call_id)
             return
         reason = self._occupied(callee)
         if reason is not None:
-            self._busy(s, to, reason)
+            self._busy(s, to, reason, call_id)
             return
-        call = Call(self._new_id(), s, callee, to, key, msg.metadata, now, RINGING)
+        call = Call(call_id or self._new_id(), s, callee, to, key, metadata, now, RINGING)
         self._add_call(call)
         self._ring(call)
 
     def _queue_waiting(
-        self, s: Session, to: str, key: str, metadata: dict[str, Any] | None, now: float, *, waking: bool
+        self,
+        s: Session,
+        to: str,
+        key: str,
+        metadata: dict[str, Any] | None,
+        now: float,
+        *,
+        waking: bool,
+        call_id: str | None = None,
     ) -> Call:
-        call = Call(self._new_id(), s, None, to, key, metadata, now, WAITING)
+        call = Call(call_id or self._new_id(), s, None, to, key, metadata, now, WAITING)
         self._add_call(call)
         self._queues.setdefault(key, deque()).append(call)
-        self._send_msg(s, m.Ringing(call_id=call.call_id, to=to, waking=waking))
+        if s.trunk is None:  # a caller behind a trunk hears RING once its callee rings
+            self._send_msg(s, m.Ringing(call_id=call.call_id, to=to, waking=waking))
         if not waking:
             # A lookup counts towards the ring time; a wake has its own timeout.
             self._actions.start_timer(("ring", call.call_id), self._call_timeout)
@@ -882,7 +931,10 @@ class Exchange:
             callee.conn,
             _encode(m.Ring(from_=caller.address or "", call_id=call.call_id, metadata=call.metadata)),
         )
-        self._send(caller.conn, _encode(m.Ringing(call_id=call.call_id, to=call.to)))
+        if caller.trunk is not None:  # trunk hook: the far side hears RING
+            self._trunks.rang(call)
+        else:
+            self._send(caller.conn, _encode(m.Ringing(call_id=call.call_id, to=call.to)))
         self._actions.start_timer(("ring", call.call_id), self._call_timeout)
         self._touch_presence(caller, callee)
         log.info("Call initiated: %s → %s (call: %s)", caller.address, call.to, call.call_id)
@@ -978,6 +1030,9 @@ class Exchange:
             }
             if self._debug:
                 log.debug("Call connected: %s ↔ %s (call: %s)", caller.address, s.address, call.call_id)
+            if caller.trunk is not None or s.trunk is not None:  # trunk hook
+                self._trunks.answered(call, s)
+                return
         if call.state is CONNECTED:
             self._send_msg(caller, m.Connected(call_id=call.call_id, to=call.to))
 
@@ -1240,14 +1295,28 @@ class Exchange:
 
     # -------------------------------------------------------------- federation
 
-    def _on_federation(self, s: Session, msg: Any, now: float) -> None:
-        context = "REGISTER_PBX" if isinstance(msg, m.RegisterPbx) else "DIAL_FORWARD"
+    def _on_register_pbx(self, s: Session, msg: m.RegisterPbx, now: float) -> None:
+        self._trunks.register(s, msg, now)
+
+    def _on_dial_forward(self, s: Session, msg: m.DialForward, now: float) -> None:
         self._error(
             s,
             ErrorReason.INVALID_PAYLOAD,
-            context,
-            f"{context} is not enabled on this exchange: federation is not configured",
+            "DIAL_FORWARD",
+            "DIAL_FORWARD is for trunks: send REGISTER_PBX on this connection first",
         )
+
+    @property
+    def trunks(self) -> Trunks:
+        return self._trunks
+
+    def add_trunk(self, trunk_id: str, label: str, routes: tuple[str, ...]) -> None:
+        """An outbound trunk (this exchange's parent): its routes are routed from now on."""
+        self._trunks.add_outbound(trunk_id, label, routes)
+
+    def open_trunk(self, trunk_id: str, conn: Any, now: float) -> Session:
+        """The outbound trunk ``trunk_id`` is up over ``conn``; its frames go to ``on_data`` of the result."""
+        return self._trunks.open_outbound(trunk_id, conn, now)
 
 
 class _UUIDs:

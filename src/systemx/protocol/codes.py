@@ -53,6 +53,10 @@ class BusyReason(enum.StrEnum):
     TIMEOUT = "timeout"
     WAKE_FAILED = "wake_failed"
     SHUTDOWN = "shutdown"
+    # The trunk that reaches the address is down.
+    UNAVAILABLE = "unavailable"
+    # A DIAL_FORWARD for a broadcast address (listeners do not cross a trunk).
+    UNSUPPORTED = "unsupported"
 
 
 class HangupReason(enum.StrEnum):

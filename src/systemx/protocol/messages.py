@@ -209,6 +209,10 @@ class DialForward(_Message, tag="DIAL_FORWARD"):
     to: str
     call_id: str
     metadata: dict[str, Any] | None = None
+    # Additive (the reference router ignores them): times the dial was sent on
+    # from exchange to exchange, and the ids of the exchanges it passed.
+    hops: Annotated[int, Meta(ge=0)] | None = None
+    via: list[str] | None = None
 
 
 # --------------------------------------------------------------------------

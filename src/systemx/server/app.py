@@ -109,6 +109,9 @@ from systemx.protocol.codes import CloseCode, CloseReason
 from systemx.server.accept import AcceptedTransport, SwitchingProtocols, create_server
 from systemx.server.timers import Timers
 
+if TYPE_CHECKING:
+    from systemx.server.federation import Federation
+
 try:
     import resource
 except ImportError:  # not on Windows: no open-file limits to manage
@@ -525,6 +528,7 @@ class Server:
         self._profiles: ProfileStore | None = None
         self._profiles_missing_logged = False
         self._wake_runner: WakeRunnerLike | None = None
+        self._federation: Federation | None = None
         self._stopping = False
         self._dirty: list[Connection] = []
         self._flush_pending = False
@@ -605,6 +609,10 @@ class Server:
         self._exchange = self._exchange_factory(self.settings, self, profiles=profiles)
         self.on_data = self._exchange.on_data
         self._exchange.start(_now())
+        # Federation hook: outbound trunks (server/federation.py).
+        from systemx.server.federation import start_federation
+
+        self._federation = start_federation(self)
         capacity = connection_capacity()
         self._near_fd_limit = None if capacity is None else max(int(capacity * 0.9), 1)
         log.info("SystemX listening on %s", self.url, extra={"port": self.port})
@@ -625,6 +633,8 @@ class Server:
         for conn in list(self._conns):
             conn.close(CloseCode.GOING_AWAY, CloseReason.SHUTDOWN)
         await self._wait_all_closed(self.settings.shutdown_timeout_ms / 1000)
+        if self._federation is not None:  # federation hook: close the outbound trunks
+            await self._federation.close()
         if self._conns:
             log.warning("Shutdown timeout: aborting %d connection(s)", len(self._conns))
             for conn in list(self._conns):
