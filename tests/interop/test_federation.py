@@ -70,8 +70,9 @@ async def _call(caller: WSClient, callee: WSClient, caller_address: str, callee_
     assert isinstance(call_id, str) and call_id, ring
 
     callee.send_json({"type": "ANSWER", "call_id": call_id})
-    # A reference parent relays the child's RING to the caller before CONNECTED.
-    await caller.expect("CONNECTED", timeout, skip=("RING",), call_id=call_id, to=callee_address)
+    # Before CONNECTED, a reference parent relays the child's RING to the caller, and a
+    # SystemX exchange sends its caller RINGING (PROTOCOL.md, compatibility).
+    await caller.expect("CONNECTED", timeout, skip=("RING", "RINGING"), call_id=call_id, to=callee_address)
 
     caller.send_json({"type": "MSG", "call_id": call_id, "data": "down the line", "content_type": "text"})
     await callee.expect(

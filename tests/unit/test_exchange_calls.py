@@ -551,7 +551,9 @@ def test_call_from_a_trunk_to_a_local_callee_and_back(h: Harness) -> None:
     h.open("P")
     h.send("P", {"type": "REGISTER_PBX", "domain": "sub.example.com", "routes": ["*@sub.example.com"]})
     h.frames("P")
-    h.send("P", {"type": "DIAL_FORWARD", "from": "a@sub.example.com", "to": "bob@example.com", "call_id": "c1"})
+    h.send(
+        "P", {"type": "DIAL_FORWARD", "from": "a@sub.example.com", "to": "bob@example.com", "call_id": "c1"}
+    )
     assert [f["type"] for f in h.frames("B")] == ["RING"]
     assert h.frames("P") == [{"type": "RING", "call_id": "c1", "from": "bob@example.com"}]
     h.send("B", {"type": "ANSWER", "call_id": "c1"})
