@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck unit bench bench-bun-install reference clean
+.PHONY: serve example test lint typecheck unit bench bench-bun-install reference clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml
 
 serve: $(STAMP)
 	$(BIN)/systemx serve
+
+# Against a running exchange (`make serve` in another terminal).
+example: $(STAMP)
+	$(BIN)/python examples/simple_client.py
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

@@ -4,6 +4,9 @@
 never the environment. :func:`load_settings` reads the process environment
 (after a ``.env`` file, which never overrides variables already set) and
 applies command-line overrides on top.
+
+Every :class:`ConfigError` reads ``NAME: problem``, ``NAME`` being the
+variable (or the file) at fault.
 """
 
 from __future__ import annotations
@@ -19,7 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENV_VARS", "PLACEHOLDERS", "ConfigError", "Settings", "SpawnHandler", "load_settings"]
+__all__ = [
+    "ENV_VARS",
+    "PLACEHOLDERS",
+    "ConfigError",
+    "Settings",
+    "SpawnHandler",
+    "load_settings",
+    "parse_duration_ms",
+    "read_env_file",
+]
 
 
 class ConfigError(ValueError):
@@ -116,7 +128,33 @@ def _bool(value: str) -> bool:
 
 
 def _int(value: str) -> int:
-    return int(value.strip())
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"not a whole number: {value!r}") from None
+
+
+_DURATION = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h)?")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+def _duration_ms(value: str) -> int:
+    """A duration in milliseconds: a plain number is milliseconds; ``500ms``,
+    ``30s``, ``2m`` and ``1h`` (decimals allowed: ``1.5s``) say their unit."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"not a duration: {value!r} (a number of milliseconds, or e.g. 500ms, 30s, 2m, 1h)")
+    number, unit = match.groups()
+    ms = float(number) * _UNIT_MS[unit or "ms"]
+    if ms != int(ms):
+        raise ValueError(f"not a whole number of milliseconds: {value!r}")
+    return int(ms)
+
+
+def parse_duration_ms(value: str) -> int:
+    """:func:`_duration_ms` for command-line flags (argparse reports its ``ValueError``)."""
+    return _duration_ms(value)
 
 
 def _str(value: str) -> str:
@@ -209,13 +247,17 @@ def _spawn_handler(name: str, spec: Any, base: Path | None) -> SpawnHandler:
 ENV_VARS: dict[str, tuple[str, Any, str]] = {
     "SYSTEMX_HOST": ("host", _str, "Interface to listen on"),
     "SYSTEMX_PORT": ("port", _int, "TCP port for WebSocket and GET /healthz"),
-    "SYSTEMX_HEARTBEAT_INTERVAL": ("heartbeat_interval_ms", _int, "How often (ms) stale sessions are swept"),
+    "SYSTEMX_HEARTBEAT_INTERVAL": (
+        "heartbeat_interval_ms",
+        _duration_ms,
+        "How often (ms) stale sessions are swept",
+    ),
     "SYSTEMX_HEARTBEAT_TIMEOUT": (
         "heartbeat_timeout_ms",
-        _int,
+        _duration_ms,
         "A session with no HEARTBEAT for this long (ms) is closed",
     ),
-    "SYSTEMX_CALL_TIMEOUT": ("call_timeout_ms", _int, "How long (ms) a call may ring unanswered"),
+    "SYSTEMX_CALL_TIMEOUT": ("call_timeout_ms", _duration_ms, "How long (ms) a call may ring unanswered"),
     "SYSTEMX_PBX_TOKENS": (
         "pbx_tokens",
         _str,
@@ -223,7 +265,7 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
     ),
     "SYSTEMX_TRUNK_GRACE_MS": (
         "trunk_grace_ms",
-        _int,
+        _duration_ms,
         "How long (ms) connected calls over a dropped trunk wait for it to come back",
     ),
     "SYSTEMX_DIAL_MAX_ATTEMPTS": (
@@ -231,7 +273,7 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         _int,
         "DIALs allowed per window per session (<=0 disables)",
     ),
-    "SYSTEMX_DIAL_WINDOW_MS": ("dial_window_ms", _int, "Length (ms) of the dial rate-limit window"),
+    "SYSTEMX_DIAL_WINDOW_MS": ("dial_window_ms", _duration_ms, "Length (ms) of the dial rate-limit window"),
     "SYSTEMX_LOG_LEVEL": ("log_level", _str, "debug, info, warn, error"),
     "SYSTEMX_LOG_FORMAT": ("log_format", _str, "text or json (one JSON object per line)"),
     "SYSTEMX_MAX_MESSAGE_BYTES": (
@@ -256,11 +298,19 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
     ),
     "SYSTEMX_HANDSHAKE_TIMEOUT_MS": (
         "handshake_timeout_ms",
-        _int,
+        _duration_ms,
         "A connection that has not completed its HTTP upgrade after this long (ms) is dropped",
     ),
-    "SYSTEMX_SHUTDOWN_TIMEOUT": ("shutdown_timeout_ms", _int, "Bound (ms) on the graceful shutdown wait"),
-    "TLS_ENABLED": ("tls_enabled", _bool, "Serve wss:// (needs TLS_CERT_PATH and TLS_KEY_PATH)"),
+    "SYSTEMX_SHUTDOWN_TIMEOUT": (
+        "shutdown_timeout_ms",
+        _duration_ms,
+        "Bound (ms) on the graceful shutdown wait",
+    ),
+    "TLS_ENABLED": (
+        "tls_enabled",
+        _bool,
+        "Serve wss:// (needs TLS_CERT_PATH and TLS_KEY_PATH); unset: on when both paths are set",
+    ),
     "TLS_CERT_PATH": ("tls_cert_path", _str, "PEM certificate chain"),
     "TLS_KEY_PATH": ("tls_key_path", _str, "PEM private key"),
     "SYSTEMX_DATA_DIR": ("data_dir", _str, "Directory for durable state (wake profiles, SQLite)"),
@@ -276,7 +326,11 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         "Comma list of URL prefixes webhooks may target, internal hosts included (empty: public hosts only)",
     ),
     "SYSTEMX_WEBHOOK_DENY": ("webhook_deny", _split, "Comma list of URL prefixes webhooks may never target"),
-    "SYSTEMX_WEBHOOK_TIMEOUT_MS": ("webhook_timeout_ms", _int, "Timeout (ms) of one wake webhook POST"),
+    "SYSTEMX_WEBHOOK_TIMEOUT_MS": (
+        "webhook_timeout_ms",
+        _duration_ms,
+        "Timeout (ms) of one wake webhook POST",
+    ),
     "SYSTEMX_PARTY_MAX_PARTICIPANTS": (
         "party_max_participants",
         _int,
@@ -307,7 +361,7 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
     ),
     "SYSTEMX_PRESENCE_WINDOW_MS": (
         "presence_window_ms",
-        _int,
+        _duration_ms,
         "Length (ms) of the presence rate-limit window",
     ),
     "SYSTEMX_MAX_JSON_DEPTH": (
@@ -359,16 +413,16 @@ def _validate(s: Settings) -> None:
     }
     for name, value in positive.items():
         if value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
+            raise ConfigError(f"{name}: must be positive, got {value}")
     if s.presence_max_result_bytes < 1024:
         raise ConfigError(
-            f"SYSTEMX_PRESENCE_MAX_RESULT_BYTES must be at least 1024, got {s.presence_max_result_bytes}"
+            f"SYSTEMX_PRESENCE_MAX_RESULT_BYTES: must be at least 1024, got {s.presence_max_result_bytes}"
         )
     if not 1 <= s.max_json_depth <= _MAX_JSON_DEPTH:
         # Deeper values could not be encoded again inside an outgoing message.
-        raise ConfigError(f"SYSTEMX_MAX_JSON_DEPTH must be 1-{_MAX_JSON_DEPTH}, got {s.max_json_depth}")
+        raise ConfigError(f"SYSTEMX_MAX_JSON_DEPTH: must be 1-{_MAX_JSON_DEPTH}, got {s.max_json_depth}")
     if s.trunk_grace_ms < 0:
-        raise ConfigError(f"SYSTEMX_TRUNK_GRACE_MS must be 0 or more, got {s.trunk_grace_ms}")
+        raise ConfigError(f"SYSTEMX_TRUNK_GRACE_MS: must be 0 or more, got {s.trunk_grace_ms}")
     if s.pbx_tokens.strip():
         from systemx.core.trunkauth import PbxTokens, TokenSyntaxError
 
@@ -377,13 +431,16 @@ def _validate(s: Settings) -> None:
         except TokenSyntaxError as exc:
             raise ConfigError(str(exc)) from None
     if not 0 <= s.port <= 65535:
-        raise ConfigError(f"SYSTEMX_PORT must be 0-65535, got {s.port}")
+        raise ConfigError(f"SYSTEMX_PORT: must be 0-65535, got {s.port}")
     if s.log_level.lower() not in ("debug", "info", "warn", "warning", "error"):
-        raise ConfigError(f"SYSTEMX_LOG_LEVEL must be debug, info, warn or error, got {s.log_level!r}")
+        raise ConfigError(f"SYSTEMX_LOG_LEVEL: must be debug, info, warn or error, got {s.log_level!r}")
     if s.log_format not in ("text", "json"):
-        raise ConfigError(f"SYSTEMX_LOG_FORMAT must be text or json, got {s.log_format!r}")
+        raise ConfigError(f"SYSTEMX_LOG_FORMAT: must be text or json, got {s.log_format!r}")
     if s.tls_enabled and not (s.tls_cert_path and s.tls_key_path):
-        raise ConfigError("TLS_ENABLED needs TLS_CERT_PATH and TLS_KEY_PATH")
+        if not (s.tls_cert_path or s.tls_key_path):
+            raise ConfigError("TLS_ENABLED: wss needs TLS_CERT_PATH and TLS_KEY_PATH; neither is set")
+        missing = "TLS_KEY_PATH" if s.tls_cert_path else "TLS_CERT_PATH"
+        raise ConfigError(f"{missing}: not set; wss needs both TLS_CERT_PATH and TLS_KEY_PATH")
     from systemx.core.wakepolicy import prefix_problem
 
     lists = (("SYSTEMX_WEBHOOK_ALLOW", s.webhook_allow), ("SYSTEMX_WEBHOOK_DENY", s.webhook_deny))
@@ -394,26 +451,45 @@ def _validate(s: Settings) -> None:
                 raise ConfigError(f"{var}: {problem}")
 
 
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """The variables of a dotenv file (``NAME=value`` lines, ``#`` comments, optional quotes)."""
+    from dotenv import dotenv_values
+
+    file = Path(path)
+    try:
+        with file.open(encoding="utf-8") as stream:
+            values = dotenv_values(stream=stream)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def load_settings(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     env_file: str | Path | None = ".env",
+    config_files: tuple[str | Path, ...] = (),
 ) -> Settings:
-    """Build :class:`Settings` from ``env`` (default ``os.environ`` plus ``.env``).
+    """Build :class:`Settings` from ``env`` (default ``os.environ`` plus files).
 
-    ``overrides`` maps field names to values (command-line flags) and wins.
+    Without ``env``, the sources are, weakest first: ``env_file`` (``.env``,
+    when it exists), each of ``config_files`` (dotenv format, must exist; a later
+    one wins), the process environment. ``overrides`` maps field names to values
+    (command-line flags) and wins over all of them.
     """
     if env is None:
         merged: dict[str, str] = {}
         if env_file is not None and Path(env_file).is_file():
-            from dotenv import dotenv_values
-
-            merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+            merged.update(read_env_file(env_file))
+        for path in config_files:
+            merged.update(read_env_file(path))
         merged.update(os.environ)
         env = merged
     for var, replacement in REMOVED_VARS.items():
         if env.get(var, "").strip():
-            raise ConfigError(f"{var} is no longer supported: {replacement} (see README, wake-on-ring)")
+            raise ConfigError(f"{var}: no longer supported: {replacement} (see README, wake-on-ring)")
     values: dict[str, Any] = {}
     for var, (name, parse, _doc) in ENV_VARS.items():
         raw = env.get(var)
@@ -423,9 +499,17 @@ def load_settings(
             values[name] = parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{var}: {exc}") from None
+    explicit_tls = "tls_enabled" in values
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value
+            explicit_tls = explicit_tls and name not in ("tls_cert_path", "tls_key_path")
+            if name == "tls_enabled":
+                explicit_tls = True
+    if not explicit_tls and (values.get("tls_cert_path") or values.get("tls_key_path")):
+        # A certificate or key given (flag or variable) without TLS_ENABLED (or with
+        # TLS_ENABLED overridden by a --tls-cert/--tls-key flag) means wss.
+        values["tls_enabled"] = True
     settings = dataclasses.replace(Settings(), **values)
     _validate(settings)
     return settings

@@ -198,7 +198,11 @@ class Server:
         if self._runtime is not None:
             self._runtime.stopping = True
         hub = self._hub
-        log.info("Shutting down: %d connection(s)", self.connections)
+        # A start that failed before binding (port in use, bad certificate) releases
+        # what it opened without reporting a shutdown of a server that never ran.
+        started = self._server is not None
+        if started:
+            log.info("Shutting down: %d connection(s)", self.connections)
         if self._server is not None:
             self._server.close()
         if self._exchange is not None:
@@ -217,14 +221,22 @@ class Server:
             await hub.wait_all_closed(1.0)
         if self._runtime is not None:
             await self._runtime.stop()
-        log.info("SystemX stopped")
+        if started:
+            log.info("SystemX stopped")
 
     def _ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
             context.load_cert_chain(self.settings.tls_cert_path, self.settings.tls_key_path)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"TLS_CERT_PATH/TLS_KEY_PATH cannot be loaded: {exc}") from None
+            if isinstance(exc, ssl.SSLError):
+                detail = f"not a matching PEM certificate chain and private key ({exc.reason or exc})"
+            else:
+                detail = exc.strerror or str(exc)
+            raise ConfigError(
+                f"TLS_CERT_PATH/TLS_KEY_PATH: cannot load {self.settings.tls_cert_path} and "
+                f"{self.settings.tls_key_path}: {detail}"
+            ) from None
         return context
 
     def _open_profiles(self) -> tuple[ProfileStore | None, dict[str, dict[str, Any]]]:
@@ -238,7 +250,8 @@ class Server:
             log.warning("Wake profiles will not persist: no profile store (%s)", exc)
             return store, {}
         except Exception as exc:
-            raise ConfigError(f"SYSTEMX_DATA_DIR: cannot open {path}: {exc}") from exc
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ConfigError(f"SYSTEMX_DATA_DIR: cannot open {path}: {detail}") from exc
         if profiles:
             log.info("Loaded %d wake profile(s) from %s", len(profiles), path)
         return store, profiles

@@ -2,6 +2,8 @@
 
 * ``GET /healthz`` (any query string) answers ``200 application/json`` with
   ``Exchange.health()``;
+* any other ``GET`` whose ``Accept`` names ``text/html`` (a browser) gets a
+  short HTML page saying this is a WebSocket port and where the docs are;
 * any other request without an upgrade gets ``426 Upgrade Required``;
 * an upgrade that arrives once shutdown has begun gets ``503``.
 
@@ -21,6 +23,19 @@ from picows import WSUpgradeRequest, WSUpgradeResponse
 __all__ = ["http_answer", "is_upgrade", "shutting_down"]
 
 _HEALTHZ = b"/healthz"
+_PAGE = b"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>SystemX</title></head>
+<body>
+<h1>SystemX exchange</h1>
+<p>This port speaks WebSocket: connect a client to <code>ws://</code> (or <code>wss://</code>)
+this host and port, on any path. A browser cannot use it as a web page.</p>
+<p>Documentation: <code>README.md</code> (set-up, settings, command line tools) and
+<code>PROTOCOL.md</code> (the wire protocol) in the SystemX source tree;
+<code>systemx --help</code> on the command line.</p>
+<p>Health: <a href="/healthz">/healthz</a> (JSON). The admin page, when enabled, is on its own port
+(<code>SYSTEMX_ADMIN_PORT</code>, 8081 by default).</p>
+</body></html>
+"""
 
 
 def is_upgrade(request: WSUpgradeRequest) -> bool:
@@ -29,12 +44,17 @@ def is_upgrade(request: WSUpgradeRequest) -> bool:
 
 
 def http_answer(request: WSUpgradeRequest, health: Callable[[], dict[str, Any]]) -> WSUpgradeResponse:
-    """The answer to a plain HTTP request: ``/healthz`` or 426."""
+    """The answer to a plain HTTP request: ``/healthz``, the browser page or 426."""
     path = request.path.split(b"?", 1)[0]
     if path == _HEALTHZ:
         body = msgspec.json.encode(health())
         response: WSUpgradeResponse = WSUpgradeResponse.create_ok_response(
             body, {"Content-Type": "application/json"}
+        )
+        return response
+    if "text/html" in request.headers.get("Accept", "").lower():
+        response = WSUpgradeResponse.create_ok_response(
+            _PAGE, {"Content-Type": "text/html; charset=utf-8"}
         )
         return response
     response = WSUpgradeResponse.create_error_response(
