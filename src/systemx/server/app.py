@@ -21,10 +21,15 @@ loop refuses new connections without a word, so the server warns once when
 its connections reach 90% of the descriptors left at start, and again only
 after they have fallen back below 80% of that.
 
+Operations (:mod:`systemx.server.ops`): call records written behind the calls
+(``SYSTEMX_RECORDS``), Prometheus metrics, and the admin listener
+(``SYSTEMX_ADMIN``); :attr:`Server.recorder` is what the core's events go to.
+
 Shutdown (:meth:`Server.shutdown`): stop accepting, ``Exchange.shutdown``
 (HANGUP ``shutdown`` to every call, close 1001 for every session), wait for the
 sockets to go, bounded by ``SYSTEMX_SHUTDOWN_TIMEOUT``, abort the rest, then
-close the wake runner and the profile store.
+close the wake runner and the profile store, write the queued call records and
+stop the admin listener.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from systemx.core.exchange import Exchange
 from systemx.protocol.codes import CloseCode, CloseReason
 from systemx.server.accept import SwitchingProtocols, create_server
 from systemx.server.http import http_answer, is_upgrade, shutting_down
+from systemx.server.ops import Operations
 from systemx.server.runtime import (
     ExchangeFactory,
     ExchangeLike,
@@ -105,6 +111,7 @@ class Server:
         self.lean_accept = False
         self._stopping = False
         self.port = 0
+        self.ops = Operations(settings)
 
     @property
     def exchange(self) -> ExchangeLike:
@@ -178,6 +185,7 @@ class Server:
         runtime.attach(exchange)
         hub.attach(exchange)
         exchange.start(_now())
+        await self.ops.start(exchange, hub)
         capacity = connection_capacity()
         hub.near_fd_limit = None if capacity is None else max(int(capacity * 0.9), 1)
         log.info("SystemX listening on %s", self.url, extra={"port": self.port})
@@ -207,6 +215,7 @@ class Server:
                 await hub.wait_all_closed(1.0)
         if self._runtime is not None:
             await self._runtime.stop()
+        await self.ops.stop()
         log.info("SystemX stopped")
 
     def _ssl_context(self) -> ssl.SSLContext:
