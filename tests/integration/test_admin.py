@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -262,3 +264,33 @@ async def test_an_admin_port_in_use_is_a_clear_error(systemx_server: ServerFacto
     assert code != 0
     assert f"cannot listen on 127.0.0.1:{port}" in err and "SYSTEMX_ADMIN=off" in err
     assert "Traceback" not in err
+
+
+async def next_snapshot(response: Any) -> dict[str, Any]:
+    """The next ``snapshot`` event of a Server-Sent Events stream."""
+    event = ""
+    while True:
+        line = (await asyncio.wait_for(response.content.readline(), TIMEOUT)).decode()
+        if line.startswith("event: "):
+            event = line[7:].strip()
+        elif line.startswith("data: ") and event == "snapshot":
+            decoded: dict[str, Any] = json.loads(line[6:])
+            return decoded
+
+
+async def test_the_page_feed_pushes_a_change_to_every_viewer(
+    systemx_server: ServerFactory, http: ClientSession
+) -> None:
+    server, admin = await start_admin(systemx_server)
+    async with http.get(admin + "/events") as first, http.get(admin + "/events") as second:
+        assert first.headers["Content-Type"] == "text/event-stream"
+        snap = await next_snapshot(first)
+        assert snap["sessions"] == [] and snap["calls"] == [] and "msgs_per_s" in snap["rates"]
+        client = await server.connect()
+        await client.register("viewer@example.com")
+        for viewer in (first, second):
+            while not (snap := await next_snapshot(viewer))["sessions"]:
+                pass
+            assert [s["address"] for s in snap["sessions"]] == ["viewer@example.com"]
+            assert snap["summary"]["registered"] == 1
+    await server.stop()

@@ -49,6 +49,7 @@ from picows import WSUpgradeRequest, WSUpgradeResponseWithListener
 
 from systemx.config import ConfigError, Settings
 from systemx.core.exchange import Exchange
+from systemx.core.records import Recorder
 from systemx.protocol.codes import CloseCode, CloseReason
 from systemx.server.accept import SwitchingProtocols, create_server
 from systemx.server.http import http_answer, is_upgrade, shutting_down
@@ -130,6 +131,11 @@ class Server:
         if self._hub is None:
             raise RuntimeError("server not started")
         return self._hub
+
+    @property
+    def recorder(self) -> Recorder:
+        """The recorder the exchange's events go to: call records and metrics, when on."""
+        return self.ops.recorder
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

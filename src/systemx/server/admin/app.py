@@ -7,7 +7,8 @@ the exchange only through an :class:`~systemx.server.admin.source.ExchangeView`.
 Routes (all GET unless said; JSON unless said):
 
 * ``/`` the switchboard page (HTML); ``/events`` its feed (Server-Sent Events:
-  a ``snapshot`` event every second, and within 250 ms of a change);
+  a ``snapshot`` event every second, and within 250 ms of a change, made once
+  for all viewers: :class:`Feed`);
 * ``/healthz`` (the process is up) and ``/readyz`` (the exchange takes calls;
   503 while it shuts down), answered without a token;
 * ``/metrics`` Prometheus text;
@@ -59,6 +60,7 @@ _VIEW: web.AppKey[ExchangeView] = web.AppKey("view", ExchangeView)
 _METRICS: web.AppKey[MetricsRecorder | None] = web.AppKey("metrics", MetricsRecorder)
 _RECORDS: web.AppKey[Any] = web.AppKey("records", object)
 _TOKEN: web.AppKey[str] = web.AppKey("token", str)
+_FEED: web.AppKey[Feed] = web.AppKey("feed")
 
 
 class BadRequest(ValueError):
@@ -237,65 +239,113 @@ async def _index(request: web.Request) -> web.Response:
     return web.Response(body=page, content_type="text/html", charset="utf-8")
 
 
-def _snapshot(view: ExchangeView) -> dict[str, Any]:
-    sessions = view.sessions()
-    sessions.sort(key=lambda r: r["connected_since"] or 0, reverse=True)
-    return {
-        "time": time.time(),
-        "summary": view.summary(),
-        "sessions": sessions[:_PAGE_SESSIONS],
-        "sessions_total": len(sessions),
-        "calls": sorted(view.calls(), key=lambda r: r["since"]),
-        "parties": sorted(view.parties(), key=lambda r: r["name"]),
-        "sleepers": sorted(view.sleepers(), key=lambda r: r["address"]),
-    }
+class Feed:
+    """The page's snapshots, made once for every viewer.
+
+    While at least one viewer is connected, one task looks at the exchange's
+    counts every 250 ms and makes a snapshot when they changed, or after
+    :data:`SNAPSHOT_INTERVAL` seconds in any case. Each viewer sends the newest
+    snapshot when it can: a slow viewer skips snapshots, it never queues them.
+    """
+
+    def __init__(self, view: ExchangeView) -> None:
+        self._view = view
+        self._viewers = 0
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Condition()
+        self.version = 0
+        self.latest = b""
+        self._rates = {"calls_per_s": 0.0, "msgs_per_s": 0.0}
+
+    def _snapshot(self, rates: dict[str, float]) -> bytes:
+        view = self._view
+        summary = view.summary()
+        snap = {
+            "time": time.time(),
+            "summary": summary,
+            "sessions": view.sessions(newest=_PAGE_SESSIONS),
+            "sessions_total": summary["sessions"],
+            "calls": sorted(view.calls(), key=lambda r: r["since"]),
+            "parties": sorted(view.parties(), key=lambda r: r["name"]),
+            "sleepers": sorted(view.sleepers(), key=lambda r: r["address"]),
+            "rates": rates,
+        }
+        return b"event: snapshot\ndata: " + json.dumps(snap).encode() + b"\n\n"
+
+    def _counts(self) -> tuple[int, ...]:
+        stats = self._view.stats()
+        return tuple(stats.get(key, 0) for key in _WATCHED)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_counts: tuple[int, ...] | None = None
+        last_made = -SNAPSHOT_INTERVAL
+        last_rate_at = loop.time()
+        last_msgs = last_started = -1
+        while True:
+            now = loop.time()
+            counts = self._counts()
+            if counts != last_counts or now - last_made >= SNAPSHOT_INTERVAL:
+                stats = self._view.stats()
+                msgs = stats.get("msgs_received", 0)
+                started = stats.get("calls_seen", 0)
+                elapsed = max(now - last_rate_at, 1e-3)
+                rates = {
+                    "calls_per_s": 0.0 if last_started < 0 else (started - last_started) / elapsed,
+                    "msgs_per_s": 0.0 if last_msgs < 0 else (msgs - last_msgs) / elapsed,
+                }
+                if now - last_rate_at >= SNAPSHOT_INTERVAL or last_msgs < 0:
+                    last_rate_at, last_msgs, last_started = now, msgs, started
+                    self._rates = rates
+                self.latest = self._snapshot(self._rates)
+                self.version += 1
+                last_counts, last_made = counts, now
+                async with self._changed:
+                    self._changed.notify_all()
+            await asyncio.sleep(_CHANGE_POLL)
+
+    async def serve(self, response: web.StreamResponse) -> None:
+        """Write snapshots to ``response`` until the viewer goes."""
+        self._viewers += 1
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="systemx-admin-feed")
+        try:
+            sent = 0
+            while True:
+                async with self._changed:
+                    while self.version == sent:
+                        await self._changed.wait()
+                sent = self.version
+                await response.write(self.latest)
+        finally:
+            self._viewers -= 1
+            if not self._viewers and self._task is not None:
+                self._task.cancel()
+                self._task = None
 
 
-def _fingerprint(view: ExchangeView) -> tuple[Any, ...]:
-    stats = view.stats()
-    return (
-        stats.get("connections_opened"),
-        stats.get("connections_closed"),
-        stats.get("registered"),
-        stats.get("calls_waiting"),
-        stats.get("calls_ringing"),
-        stats.get("calls_connected"),
-        stats.get("parties"),
-        stats.get("sleepers"),
-        tuple(sorted(c["call_id"] for c in view.calls())),
-    )
+# Counts whose change sends a snapshot at once.
+_WATCHED = (
+    "connections_opened",
+    "connections_closed",
+    "registered",
+    "calls_seen",
+    "calls_waiting",
+    "calls_ringing",
+    "calls_connected",
+    "parties",
+    "sleepers",
+)
 
 
 async def _events(request: web.Request) -> web.StreamResponse:
-    """Server-Sent Events: one ``snapshot`` event per change (polled) or per second."""
-    view = request.app[_VIEW]
+    """Server-Sent Events: the page's feed (see :class:`Feed`)."""
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
     await response.prepare(request)
-    loop = asyncio.get_running_loop()
-    last_sent = -1.0
-    last_print: tuple[Any, ...] | None = None
-    seen_calls: set[str] = set()
-    last_msgs: int | None = None
-    last_time = loop.time()
     try:
-        while True:
-            now = loop.time()
-            fingerprint = _fingerprint(view)
-            if fingerprint != last_print or now - last_sent >= SNAPSHOT_INTERVAL:
-                snap = _snapshot(view)
-                elapsed = max(now - last_time, 1e-3)
-                call_ids = {c["call_id"] for c in snap["calls"]}
-                msgs = view.stats().get("msgs_received", 0)
-                snap["rates"] = {
-                    "calls_per_s": 0.0 if last_msgs is None else len(call_ids - seen_calls) / elapsed,
-                    "msgs_per_s": 0.0 if last_msgs is None else (msgs - last_msgs) / elapsed,
-                }
-                seen_calls, last_msgs, last_time = call_ids, msgs, now
-                await response.write(b"event: snapshot\ndata: " + json.dumps(snap).encode() + b"\n\n")
-                last_sent, last_print = now, fingerprint
-            await asyncio.sleep(_CHANGE_POLL)
+        await request.app[_FEED].serve(response)
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     return response
@@ -310,6 +360,7 @@ def build_app(
     app[_METRICS] = metrics
     app[_RECORDS] = records
     app[_TOKEN] = token
+    app[_FEED] = Feed(view)
     app.router.add_get("/", _index)
     app.router.add_get("/events", _events)
     app.router.add_get("/healthz", _healthz)
@@ -340,9 +391,11 @@ class AdminServer:
         return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
-        runner = self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        runner = self._runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=0.5
+        )
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port, shutdown_timeout=0.5)
+        site = web.TCPSite(runner, self.host, self.port)
         try:
             await site.start()
         except OSError as exc:

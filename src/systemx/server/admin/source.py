@@ -48,8 +48,9 @@ class ExchangeView(Protocol):
     def summary(self) -> dict[str, Any]:
         """Counts: sessions, registered, calls (by state), parties, sleepers, status."""
 
-    def sessions(self) -> list[dict[str, Any]]:
-        """Every session: ``session_id``, ``address`` (None before REGISTER), ``domain``,
+    def sessions(self, newest: int | None = None) -> list[dict[str, Any]]:
+        """Every session, or the ``newest`` most recently opened (newest first):
+        ``session_id``, ``address`` (None before REGISTER), ``domain``,
         ``remote_ip``, ``connected_since``, ``last_heartbeat``, ``rtt`` (None: not measured),
         ``queued_bytes``, ``status``, ``calls``, ``parties``. Times are epoch seconds."""
 
@@ -65,7 +66,8 @@ class ExchangeView(Protocol):
         ``calls_waiting``."""
 
     def stats(self) -> dict[str, int]:
-        """The counters :class:`systemx.server.metrics.StatsSource` describes."""
+        """The counters :class:`systemx.server.metrics.StatsSource` describes, and
+        ``calls_seen``: calls this view has seen in its listings so far."""
 
     def forget_sleeper(self, address: str, now: float) -> Forget:
         """Drop the wake profile of a sleeping ``address``."""
@@ -93,12 +95,19 @@ class ExchangeSource:
         self._exchange = exchange
         self._hub = hub
         self._records = records
+        self._seen: set[str] = set()
+        self._seen_total = 0
 
     def _call_states(self) -> dict[str, int]:
         counts = {state.value: 0 for state in CallState if state is not CallState.ENDED}
+        ids: set[str] = set()
         for call in self._exchange.calls:
+            ids.add(call.call_id)
             if call.state.value in counts:
                 counts[call.state.value] += 1
+        # Calls started since the last look (a call that came and went between two looks is missed).
+        self._seen_total += len(ids - self._seen)
+        self._seen = ids
         return counts
 
     def summary(self) -> dict[str, Any]:
@@ -114,9 +123,15 @@ class ExchangeSource:
             "internal_errors": health.get("internal_errors", 0),
         }
 
-    def sessions(self) -> list[dict[str, Any]]:
+    def sessions(self, newest: int | None = None) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        for s in self._exchange.sessions:
+        sessions = self._exchange.sessions
+        if newest is not None:
+            # The exchange keeps its sessions in the order they opened.
+            sessions = reversed(sessions)
+        for s in sessions:
+            if newest is not None and len(out) >= newest:
+                break
             if getattr(s, "remote", False):
                 continue
             conn = s.conn
@@ -197,6 +212,7 @@ class ExchangeSource:
             "parties": int(health.get("parties", 0)),
             "sleepers": int(health.get("asleep", 0)),
             "internal_errors": int(health.get("internal_errors", 0)),
+            "calls_seen": self._seen_total,
         }
         hub = self._hub
         if hub is not None:
