@@ -97,6 +97,7 @@ async def test_sessions_calls_and_parties(systemx_server: ServerFactory, http: C
     assert abs(row["connected_since"] - time.time()) < 60
     assert row["last_heartbeat"] >= row["connected_since"] - 1
     assert row["queued_bytes"] == 0 and row["rtt"] is None and row["session_id"]
+    assert row["last_activity"] >= row["last_heartbeat"]
 
     only = await get(http, admin + "/api/sessions?address=ALI")
     assert [r["address"] for r in only["items"]] == ["alice@one.test"]

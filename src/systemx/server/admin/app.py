@@ -53,7 +53,8 @@ _PAGE_SESSIONS = 200
 
 _OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
 _SESSION_SORTS = frozenset(
-    {"address", "session_id", "connected_since", "last_heartbeat", "queued_bytes", "remote_ip"}
+    {"address", "session_id", "connected_since", "last_heartbeat", "last_activity"}
+    | {"queued_bytes", "remote_ip"}
 )
 
 _VIEW: web.AppKey[ExchangeView] = web.AppKey("view", ExchangeView)

@@ -51,7 +51,8 @@ class ExchangeView(Protocol):
     def sessions(self, newest: int | None = None) -> list[dict[str, Any]]:
         """Every session, or the ``newest`` most recently opened (newest first):
         ``session_id``, ``address`` (None before REGISTER), ``domain``,
-        ``remote_ip``, ``connected_since``, ``last_heartbeat``, ``rtt`` (None: not measured),
+        ``remote_ip``, ``connected_since``, ``last_heartbeat``, ``last_activity`` (the last
+        request; a MSG counts), ``rtt`` (None: not measured),
         ``queued_bytes``, ``status``, ``calls``, ``parties``. Times are epoch seconds."""
 
     def calls(self) -> list[dict[str, Any]]:
@@ -144,6 +145,7 @@ class ExchangeSource:
                     "remote_ip": _remote_ip(conn),
                     "connected_since": getattr(conn, "opened_at", None) or None,
                     "last_heartbeat": s.last_heartbeat,
+                    "last_activity": s.last_activity,
                     "rtt": None,
                     "queued_bytes": _queued_bytes(conn),
                     "status": s.status,
