@@ -90,6 +90,8 @@ class SystemXProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_ENV)}
         env["SYSTEMX_DATA_DIR"] = str(self.data_dir)
         env["PYTHONUNBUFFERED"] = "1"
+        # Tests run many servers at once: the admin listener only where a test asks for it.
+        env["SYSTEMX_ADMIN"] = "off"
         env.update(self.env)
         return env
 

@@ -12,6 +12,7 @@ variable (or the file) at fault.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
 import os
@@ -28,6 +29,7 @@ __all__ = [
     "ConfigError",
     "Settings",
     "SpawnHandler",
+    "is_loopback_host",
     "load_settings",
     "parse_duration_ms",
     "read_env_file",
@@ -100,6 +102,13 @@ class Settings:
     trunk_grace_ms: int = 2_000
     # URL prefixes a webhook may never target (the exchange's own endpoints).
     webhook_deny: tuple[str, ...] = field(default=())
+    admin_enabled: bool = True
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    admin_token: str = ""
+    records_enabled: bool = True
+    records_max: int = 1_000_000
+    records_retention_days: float = 90.0
 
     @property
     def url(self) -> str:
@@ -159,6 +168,13 @@ def parse_duration_ms(value: str) -> int:
 
 def _str(value: str) -> str:
     return value.strip()
+
+
+def _float(value: str) -> float:
+    number = float(value.strip())
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
 
 
 _HANDLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -374,6 +390,29 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         _int,
         "Encoded size (bytes) allowed for REGISTER metadata, wake_handler.payload and DIAL metadata",
     ),
+    "SYSTEMX_ADMIN": (
+        "admin_enabled",
+        _bool,
+        "Run the admin listener (metrics, API, switchboard page); off disables",
+    ),
+    "SYSTEMX_ADMIN_HOST": ("admin_host", _str, "Interface of the admin listener"),
+    "SYSTEMX_ADMIN_PORT": ("admin_port", _int, "TCP port of the admin listener (0: any free port)"),
+    "SYSTEMX_ADMIN_TOKEN": (
+        "admin_token",
+        _str,
+        "Bearer token the admin listener asks for; required when SYSTEMX_ADMIN_HOST is not loopback",
+    ),
+    "SYSTEMX_RECORDS": (
+        "records_enabled",
+        _bool,
+        "Keep call records in SYSTEMX_DATA_DIR/records.db; off disables",
+    ),
+    "SYSTEMX_RECORDS_MAX": ("records_max", _int, "Call records kept; the oldest go first (0: no bound)"),
+    "SYSTEMX_RECORDS_RETENTION": (
+        "records_retention_days",
+        _float,
+        "Days a call record is kept (0: no bound; fractions allowed)",
+    ),
 }
 
 # Settings that are no longer read; a value for one stops the exchange from starting.
@@ -432,6 +471,18 @@ def _validate(s: Settings) -> None:
             raise ConfigError(str(exc)) from None
     if not 0 <= s.port <= 65535:
         raise ConfigError(f"SYSTEMX_PORT: must be 0-65535, got {s.port}")
+    if not 0 <= s.admin_port <= 65535:
+        raise ConfigError(f"SYSTEMX_ADMIN_PORT: must be 0-65535, got {s.admin_port}")
+    if s.admin_enabled and not s.admin_token and not is_loopback_host(s.admin_host):
+        raise ConfigError(
+            f"SYSTEMX_ADMIN_TOKEN: required when the admin listener is bound beyond loopback "
+            f"(SYSTEMX_ADMIN_HOST={s.admin_host!r}); set a token, bind it to 127.0.0.1 "
+            "or set SYSTEMX_ADMIN=off"
+        )
+    if s.records_max < 0:
+        raise ConfigError(f"SYSTEMX_RECORDS_MAX: must be 0 or more, got {s.records_max}")
+    if s.records_retention_days < 0:
+        raise ConfigError(f"SYSTEMX_RECORDS_RETENTION: must be 0 or more, got {s.records_retention_days}")
     if s.log_level.lower() not in ("debug", "info", "warn", "warning", "error"):
         raise ConfigError(f"SYSTEMX_LOG_LEVEL: must be debug, info, warn or error, got {s.log_level!r}")
     if s.log_format not in ("text", "json"):
@@ -464,6 +515,16 @@ def read_env_file(path: str | Path) -> dict[str, str]:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text") from None
     return {k: v for k, v in values.items() if v is not None}
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when ``host`` (a name or an address) names only this machine's loopback interface."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def load_settings(

@@ -20,7 +20,9 @@ from tests.wsclient import WSClient
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    settings = dataclasses.replace(Settings(), host="127.0.0.1", port=0, data_dir=str(tmp_path))
+    settings = dataclasses.replace(
+        Settings(), host="127.0.0.1", port=0, data_dir=str(tmp_path), admin_enabled=False
+    )
     srv = Server(settings)
     await srv.start()
     try:
@@ -84,7 +86,9 @@ def _listen_queue_limit(port: int) -> int:
 async def test_listen_backlog_is_the_setting_capped_by_somaxconn(tmp_path: Path, backlog: int | None) -> None:
     # asyncio's default of 100 overflows when thousands of clients connect at once:
     # the kernel drops their handshakes and they retry after a second or more.
-    settings = dataclasses.replace(Settings(), host="127.0.0.1", port=0, data_dir=str(tmp_path))
+    settings = dataclasses.replace(
+        Settings(), host="127.0.0.1", port=0, data_dir=str(tmp_path), admin_enabled=False
+    )
     if backlog is not None:
         settings = dataclasses.replace(settings, listen_backlog=backlog)
     somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())

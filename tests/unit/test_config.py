@@ -88,6 +88,14 @@ def test_an_empty_value_keeps_the_default() -> None:
         ("SYSTEMX_PBX_TOKENS", ",,", "SYSTEMX_PBX_TOKENS is set but lists no token"),
         ("SYSTEMX_PBX_TOKENS", "a=x||y", "SYSTEMX_PBX_TOKENS: entry 1 has an empty route pattern"),
         ("SYSTEMX_TRUNK_GRACE_MS", "-1", "SYSTEMX_TRUNK_GRACE_MS: must be 0 or more"),
+        ("SYSTEMX_ADMIN_PORT", "65536", "SYSTEMX_ADMIN_PORT: must be 0-65535"),
+        ("SYSTEMX_ADMIN", "sometimes", "SYSTEMX_ADMIN: not a boolean"),
+        ("SYSTEMX_ADMIN_HOST", "0.0.0.0", "SYSTEMX_ADMIN_TOKEN: required .*0.0.0.0"),
+        ("SYSTEMX_ADMIN_HOST", "example.com", "SYSTEMX_ADMIN_TOKEN: required"),
+        ("SYSTEMX_RECORDS_MAX", "-1", "SYSTEMX_RECORDS_MAX: must be 0 or more"),
+        ("SYSTEMX_RECORDS_RETENTION", "-2", "SYSTEMX_RECORDS_RETENTION: must be 0 or more"),
+        ("SYSTEMX_RECORDS_RETENTION", "nan", "SYSTEMX_RECORDS_RETENTION: not a finite number"),
+        ("SYSTEMX_RECORDS_RETENTION", "week", "SYSTEMX_RECORDS_RETENTION: could not convert"),
     ],
 )
 def test_a_bad_value_names_its_variable(var: str, value: str, complaint: str) -> None:
@@ -236,3 +244,23 @@ def test_a_certificate_and_key_enable_tls_from_the_environment_as_from_flags() -
     assert load_settings(
         env={**paths, "TLS_ENABLED": "false"}, overrides={"tls_cert_path": "/c.pem"}
     ).tls_enabled
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_the_admin_listener_needs_no_token_on_loopback(host: str) -> None:
+    assert load_settings(env={"SYSTEMX_ADMIN_HOST": host}).admin_host == host
+
+
+def test_the_admin_listener_beyond_loopback_with_a_token_or_off() -> None:
+    with_token = load_settings(env={"SYSTEMX_ADMIN_HOST": "0.0.0.0", "SYSTEMX_ADMIN_TOKEN": "t"})
+    assert with_token.admin_token == "t"
+    off = load_settings(env={"SYSTEMX_ADMIN_HOST": "0.0.0.0", "SYSTEMX_ADMIN": "off"})
+    assert off.admin_enabled is False
+
+
+def test_records_settings() -> None:
+    settings = load_settings(
+        env={"SYSTEMX_RECORDS": "off", "SYSTEMX_RECORDS_MAX": "0", "SYSTEMX_RECORDS_RETENTION": "0.5"}
+    )
+    assert not settings.records_enabled
+    assert (settings.records_max, settings.records_retention_days) == (0, 0.5)

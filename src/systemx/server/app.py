@@ -21,10 +21,15 @@ loop refuses new connections without a word, so the server warns once when
 its connections reach 90% of the descriptors left at start, and again only
 after they have fallen back below 80% of that.
 
+Operations (:mod:`systemx.server.ops`): call records written behind the calls
+(``SYSTEMX_RECORDS``), Prometheus metrics, and the admin listener
+(``SYSTEMX_ADMIN``); :attr:`Server.recorder` is what the core's events go to.
+
 Shutdown (:meth:`Server.shutdown`): stop accepting, ``Exchange.shutdown``
 (HANGUP ``shutdown`` to every call, close 1001 for every session), wait for the
 sockets to go, bounded by ``SYSTEMX_SHUTDOWN_TIMEOUT``, abort the rest, then
-close the wake runner and the profile store.
+close the wake runner and the profile store, write the queued call records and
+stop the admin listener.
 """
 
 from __future__ import annotations
@@ -44,9 +49,11 @@ from picows import WSUpgradeRequest, WSUpgradeResponseWithListener
 
 from systemx.config import ConfigError, Settings
 from systemx.core.exchange import Exchange
+from systemx.core.records import Recorder
 from systemx.protocol.codes import CloseCode, CloseReason
 from systemx.server.accept import SwitchingProtocols, create_server
 from systemx.server.http import http_answer, is_upgrade, shutting_down
+from systemx.server.ops import Operations
 from systemx.server.runtime import (
     ExchangeFactory,
     ExchangeLike,
@@ -109,6 +116,7 @@ class Server:
         self._federation: Federation | None = None
         self._stopping = False
         self.port = 0
+        self.ops = Operations(settings)
 
     @property
     def exchange(self) -> ExchangeLike:
@@ -127,6 +135,11 @@ class Server:
         if self._hub is None:
             raise RuntimeError("server not started")
         return self._hub
+
+    @property
+    def recorder(self) -> Recorder:
+        """The recorder the exchange's events go to: call records and metrics, when on."""
+        return self.ops.recorder
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -182,6 +195,7 @@ class Server:
         runtime.attach(exchange)
         hub.attach(exchange)
         exchange.start(_now())
+        await self.ops.start(exchange, hub)
         # Federation hook: outbound trunks (server/federation.py).
         from systemx.server.federation import start_federation
 
@@ -221,6 +235,7 @@ class Server:
             await hub.wait_all_closed(1.0)
         if self._runtime is not None:
             await self._runtime.stop()
+        await self.ops.stop()
         if started:
             log.info("SystemX stopped")
 

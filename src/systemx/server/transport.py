@@ -52,6 +52,11 @@ its header and sends the 1009 CLOSE; :meth:`Connection.on_parser_error` (told by
 payload is neither buffered further nor delivered. Read buffers grow only to
 fit a frame, not with a burst (``systemx.server.accept._READ_SLACK``).
 
+Counters for the metrics: :class:`Hub` keeps plain integer totals (connections
+opened and closed, messages and payload bytes received, frames sent,
+slow-consumer cuts), two additions per received message and one per write;
+``/metrics`` reads them when scraped.
+
 Memory per idle socket (the target is under 8 KB with a registered session):
 uvloop's own transports rather than aiofastnet's, the smallest picows read
 buffer (``SYSTEMX_READ_BUFFER_BYTES``), and the handshake's headers dropped
@@ -262,6 +267,7 @@ class Connection(WSListener):
         "closing",
         "corker",
         "hub",
+        "opened_at",
         "out",
         "paused",
         "raw",
@@ -273,6 +279,7 @@ class Connection(WSListener):
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.corker = hub.corker
+        self.opened_at = 0.0
         self.transport: WSTransport | None = None
         # The event loop's transport under picows (never a view of it): writes go here.
         self.raw: Any = None
@@ -341,6 +348,7 @@ class Connection(WSListener):
         # The handshake headers are not needed once upgraded; dropping them saves ~2 KB per socket.
         transport.request.headers = _NO_HEADERS
         transport.response.headers = _NO_HEADERS
+        self.opened_at = _now()
         self.hub.opened(self)
         self._ready = True
 
@@ -348,7 +356,12 @@ class Connection(WSListener):
         if self._ready and frame.fin:
             kind = frame.msg_type
             if kind is _TEXT or kind is _BINARY:
-                self.hub.on_data(self.session, frame.get_payload_as_bytes(), _now())
+                hub = self.hub
+                data = frame.get_payload_as_bytes()
+                # Read by /metrics at scrape time: two integer adds, no metric call per message.
+                hub.msgs_received += 1
+                hub.bytes_received += len(data)
+                hub.on_data(self.session, data, _now())
                 return
         self._other_frame(transport, frame)
 
@@ -439,6 +452,7 @@ class Connection(WSListener):
         transport = self.transport
         if transport is None or transport.is_disconnected:
             return
+        self.hub.frames_sent += len(out)
         if len(out) == 1 and len(out[0]) <= _PICOWS_SAFE_SEND:
             # The common case under light load: picows' Cython framing is cheaper.
             transport.send(_TEXT, out[0])
@@ -475,6 +489,7 @@ class Connection(WSListener):
         assert transport is not None
         # The frames corked in this pass are not written: the session is over.
         self.out = None
+        self.hub.slow_consumers += 1
         self.closing = True
         self._ready = False
         self._frags = None
@@ -512,6 +527,13 @@ class Hub:
         # Connections at which the open-files limit is near (warned once per approach).
         self.near_fd_limit: int | None = None
         self._fd_limit_warned = False
+        # Totals since start, read by the metrics at scrape time (see Connection.on_ws_frame).
+        self.opened_total = 0
+        self.closed_total = 0
+        self.msgs_received = 0
+        self.bytes_received = 0
+        self.frames_sent = 0
+        self.slow_consumers = 0
 
     @staticmethod
     def _not_attached(*args: Any) -> Any:
@@ -531,6 +553,7 @@ class Hub:
             raise RuntimeError("server not started")
         conns = self.conns
         conns.add(conn)
+        self.opened_total += 1
         if self.near_fd_limit is not None and len(conns) >= self.near_fd_limit:
             self._warn_fd_limit()
         conn.session = exchange.on_open(conn, _now())
@@ -548,6 +571,8 @@ class Hub:
         self._exchange.on_close(session, _now())
 
     def closed(self, conn: Connection) -> None:
+        if conn in self.conns:
+            self.closed_total += 1
         self.conns.discard(conn)
         limit = self.near_fd_limit
         if self._fd_limit_warned and limit is not None and len(self.conns) < limit * 0.8:
