@@ -411,7 +411,10 @@ class Exchange:
         except (_ValidationError, _DecodeError, RecursionError) as exc:
             # Not JSON, nested deeper than the decoder follows, or not a valid message.
             if s.trunk is not None and type(exc) is _ValidationError:  # trunk hook: RING, BUSY...
-                self._trunks.on_raw(s, data, now)
+                try:
+                    self._trunks.on_raw(s, data, now)
+                except Exception:
+                    self._internal_error(s, None, now)
                 return
             self._invalid(s, data, exc, now)
             return
@@ -625,7 +628,7 @@ class Exchange:
         Called from the ``except`` block, so the exception is the one being handled.
         """
         self.internal_errors += 1
-        context = type(msg).__struct_config__.tag
+        context = type(msg).__struct_config__.tag if msg is not None else "UNKNOWN"
         if now - s.warned_at < 1.0:
             s.warnings_dropped += 1
         else:

@@ -287,7 +287,7 @@ class Trunks:
         """Trunk hook: a frame from ``s`` that is not an endpoint message (RING, BUSY, ERROR...)."""
         try:
             msg = _decode_trunk(data)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
             self._ex._warn(s, now, "Trunk %s: frame ignored (%s): %s", _label(s), exc, data[:200])
             return
         if isinstance(msg, m.Ring):
