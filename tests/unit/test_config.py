@@ -145,3 +145,33 @@ def test_spawn_handlers_from_a_json_file(tmp_path: Path) -> None:
     assert bot.cwd == "/abs"
 def test_presence_rate_limit_may_be_disabled() -> None:
     assert load_settings(env={"SYSTEMX_PRESENCE_MAX_QUERIES": "0"}).presence_max_queries == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        ({"SYSTEMX_AUTH": "password"}, "none, tokens or jwt"),
+        ({"SYSTEMX_AUTH": "tokens"}, "SYSTEMX_AUTH_TOKENS_FILE"),
+        ({"SYSTEMX_AUTH": "tokens", "SYSTEMX_AUTH_TOKENS_FILE": "/nonexistent/tokens.json"}, "cannot read"),
+        ({"SYSTEMX_AUTH": "jwt"}, "exactly one"),
+        ({"SYSTEMX_AUTH": "jwt", "SYSTEMX_JWT_SECRET": "short"}, "at least 32"),
+        ({"SYSTEMX_JWT_SECRET": "x" * 40}, "SYSTEMX_AUTH is not jwt"),
+        ({"SYSTEMX_POLICY_FILE": "/nonexistent/policy.json"}, "SYSTEMX_POLICY_FILE"),
+        ({"SYSTEMX_MAX_CONNECTIONS_PER_IP": "-1"}, "or positive"),
+        ({"SYSTEMX_MAX_BYTES_PER_SECOND": "1000"}, "SYSTEMX_MAX_MESSAGE_BYTES"),
+        ({"SYSTEMX_ALLOWED_ORIGINS": "https://app.example.com/"}, "not an origin"),
+        ({"SYSTEMX_AUTH_GRACE_MS": "0"}, "positive"),
+    ],
+)
+def test_security_settings_are_checked_at_start(env: dict[str, str], complaint: str) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        load_settings(env=env)
+
+
+def test_a_policy_file_with_an_unknown_action_stops_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text('[domains."example.com"]\nsing = ["*"]\n')
+    with pytest.raises(ConfigError, match="unknown action"):
+        load_settings(env={"SYSTEMX_POLICY_FILE": str(path)})
+    path.write_text('[domains."example.com"]\ndial = ["*@example.com"]\n')
+    assert load_settings(env={"SYSTEMX_POLICY_FILE": str(path)}).policy_file == str(path)

@@ -51,6 +51,7 @@ from systemx.protocol import messages as wire
 from systemx.protocol.address import address_key, is_valid_address
 from systemx.protocol.messages import (
     Answer,
+    AuthExpiring,
     AutoSleep,
     Busy,
     Connected,
@@ -95,7 +96,7 @@ T = TypeVar("T")
 #: Frames no request asked for: idle warnings, unsolicited errors, listeners
 #: joining (RING) and leaving (HANGUP with ``from``) a broadcast this client
 #: runs, and federation frames an endpoint does not act on.
-ServerEvent = SleepPending | Error | Ring | Hangup | DialForward | RegisteredPbx
+ServerEvent = SleepPending | AuthExpiring | Error | Ring | Hangup | DialForward | RegisteredPbx
 
 _HEARTBEAT = b'{"type":"HEARTBEAT"}'
 _SLEEP_ACK = encode(SleepAck())
@@ -190,6 +191,10 @@ class Client:
         self.request_timeout = request_timeout
         #: Called with each SLEEP_PENDING (which is also queued on :meth:`events`).
         self.on_sleep_pending: Callable[[SleepPending], object] | None = None
+        #: Called with each AUTH_EXPIRING (also queued on :meth:`events`); answer it with
+        #: :meth:`refresh_auth`.
+        self.on_auth_expiring: Callable[[AuthExpiring], object] | None = None
+        self._registration: Register | None = None
         self._concurrency = concurrency
         self._listener = _Listener(self)
         self._transport: WSTransport | None = None
@@ -242,6 +247,7 @@ class Client:
             PartyMsg: self._on_party_msg,
             PresenceResult: self._on_presence_result,
             SleepPending: self._on_sleep_pending,
+            AuthExpiring: self._on_auth_expiring,
             Error: self._on_error,
             DialForward: self._events.put,
             RegisteredPbx: self._events.put,
@@ -313,7 +319,18 @@ class Client:
         client._schedule_heartbeat()
         return client
 
+    async def refresh_auth(self, auth: str, timeout: float | None = None) -> None:
+        """Present a fresh credential: the same REGISTER again with ``auth`` replaced.
+
+        The session, its calls and party lines continue (see AUTH_EXPIRING in
+        PROTOCOL.md). Raises :class:`RegisterFailed` if the exchange refuses it.
+        """
+        if self._registration is None:
+            raise RuntimeError("not registered")
+        await self._register(msgspec.structs.replace(self._registration, auth=auth), timeout)
+
     async def _register(self, register: Register, timeout: float | None) -> None:
+        self._registration = register
         waiter: asyncio.Future[Registered] = self.loop.create_future()
         self._register_waiter = waiter
         self._send_message(register)
@@ -834,6 +851,12 @@ class Client:
             waiter = self._presence_waiters.popleft()
             if not waiter.done():
                 waiter.set_result(msg.addresses)
+
+    def _on_auth_expiring(self, msg: AuthExpiring) -> None:
+        self._events.put(msg)
+        hook = self.on_auth_expiring
+        if hook is not None:
+            hook(msg)
 
     def _on_sleep_pending(self, msg: SleepPending) -> None:
         self._events.put(msg)
