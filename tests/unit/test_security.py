@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -248,17 +247,6 @@ def test_byte_bucket() -> None:
     assert bucket.take(0, 1.0) == 0  # refilled 1000 bytes
 
 
-def test_bucket_take_costs_well_under_a_microsecond() -> None:
-    bucket = RateLimits(1_000_000, 1_000_000_000, 2).bucket(0.0)
-    take = bucket.take
-    n = 200_000
-    start = time.perf_counter()
-    for i in range(n):
-        take(100, i * 1e-6)
-    per_call = (time.perf_counter() - start) / n
-    assert per_call < 1e-6, per_call
-
-
 # ------------------------------------------------------------------ the exchange's hooks
 
 
@@ -307,3 +295,11 @@ def test_credential_timer_warns_then_closes_and_a_refresh_moves_it() -> None:
     h.now = 1301.0
     h.x.on_timer(("auth", s), h.now)
     assert h.actions.closed[-1] == ("a", 4001, "auth_expired")
+
+
+def test_an_owner_recorded_earlier_is_not_enforced_without_authentication() -> None:
+    handler = {"type": "webhook", "url": "https://hooks.example.com/w", "timeout_seconds": 30.0}
+    profile = {"address": "agent@x.com", "handler": handler, "metadata": {}, "owner": "agent@x.com"}
+    h = Harness(profiles={"agent@x.com": profile}, webhook_allow=("https://hooks.example.com/",))
+    assert h.register("a", "agent@x.com")["type"] == "REGISTERED"
+    assert "owner" not in h.x.profiles()["agent@x.com"]

@@ -689,7 +689,9 @@ class Exchange:
         if self._security is not None:
             verdict = self._security.admit(msg.auth, address, now)
             if not isinstance(verdict, Admission):
-                log.warning(
+                self._warn(
+                    s,
+                    now,
                     "REGISTER refused (%s): %s (session: %s): %s",
                     verdict.reason,
                     address,
@@ -700,13 +702,16 @@ class Exchange:
                 return
             admission = verdict
         owner = self._profiles.get(key, {}).get("owner")
-        if owner is not None and (admission is None or admission.subject != owner):
-            # Only the identity that created a wake profile may take its address back.
-            log.warning(
+        if owner is not None and admission is not None and admission.subject not in (None, owner):
+            # Only the identity that created a wake profile may take its address back
+            # (without authentication there are no identities: nothing to enforce).
+            self._warn(
+                s,
+                now,
                 "REGISTER refused (forbidden): %s belongs to %s, not %s (session: %s)",
                 address,
                 owner,
-                None if admission is None else admission.subject,
+                admission.subject,
                 s.session_id,
             )
             self._send_msg(s, m.RegisterFailed(reason=RegisterFailedReason.FORBIDDEN, address=address))
@@ -810,9 +815,12 @@ class Exchange:
                 # The line re-registered with its domain in another case, or by the identity
                 # now owning it: wake it as now written.
                 profile = {**old, "address": address}
-            if profile is not None and owner is not None:
+            if profile is not None:
                 # The identity that registered it; only it may register the address again.
-                profile["owner"] = owner
+                if owner is not None:
+                    profile["owner"] = owner
+                else:
+                    profile.pop("owner", None)
             if profile is not None:
                 self._profiles[key] = profile
                 self._actions.persist_profile(key, profile)
