@@ -186,8 +186,10 @@ class SystemXProcess:
             await self.stop()
         await self.start(timeout)
 
-    async def connect(self, path: str = "/", *, receive_buffer: int | None = None) -> WSClient:
-        return await WSClient.connect(self.url + path, receive_buffer=receive_buffer)
+    async def connect(
+        self, path: str = "/", *, receive_buffer: int | None = None, source: str | None = None
+    ) -> WSClient:
+        return await WSClient.connect(self.url + path, receive_buffer=receive_buffer, source=source)
 
 
 ServerFactory = Callable[..., Awaitable[SystemXProcess]]

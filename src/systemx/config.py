@@ -100,6 +100,24 @@ class Settings:
     # Trunk tokens (systemx.core.trunkauth); empty: every trunk is accepted.
     pbx_tokens: str = ""
     trunk_grace_ms: int = 2_000
+    auth: str = "none"
+    auth_tokens_file: str = ""
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    jwt_audience: str = ""
+    policy_file: str = ""
+    auth_grace_ms: int = 15_000
+    max_connections_per_ip: int = 0
+    connect_rate_per_ip: int = 0
+    ban_seconds: int = 300
+    max_frames_per_second: int = 0
+    max_bytes_per_second: int = 0
+    rate_burst_seconds: int = 2
+    register_max_renames: int = 30
+    register_window_ms: int = 60_000
+    join_max_attempts: int = 120
+    join_window_ms: int = 60_000
+    allowed_origins: tuple[str, ...] = ()
     # URL prefixes a webhook may never target (the exchange's own endpoints).
     webhook_deny: tuple[str, ...] = field(default=())
     admin_enabled: bool = True
@@ -413,6 +431,84 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         _float,
         "Days a call record is kept (0: no bound; fractions allowed)",
     ),
+    "SYSTEMX_AUTH": (
+        "auth",
+        _str,
+        "Who may REGISTER which address: none (anyone, anything), tokens or jwt (see docs/security.md)",
+    ),
+    "SYSTEMX_AUTH_TOKENS_FILE": (
+        "auth_tokens_file",
+        _str,
+        "With SYSTEMX_AUTH=tokens: JSON or TOML file of tokens and what each may do (SIGHUP reloads)",
+    ),
+    "SYSTEMX_JWT_SECRET": ("jwt_secret", _str, "With SYSTEMX_AUTH=jwt: HS256 secret (32 characters or more)"),
+    "SYSTEMX_JWT_PUBLIC_KEY": (
+        "jwt_public_key",
+        _str,
+        "With SYSTEMX_AUTH=jwt: path of a PEM public key, RSA (RS256) or EC P-256 (ES256)",
+    ),
+    "SYSTEMX_JWT_AUDIENCE": ("jwt_audience", _str, "With SYSTEMX_AUTH=jwt: required aud claim (empty: none)"),
+    "SYSTEMX_AUTH_GRACE_MS": (
+        "auth_grace_ms",
+        _duration_ms,
+        "How long (ms) a session may outlive its credential's expiry before it is closed (4001)",
+    ),
+    "SYSTEMX_POLICY_FILE": (
+        "policy_file",
+        _str,
+        "JSON or TOML file of allow/deny rules per domain for register, dial, join, create, presence",
+    ),
+    "SYSTEMX_MAX_CONNECTIONS_PER_IP": (
+        "max_connections_per_ip",
+        _int,
+        "Open connections allowed from one IP address (0: no limit)",
+    ),
+    "SYSTEMX_CONNECT_RATE_PER_IP": (
+        "connect_rate_per_ip",
+        _int,
+        "New connections per second from one IP address; more bans it (0: no limit)",
+    ),
+    "SYSTEMX_BAN_SECONDS": (
+        "ban_seconds",
+        _int,
+        "How long (s) an IP address over SYSTEMX_CONNECT_RATE_PER_IP is refused",
+    ),
+    "SYSTEMX_MAX_FRAMES_PER_SECOND": (
+        "max_frames_per_second",
+        _int,
+        "Messages per second one connection may send (0: no limit)",
+    ),
+    "SYSTEMX_MAX_BYTES_PER_SECOND": (
+        "max_bytes_per_second",
+        _int,
+        "Message bytes per second one connection may send (0: no limit)",
+    ),
+    "SYSTEMX_RATE_BURST_SECONDS": (
+        "rate_burst_seconds",
+        _int,
+        "Burst allowed above the per-connection rates, in seconds of the rate",
+    ),
+    "SYSTEMX_REGISTER_MAX_RENAMES": (
+        "register_max_renames",
+        _int,
+        "REGISTERs of a new address per window per session (<=0 disables)",
+    ),
+    "SYSTEMX_REGISTER_WINDOW_MS": (
+        "register_window_ms",
+        _duration_ms,
+        "Length (ms) of the REGISTER rename rate-limit window",
+    ),
+    "SYSTEMX_JOIN_MAX_ATTEMPTS": (
+        "join_max_attempts",
+        _int,
+        "JOINs allowed per window per session (<=0 disables)",
+    ),
+    "SYSTEMX_JOIN_WINDOW_MS": ("join_window_ms", _duration_ms, "Length (ms) of the JOIN rate-limit window"),
+    "SYSTEMX_ALLOWED_ORIGINS": (
+        "allowed_origins",
+        _split,
+        "Comma list of browser origins allowed to upgrade (scheme://host[:port]; empty: any)",
+    ),
 }
 
 # Settings that are no longer read; a value for one stops the exchange from starting.
@@ -449,10 +545,35 @@ def _validate(s: Settings) -> None:
         "SYSTEMX_PRESENCE_MAX_RESULT_BYTES": s.presence_max_result_bytes,
         "SYSTEMX_PRESENCE_WINDOW_MS": s.presence_window_ms,
         "SYSTEMX_MAX_VALUE_BYTES": s.max_value_bytes,
+        "SYSTEMX_REGISTER_WINDOW_MS": s.register_window_ms,
+        "SYSTEMX_JOIN_WINDOW_MS": s.join_window_ms,
+        "SYSTEMX_RATE_BURST_SECONDS": s.rate_burst_seconds,
+        "SYSTEMX_AUTH_GRACE_MS": s.auth_grace_ms,
     }
     for name, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{name}: must be positive, got {value}")
+    not_negative = {
+        "SYSTEMX_MAX_CONNECTIONS_PER_IP": s.max_connections_per_ip,
+        "SYSTEMX_CONNECT_RATE_PER_IP": s.connect_rate_per_ip,
+        "SYSTEMX_BAN_SECONDS": s.ban_seconds,
+        "SYSTEMX_MAX_FRAMES_PER_SECOND": s.max_frames_per_second,
+        "SYSTEMX_MAX_BYTES_PER_SECOND": s.max_bytes_per_second,
+    }
+    for name, value in not_negative.items():
+        if value < 0:
+            raise ConfigError(f"{name}: must be 0 (no limit) or positive, got {value}")
+    if 0 < s.max_bytes_per_second * s.rate_burst_seconds < s.max_message_bytes:
+        raise ConfigError(
+            "SYSTEMX_MAX_BYTES_PER_SECOND: times SYSTEMX_RATE_BURST_SECONDS must be at least "
+            f"SYSTEMX_MAX_MESSAGE_BYTES ({s.max_message_bytes}), or the largest message could never pass"
+        )
+    for origin in s.allowed_origins:
+        if origin != origin.rstrip("/") or "://" not in origin:
+            raise ConfigError(
+                f"SYSTEMX_ALLOWED_ORIGINS: {origin!r} is not an origin (scheme://host[:port], no path)"
+            )
+    _validate_security(s)
     if s.presence_max_result_bytes < 1024:
         raise ConfigError(
             f"SYSTEMX_PRESENCE_MAX_RESULT_BYTES: must be at least 1024, got {s.presence_max_result_bytes}"
@@ -525,6 +646,32 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _validate_security(s: Settings) -> None:
+    if s.auth not in ("none", "tokens", "jwt"):
+        raise ConfigError(f"SYSTEMX_AUTH: must be none, tokens or jwt, got {s.auth!r}")
+    if s.auth == "tokens" and not s.auth_tokens_file:
+        raise ConfigError("SYSTEMX_AUTH_TOKENS_FILE: required with SYSTEMX_AUTH=tokens")
+    if s.auth == "jwt" and bool(s.jwt_secret) == bool(s.jwt_public_key):
+        raise ConfigError(
+            "SYSTEMX_AUTH=jwt needs exactly one of SYSTEMX_JWT_SECRET and SYSTEMX_JWT_PUBLIC_KEY"
+        )
+    if s.auth != "jwt" and (s.jwt_secret or s.jwt_public_key):
+        raise ConfigError("SYSTEMX_JWT_SECRET / SYSTEMX_JWT_PUBLIC_KEY are set but SYSTEMX_AUTH is not jwt")
+    from systemx.core.acl import load_policy
+    from systemx.core.security import authenticator_from_settings
+
+    var = {"tokens": "SYSTEMX_AUTH_TOKENS_FILE", "jwt": "SYSTEMX_JWT_SECRET/SYSTEMX_JWT_PUBLIC_KEY"}
+    try:
+        authenticator_from_settings(s)
+    except ValueError as exc:
+        raise ConfigError(f"{var.get(s.auth, 'SYSTEMX_AUTH')}: {exc}") from None
+    if s.policy_file:
+        try:
+            load_policy(s.policy_file)
+        except ValueError as exc:
+            raise ConfigError(f"SYSTEMX_POLICY_FILE: {exc}") from None
 
 
 def load_settings(

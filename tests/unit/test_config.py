@@ -206,7 +206,7 @@ def test_durations_accept_units_and_plain_numbers_stay_milliseconds(value: str, 
 def test_every_duration_setting_takes_units() -> None:
     # Every *_MS, timeout and interval setting is a duration.
     names = [var for var in ENV_VARS if var.endswith(("_MS", "_TIMEOUT", "_INTERVAL"))]
-    assert len(names) == 9
+    assert len(names) == 12
     for var in names:
         field = ENV_VARS[var][0]
         assert getattr(load_settings(env={var: "3s"}), field) == 3000, var
@@ -264,3 +264,33 @@ def test_records_settings() -> None:
     )
     assert not settings.records_enabled
     assert (settings.records_max, settings.records_retention_days) == (0, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("env", "complaint"),
+    [
+        ({"SYSTEMX_AUTH": "password"}, "none, tokens or jwt"),
+        ({"SYSTEMX_AUTH": "tokens"}, "SYSTEMX_AUTH_TOKENS_FILE"),
+        ({"SYSTEMX_AUTH": "tokens", "SYSTEMX_AUTH_TOKENS_FILE": "/nonexistent/tokens.json"}, "cannot read"),
+        ({"SYSTEMX_AUTH": "jwt"}, "exactly one"),
+        ({"SYSTEMX_AUTH": "jwt", "SYSTEMX_JWT_SECRET": "short"}, "at least 32"),
+        ({"SYSTEMX_JWT_SECRET": "x" * 40}, "SYSTEMX_AUTH is not jwt"),
+        ({"SYSTEMX_POLICY_FILE": "/nonexistent/policy.json"}, "SYSTEMX_POLICY_FILE"),
+        ({"SYSTEMX_MAX_CONNECTIONS_PER_IP": "-1"}, "or positive"),
+        ({"SYSTEMX_MAX_BYTES_PER_SECOND": "1000"}, "SYSTEMX_MAX_MESSAGE_BYTES"),
+        ({"SYSTEMX_ALLOWED_ORIGINS": "https://app.example.com/"}, "not an origin"),
+        ({"SYSTEMX_AUTH_GRACE_MS": "0"}, "positive"),
+    ],
+)
+def test_security_settings_are_checked_at_start(env: dict[str, str], complaint: str) -> None:
+    with pytest.raises(ConfigError, match=complaint):
+        load_settings(env=env)
+
+
+def test_a_policy_file_with_an_unknown_action_stops_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text('[domains."example.com"]\nsing = ["*"]\n')
+    with pytest.raises(ConfigError, match="unknown action"):
+        load_settings(env={"SYSTEMX_POLICY_FILE": str(path)})
+    path.write_text('[domains."example.com"]\ndial = ["*@example.com"]\n')
+    assert load_settings(env={"SYSTEMX_POLICY_FILE": str(path)}).policy_file == str(path)

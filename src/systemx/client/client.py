@@ -53,6 +53,7 @@ from systemx.protocol import messages as wire
 from systemx.protocol.address import address_key, is_valid_address
 from systemx.protocol.messages import (
     Answer,
+    AuthExpiring,
     AutoSleep,
     Busy,
     Connected,
@@ -118,10 +119,21 @@ class Reconnected(NamedTuple):
 ConnectionEvent = Disconnected | Reconnected
 
 #: What :meth:`Client.events` yields: frames no request asked for (idle
-#: warnings, unsolicited errors, listeners joining (RING) and leaving (HANGUP
-#: with ``from``) a broadcast this client runs, federation frames an endpoint
-#: does not act on) and, with ``reconnect=True``, :data:`ConnectionEvent` items.
-ServerEvent = SleepPending | Error | Ring | Hangup | DialForward | RegisteredPbx | Disconnected | Reconnected
+#: warnings, credential expiry warnings (AUTH_EXPIRING), unsolicited errors,
+#: listeners joining (RING) and leaving (HANGUP with ``from``) a broadcast this
+#: client runs, federation frames an endpoint does not act on) and, with
+#: ``reconnect=True``, :data:`ConnectionEvent` items.
+ServerEvent = (
+    SleepPending
+    | AuthExpiring
+    | Error
+    | Ring
+    | Hangup
+    | DialForward
+    | RegisteredPbx
+    | Disconnected
+    | Reconnected
+)
 
 # Close codes after which reconnecting would only repeat the failure: this
 # client sent something the exchange refuses (protocol error, bad JSON or UTF-8,
@@ -231,6 +243,9 @@ class Client:
         self.reconnect_delay = reconnect_delay
         #: Called with :class:`Disconnected` and :class:`Reconnected` (also queued on :meth:`events`).
         self.on_connection_change: Callable[[ConnectionEvent], object] | None = None
+        #: Called with each AUTH_EXPIRING (also queued on :meth:`events`); answer it with
+        #: :meth:`refresh_auth`.
+        self.on_auth_expiring: Callable[[AuthExpiring], object] | None = None
         self._concurrency = concurrency
         self._listener: _Listener | None = None
         self._url = ""
@@ -291,6 +306,7 @@ class Client:
             PartyMsg: self._on_party_msg,
             PresenceResult: self._on_presence_result,
             SleepPending: self._on_sleep_pending,
+            AuthExpiring: self._on_auth_expiring,
             Error: self._on_error,
             DialForward: self._events.put,
             RegisteredPbx: self._events.put,
@@ -377,6 +393,24 @@ class Client:
         client._registered_once = True
         client._schedule_heartbeat()
         return client
+
+    async def refresh_auth(self, auth: str, timeout: float | None = None) -> None:
+        """Present a fresh credential: the same REGISTER again with ``auth`` replaced.
+
+        The session, its calls and party lines continue (see AUTH_EXPIRING in
+        PROTOCOL.md); a later reconnection presents the fresh credential too.
+        Raises :class:`RegisterFailed` if the exchange refuses it.
+        """
+        register = self._register_message
+        transport = self._transport
+        if register is None or transport is None or not self.connected:
+            raise RuntimeError("not registered")
+        register = msgspec.structs.replace(register, auth=auth)
+        self._register_message = register
+        waiter: asyncio.Future[Registered] = self.loop.create_future()
+        self._register_waiter = waiter
+        transport.send(_TEXT, encode(register))
+        await self._wait(waiter, timeout if timeout is not None else self._connect_timeout)
 
     async def _open(self) -> None:
         """Open the WebSocket and REGISTER (the first time, or again after a drop)."""
@@ -939,6 +973,12 @@ class Client:
             waiter = self._presence_waiters.popleft()
             if not waiter.done():
                 waiter.set_result(msg.addresses)
+
+    def _on_auth_expiring(self, msg: AuthExpiring) -> None:
+        self._events.put(msg)
+        hook = self.on_auth_expiring
+        if hook is not None:
+            hook(msg)
 
     def _on_sleep_pending(self, msg: SleepPending) -> None:
         self._events.put(msg)

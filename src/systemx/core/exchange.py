@@ -33,8 +33,10 @@ from typing import Any
 import msgspec
 
 from systemx.config import Settings
+from systemx.core.acl import Grants
 from systemx.core.actions import Actions, WakeRequest
 from systemx.core.calls import CallEvent, CallState, transition
+from systemx.core.security import Admission, Security, Window
 from systemx.core.trunks import TRUNK_RING_BACKSTOP, Trunk, Trunks
 from systemx.core.wakepolicy import check_wake_handler, stored_handler, validate_wake_handler, wake_timeout
 from systemx.protocol import messages as m
@@ -76,6 +78,9 @@ _CT_SUFFIX: dict[str | None, bytes] = {
 # PARTY_MSG carries content_type only when the sender gave one.
 _PARTY_CT_SUFFIX: dict[str | None, bytes] = {**_CT_SUFFIX, None: b"}"}
 
+# The AUTH_EXPIRING warning goes out this long before a session's credential expires.
+AUTH_WARN_SECONDS = 60.0
+
 WAITING, RINGING, CONNECTED, ENDED = (
     CallState.WAITING,
     CallState.RINGING,
@@ -90,6 +95,8 @@ class Session:
     __slots__ = (
         "addr_json",
         "address",
+        "auth_expires",
+        "auth_warned",
         "auto_sleep",
         "calls",
         "closed",
@@ -97,6 +104,8 @@ class Session:
         "conn",
         "dial_count",
         "dial_window_start",
+        "grants",
+        "join_window",
         "key",
         "last_activity",
         "last_heartbeat",
@@ -106,10 +115,12 @@ class Session:
         "parties",
         "presence_count",
         "presence_window_start",
+        "register_window",
         "remote",
         "session_id",
         "sleep_pending_at",
         "status",
+        "subject",
         "trunk",
         "wake_profiles_created",
         "warned_at",
@@ -148,6 +159,14 @@ class Session:
         self.warnings_dropped = 0
         # Wake profiles this session created (renames count; updates do not).
         self.wake_profiles_created = 0
+        # Set by the security hook at REGISTER (systemx.core.security): who registered
+        # (None without authentication), what it may do (None: anything), until when.
+        self.subject: str | None = None
+        self.grants: Grants | None = None
+        self.auth_expires: float | None = None
+        self.auth_warned = False
+        self.register_window: Window | None = None
+        self.join_window: Window | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.session_id} {self.address or '(unregistered)'}>"
@@ -322,8 +341,12 @@ class Exchange:
         new_id: Callable[[], str] | None = None,
         presence: PresenceIndex | None = None,
         directory: bool = False,
+        security: Security | None = None,
     ) -> None:
         self.settings = settings
+        # SECURITY HOOK (to be re-homed into Policy): None when SYSTEMX_AUTH=none and no
+        # SYSTEMX_POLICY_FILE, and then every check below is one ``is None`` test.
+        self._security = security if security is not None else Security.from_settings(settings)
         self._actions = actions
         self._send = actions.send
         self._new_id = new_id or _uuid4
@@ -472,12 +495,20 @@ class Exchange:
             self._sleep_due(key[1], now)
         elif kind == "trunk":  # trunk hook: a dropped trunk's grace is over
             self._trunks.on_timer(key, now)
+        elif kind == "auth":
+            self._auth_due(key[1], now)
 
     def on_wake_failed(self, address: str, detail: str, now: float) -> None:
         key = address_key(address) if is_valid_address(address) else address
         if key in self._waking:
             log.warning("Wake failed: %s (%s)", address, detail)
             self._wake_ended(key, BusyReason.WAKE_FAILED, now)
+
+    def reload_security(self) -> str:
+        """Re-read the tokens and policy files (SIGHUP); says what happened, for the log."""
+        if self._security is None:
+            return "nothing to reload (SYSTEMX_AUTH=none, no SYSTEMX_POLICY_FILE)"
+        return self._security.reload()
 
     def is_registered(self, address: str) -> bool:
         return is_valid_address(address) and address_key(address) in self._by_key
@@ -668,6 +699,42 @@ class Exchange:
                 ),
             )
             return
+        key = address_key(address)
+        renaming = key != s.key
+        if renaming and self.settings.register_max_renames > 0 and self._register_limited(s, address, now):
+            return
+        # SECURITY HOOK (to be re-homed into Policy): authenticate, may-register, wake owner.
+        admission: Admission | None = None
+        if self._security is not None:
+            verdict = self._security.admit(msg.auth, address, now)
+            if not isinstance(verdict, Admission):
+                self._warn(
+                    s,
+                    now,
+                    "REGISTER refused (%s): %s (session: %s): %s",
+                    verdict.reason,
+                    address,
+                    s.session_id,
+                    verdict.why,
+                )
+                self._send_msg(s, m.RegisterFailed(reason=verdict.reason, address=address))
+                return
+            admission = verdict
+        owner = self._profiles.get(key, {}).get("owner")
+        if owner is not None and admission is not None and admission.subject not in (None, owner):
+            # Only the identity that created a wake profile may take its address back
+            # (without authentication there are no identities: nothing to enforce).
+            self._warn(
+                s,
+                now,
+                "REGISTER refused (forbidden): %s belongs to %s, not %s (session: %s)",
+                address,
+                owner,
+                admission.subject,
+                s.session_id,
+            )
+            self._send_msg(s, m.RegisterFailed(reason=RegisterFailedReason.FORBIDDEN, address=address))
+            return
         concurrency = msg.concurrency or "single"
         problem: str | None = None
         if msg.max_listeners is not None and concurrency != "broadcast":
@@ -678,7 +745,6 @@ class Exchange:
             problem = _validate_metadata(msg.metadata)
         if problem is None and msg.wake_handler is not None and msg.mode != "wake_on_ring":
             problem = "wake_handler requires mode wake_on_ring"
-        key = address_key(address)
         handler: dict[str, Any] | None = None
         if problem is None and msg.mode == "wake_on_ring":
             if msg.wake_handler is None:
@@ -730,6 +796,13 @@ class Exchange:
         if s.key is not None and s.key != key:
             # A new address on the same socket: the old one is given up.
             self._release(s, HangupReason.RECONFIGURED, now)
+        if admission is not None:
+            # A REGISTER of the same address with a fresh credential keeps the session and
+            # its calls and moves the expiry (see PROTOCOL.md, "Authentication").
+            s.subject, s.grants = admission.subject, admission.grants
+            if admission.expires_at != s.auth_expires:
+                s.auth_expires = admission.expires_at
+                self._arm_auth(s, now)
         meta = dict(msg.metadata) if msg.metadata is not None else {}
         s.metadata = meta
         s.status = meta.get("status", s.status if s.key == key else "available")
@@ -752,13 +825,21 @@ class Exchange:
         else:
             old = self._profiles.get(key)
             profile: dict[str, Any] | None = None
+            owner = s.subject
             if handler is not None:
                 profile = {"address": address, "handler": handler, "metadata": meta}
             elif old is not None and msg.metadata is not None:
                 profile = {"address": address, "handler": old["handler"], "metadata": meta}
-            elif old is not None and old["address"] != address:
-                # The line re-registered with its domain in another case: wake it as now written.
+            elif old is not None and (old["address"] != address or old.get("owner") != owner):
+                # The line re-registered with its domain in another case, or by the identity
+                # now owning it: wake it as now written.
                 profile = {**old, "address": address}
+            if profile is not None:
+                # The identity that registered it; only it may register the address again.
+                if owner is not None:
+                    profile["owner"] = owner
+                else:
+                    profile.pop("owner", None)
             if profile is not None:
                 self._profiles[key] = profile
                 self._actions.persist_profile(key, profile)
@@ -777,6 +858,49 @@ class Exchange:
                 for call in queue:
                     self._actions.start_timer(("ring", call.call_id), self._call_timeout)
         self._pump(key, now)
+
+    def _register_limited(self, s: Session, address: str, now: float) -> bool:
+        """Count a REGISTER of a new address; past the limit, answer ``rate_limited``."""
+        window = s.register_window
+        if window is None:
+            window = s.register_window = Window()
+        limit = self.settings.register_max_renames
+        retry_ms = window.hit(now, limit, self.settings.register_window_ms / 1000)
+        if retry_ms is None:
+            return False
+        self._warn(s, now, "REGISTER rate limit: %s (session: %s)", s.address, s.session_id)
+        detail = (
+            f"Too many REGISTERs of a new address: at most {limit} per "
+            f"{self.settings.register_window_ms} ms; retry in {retry_ms} ms"
+        )
+        failed = m.RegisterFailed(reason=RegisterFailedReason.RATE_LIMITED, address=address, detail=detail)
+        self._send_msg(s, failed)
+        return True
+
+    def _arm_auth(self, s: Session, now: float) -> None:
+        """(Re)start the credential timer: AUTH_EXPIRING before expiry, close after the grace."""
+        self._actions.cancel_timer(("auth", s))
+        s.auth_warned = False
+        expires = s.auth_expires
+        if expires is not None:
+            due = max(expires - AUTH_WARN_SECONDS - now, 0.0)
+            self._actions.start_timer(("auth", s), math.ceil(due * 10) / 10)
+
+    def _auth_due(self, s: Session, now: float) -> None:
+        expires = s.auth_expires
+        if s.closed or expires is None:
+            return
+        if not s.auth_warned:
+            s.auth_warned = True
+            left = max(int(expires - now), 0)
+            self._send_msg(s, m.AuthExpiring(expires_at=int(expires), seconds_left=left))
+            grace = self.settings.auth_grace_ms / 1000
+            self._actions.start_timer(("auth", s), math.ceil(max(expires + grace - now, 0.0) * 10) / 10)
+            return
+        log.warning("Credential expired: %s (session: %s)", s.address, s.session_id)
+        s.closed = True
+        self._release(s, HangupReason.AUTH_EXPIRED, now)
+        self._close(s, CloseCode.AUTH_EXPIRED, CloseReason.AUTH_EXPIRED)
 
     def _profile_limit(self, s: Session) -> str | None:
         """Why ``s`` may not create another wake profile, or ``None``."""
@@ -814,6 +938,9 @@ class Exchange:
             )
         self._actions.cancel_timer(("idle", s))
         self._actions.cancel_timer(("sleep", s))
+        if s.auth_expires is not None:
+            self._actions.cancel_timer(("auth", s))
+            s.auth_expires = None
         s.auto_sleep = None
         key = s.key
         if key is None:
@@ -973,6 +1100,12 @@ class Exchange:
         """
         if not is_valid_address(to):
             self._busy(s, to, BusyReason.NO_SUCH_ADDRESS, call_id)
+            return
+        grants = s.grants
+        if grants is not None and not grants.permits("dial", to):
+            # SECURITY HOOK (to be re-homed into Policy): may-dial.
+            self._warn(s, now, "DIAL refused (forbidden): %s → %s", s.address, to)
+            self._busy(s, to, BusyReason.FORBIDDEN, call_id)
             return
         key = address_key(to)
         if key == s.key:
@@ -1349,6 +1482,26 @@ class Exchange:
         if s.key is None:
             self._error(s, ErrorReason.NOT_REGISTERED, "JOIN", "REGISTER an address before JOIN")
             return
+        if self.settings.join_max_attempts > 0:
+            window = s.join_window
+            if window is None:
+                window = s.join_window = Window()
+            limit = self.settings.join_max_attempts
+            retry_ms = window.hit(now, limit, self.settings.join_window_ms / 1000)
+            if retry_ms is not None:
+                self._warn(s, now, "JOIN rate limit: %s (session: %s)", s.address, s.session_id)
+                self._send_msg(
+                    s,
+                    m.Error(
+                        reason=ErrorReason.RATE_LIMITED,
+                        context="JOIN",
+                        detail=f"Too many JOINs: at most {limit} per {self.settings.join_window_ms} ms; "
+                        f"retry in {retry_ms} ms",
+                        limit=limit,
+                        retry_after_ms=retry_ms,
+                    ),
+                )
+                return
         name = msg.party
         if not is_valid_address(name):
             self._send_msg(
@@ -1360,8 +1513,19 @@ class Exchange:
                 ),
             )
             return
+        grants = s.grants
+        # SECURITY HOOK (to be re-homed into Policy): may-join, may-create.
+        if grants is not None and not grants.permits("join", name):
+            self._warn(s, now, "JOIN refused (forbidden): %s → %s", s.address, name)
+            self._join_failed(s, name, JoinFailedReason.FORBIDDEN, "not permitted to join this party line")
+            return
         key = address_key(name)
         line = self._parties.get(key)
+        creating = line is None and msg.create_if_missing
+        if creating and grants is not None and not grants.permits("create", name):
+            self._warn(s, now, "JOIN refused (forbidden to create): %s → %s", s.address, name)
+            self._join_failed(s, name, JoinFailedReason.FORBIDDEN, "not permitted to create this party line")
+            return
         if line is None:
             if key in self._by_key or key in self._profiles:
                 self._join_failed(
@@ -1464,15 +1628,53 @@ class Exchange:
         q = msg.query
         limit = min(msg.limit or self.settings.presence_default_limit, self.settings.presence_max_limit)
         near = (q.near.lat, q.near.lon, q.near.radius_km) if q.near is not None else None
-        rows = self._presence.query(
-            domain=q.domain.lower() if q.domain is not None else None,
-            capabilities=q.capabilities,
-            near=near,
-            status=q.status,
-            exclude=s.key,
-            limit=limit,
-        )
+        domain = q.domain.lower() if q.domain is not None else None
+        grants = s.grants
+        if grants is not None and grants.restricts("presence"):
+            # SECURITY HOOK (to be re-homed into Policy): presence visibility.
+            if domain is not None and not grants.permits("presence", domain):
+                self._error(s, ErrorReason.FORBIDDEN, "PRESENCE", "not permitted to see this domain")
+                return
+            rows = self._visible_rows(grants, domain, q, near, s.key, limit)
+        else:
+            rows = self._presence.query(
+                domain=domain,
+                capabilities=q.capabilities,
+                near=near,
+                status=q.status,
+                exclude=s.key,
+                limit=limit,
+            )
         self._send(s.conn, _presence_result(rows, self.settings.presence_max_result_bytes))
+
+    def _visible_rows(
+        self,
+        grants: Grants,
+        domain: str | None,
+        q: m.PresenceQuery,
+        near: tuple[float, float, float] | None,
+        exclude: str,
+        limit: int,
+    ) -> list[PresenceRow]:
+        """The first ``limit`` matches the asker may see, in the index's order.
+
+        The index cannot filter by a pattern, so it is asked for more until enough
+        visible rows came back or it has no more: never is an invisible row returned.
+        """
+        ask = limit
+        while True:
+            rows = self._presence.query(
+                domain=domain,
+                capabilities=q.capabilities,
+                near=near,
+                status=q.status,
+                exclude=exclude,
+                limit=ask,
+            )
+            visible = [row for row in rows if grants.permits("presence", domain_of(row[0]))]
+            if len(visible) >= limit or len(rows) < ask:
+                return visible[:limit]
+            ask *= 4
 
     def _presence_limited(self, s: Session, now: float) -> bool:
         """Count one PRESENCE in ``s``'s fixed window; past the limit, answer ``rate_limited``."""

@@ -23,6 +23,7 @@ from msgspec import Meta, Raw, field
 
 __all__ = [
     "Answer",
+    "AuthExpiring",
     "AutoSleep",
     "Busy",
     "ClientMessage",
@@ -124,7 +125,8 @@ class PresenceEntry(msgspec.Struct):
 
 class Register(_Message, tag="REGISTER"):
     address: str
-    # Not checked yet, so any JSON value is accepted (kept undecoded), as the reference router does.
+    # A string or {"token": "..."}; checked only when SYSTEMX_AUTH is tokens or jwt,
+    # so any JSON value is accepted here, as the reference router does.
     auth: Any = None
     metadata: dict[str, Any] | None = None
     concurrency: Literal["single", "parallel", "broadcast"] | None = None
@@ -299,6 +301,12 @@ class SleepPending(_Message, tag="SLEEP_PENDING"):
     seconds_until_sleep: int
 
 
+class AuthExpiring(_Message, tag="AUTH_EXPIRING"):
+    # When the session's credential expires (epoch seconds) and how long that is from now.
+    expires_at: int
+    seconds_left: int
+
+
 class RegisteredPbx(_Message, tag="REGISTERED_PBX"):
     domain: str
 
@@ -348,6 +356,7 @@ ServerMessage = (
     | PartyMsg
     | PresenceResult
     | SleepPending
+    | AuthExpiring
     | DialForward
     | RegisteredPbx
     | Error

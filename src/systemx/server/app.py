@@ -52,7 +52,8 @@ from systemx.core.exchange import Exchange
 from systemx.core.records import Recorder
 from systemx.protocol.codes import CloseCode, CloseReason
 from systemx.server.accept import SwitchingProtocols, create_server
-from systemx.server.http import http_answer, is_upgrade, shutting_down
+from systemx.server.http import forbidden_origin, http_answer, is_upgrade, origin_allowed, shutting_down
+from systemx.server.limits import IpGate, RateLimits
 from systemx.server.ops import Operations
 from systemx.server.runtime import (
     ExchangeFactory,
@@ -117,6 +118,12 @@ class Server:
         self._stopping = False
         self.port = 0
         self.ops = Operations(settings)
+        self._origins = frozenset(o.lower() for o in settings.allowed_origins)
+        self.ip_gate: IpGate | None = None
+        if settings.max_connections_per_ip > 0 or settings.connect_rate_per_ip > 0:
+            self.ip_gate = IpGate(
+                settings.max_connections_per_ip, settings.connect_rate_per_ip, settings.ban_seconds
+            )
 
     @property
     def exchange(self) -> ExchangeLike:
@@ -168,6 +175,9 @@ class Server:
         settings = self.settings
         loop = asyncio.get_running_loop()
         hub = self._hub = Hub(loop, settings.max_message_bytes, settings.max_buffered_bytes)
+        hub.rate_limits = RateLimits.of(
+            settings.max_frames_per_second, settings.max_bytes_per_second, settings.rate_burst_seconds
+        )
         ssl_context = self._ssl_context() if settings.tls_enabled else None
         store, profiles = self._open_profiles()
         runtime = self._runtime = Runtime(
@@ -184,6 +194,7 @@ class Server:
             handshake_timeout=settings.handshake_timeout_ms / 1000,
             logger=PicowsLog(logging.getLogger("picows.server"), {}),
             use_aiofastnet=self._use_aiofastnet,
+            gate=self.ip_gate,
         )
         sockets = self._server.sockets
         self.port = sockets[0].getsockname()[1] if sockets else settings.port
@@ -203,6 +214,17 @@ class Server:
         capacity = connection_capacity()
         hub.near_fd_limit = None if capacity is None else max(int(capacity * 0.9), 1)
         log.info("SystemX listening on %s", self.url, extra={"port": self.port})
+        if settings.auth == "none":
+            log.warning(
+                "SYSTEMX_AUTH=none: anyone who can reach this port may register any address "
+                "and call anyone (see docs/security.md)"
+            )
+
+    def reload_security(self) -> None:
+        """SIGHUP: re-read the tokens and policy files (a bad file keeps the old ones)."""
+        reload = getattr(self._exchange, "reload_security", None)
+        if reload is not None:
+            log.info("SIGHUP: %s", reload())
 
     async def shutdown(self) -> None:
         """Stop accepting, end every call and session, wait (bounded), then release everything."""
@@ -276,6 +298,8 @@ class Server:
             return WSUpgradeResponseWithListener(http_answer(request, self.exchange.health), None)
         if self._stopping:
             return WSUpgradeResponseWithListener(shutting_down(), None)
+        if self._origins and not origin_allowed(request, self._origins):
+            return WSUpgradeResponseWithListener(forbidden_origin(), None)
         return WSUpgradeResponseWithListener(SwitchingProtocols(), Connection(self.hub))
 
 
@@ -362,6 +386,11 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     server = Server(settings)
     try:
         await server.start()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, server.reload_security)
+            installed.append(signal.SIGHUP)
+        except (NotImplementedError, RuntimeError, AttributeError):
+            pass
         _tune_gc()
         await stop.wait()
     finally:

@@ -5,7 +5,9 @@
 * any other ``GET`` whose ``Accept`` names ``text/html`` (a browser) gets a
   short HTML page saying this is a WebSocket port and where the docs are;
 * any other request without an upgrade gets ``426 Upgrade Required``;
-* an upgrade that arrives once shutdown has begun gets ``503``.
+* an upgrade that arrives once shutdown has begun gets ``503``;
+* an upgrade whose ``Origin`` header is not in ``SYSTEMX_ALLOWED_ORIGINS`` (when
+  that list is set) gets ``403``.
 
 picows parses the request and itself answers ``400`` to any method other than
 ``GET`` (``HEAD`` included) before these answers are consulted. They are built
@@ -20,7 +22,7 @@ from typing import Any
 import msgspec
 from picows import WSUpgradeRequest, WSUpgradeResponse
 
-__all__ = ["http_answer", "is_upgrade", "shutting_down"]
+__all__ = ["forbidden_origin", "http_answer", "is_upgrade", "origin_allowed", "shutting_down"]
 
 _HEALTHZ = b"/healthz"
 _PAGE = b"""<!doctype html>
@@ -66,4 +68,23 @@ def http_answer(request: WSUpgradeRequest, health: Callable[[], dict[str, Any]])
 def shutting_down() -> WSUpgradeResponse:
     """The answer to an upgrade once shutdown has begun."""
     response: WSUpgradeResponse = WSUpgradeResponse.create_error_response(503, b"Shutting down")
+    return response
+
+
+def origin_allowed(request: WSUpgradeRequest, allowed: frozenset[str]) -> bool:
+    """Whether the upgrade's ``Origin`` (if any) is one of ``allowed`` (lower case).
+
+    A request without ``Origin`` is not from a browser page and is not refused:
+    the list stops other web sites' scripts from using a visitor's browser to
+    connect, it does not authenticate anyone.
+    """
+    origin = request.headers.get("Origin")
+    return origin is None or origin.lower() in allowed
+
+
+def forbidden_origin() -> WSUpgradeResponse:
+    """The answer to an upgrade from a browser origin that is not allowed."""
+    response: WSUpgradeResponse = WSUpgradeResponse.create_error_response(
+        403, b"Forbidden: origin not allowed\n"
+    )
     return response

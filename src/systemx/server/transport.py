@@ -75,8 +75,10 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport
 
 from systemx.core.endpoint import Endpoint
-from systemx.protocol.codes import CloseCode, CloseReason
+from systemx.protocol import messages as m
+from systemx.protocol.codes import CloseCode, CloseReason, ErrorReason
 from systemx.server.accept import AcceptedTransport
+from systemx.server.limits import CLOSE, WARN, Bucket, RateLimits
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -264,6 +266,7 @@ class Connection(WSListener):
         "_frag_size",
         "_frags",
         "_ready",
+        "bucket",
         "closing",
         "corker",
         "hub",
@@ -296,6 +299,8 @@ class Connection(WSListener):
         # (valid while ``out`` is not None; see send).
         self.room = 0
         self._close_handle: asyncio.TimerHandle | None = None
+        # Token buckets of SYSTEMX_MAX_FRAMES_PER_SECOND / _BYTES_PER_SECOND (None: no limit).
+        self.bucket: Bucket | None = None
 
     # -- Endpoint ------------------------------------------------------------
 
@@ -356,14 +361,48 @@ class Connection(WSListener):
         if self._ready and frame.fin:
             kind = frame.msg_type
             if kind is _TEXT or kind is _BINARY:
+                now = _now()
+                bucket = self.bucket
+                if bucket is not None and bucket.take(frame.payload_size, now):
+                    self._over_rate(bucket)
+                    return
                 hub = self.hub
                 data = frame.get_payload_as_bytes()
                 # Read by /metrics at scrape time: two integer adds, no metric call per message.
                 hub.msgs_received += 1
                 hub.bytes_received += len(data)
-                hub.on_data(self.session, data, _now())
+                hub.on_data(self.session, data, now)
                 return
         self._other_frame(transport, frame)
+
+    def _over_rate(self, bucket: Bucket) -> None:
+        """A message over the connection's rate: dropped; answered once per run; closed if it goes on."""
+        verdict = bucket.refused_verdict
+        limits = bucket.limits
+        limit = bucket.over()
+        if limit == "frames_per_second":
+            rate = f"{limits.frame_rate:g} messages per second (SYSTEMX_MAX_FRAMES_PER_SECOND)"
+            per_second = int(limits.frame_rate)
+        else:
+            rate = f"{limits.bytes_per_second} bytes per second (SYSTEMX_MAX_BYTES_PER_SECOND)"
+            per_second = limits.bytes_per_second
+        if verdict == CLOSE:
+            log.warning("Rate limit (1008): still sending over %s (%s)", rate, _who(self.session))
+            self.close(CloseCode.POLICY_VIOLATION, CloseReason.RATE_LIMITED)
+            return
+        if verdict != WARN:
+            return
+        retry_ms = bucket.retry_after_ms()
+        log.warning("Rate limit: over %s, messages dropped (%s)", rate, _who(self.session))
+        error = m.Error(
+            reason=ErrorReason.RATE_LIMITED,
+            context=limit,
+            detail=f"Over {rate}, burst {limits.burst_seconds:g} s: messages are dropped; retry in "
+            f"{retry_ms} ms; sending on closes the connection (1008)",
+            limit=per_second,
+            retry_after_ms=retry_ms,
+        )
+        self.send(m.encode(error))
 
     def _other_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
@@ -406,7 +445,12 @@ class Connection(WSListener):
             self._frags = None
             self._frag_size = 0
             self._ready = True
-            self.hub.on_data(self.session, data, _now())
+            now = _now()
+            bucket = self.bucket
+            if bucket is not None and bucket.take(len(data), now):
+                self._over_rate(bucket)
+                return
+            self.hub.on_data(self.session, data, now)
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self._ready = False
@@ -521,6 +565,7 @@ class Hub:
         self.max_message_bytes = max_message_bytes
         self.corker = Corker(loop, max_buffered_bytes)
         self.conns: set[Connection] = set()
+        self.rate_limits: RateLimits | None = None
         self.all_closed = asyncio.Event()
         self.on_data: Callable[[Any, bytes, float], None] = self._not_attached
         self._exchange: ExchangeEvents | None = None
@@ -556,7 +601,10 @@ class Hub:
         self.opened_total += 1
         if self.near_fd_limit is not None and len(conns) >= self.near_fd_limit:
             self._warn_fd_limit()
-        conn.session = exchange.on_open(conn, _now())
+        now = _now()
+        if self.rate_limits is not None:
+            conn.bucket = self.rate_limits.bucket(now)
+        conn.session = exchange.on_open(conn, now)
         raw = conn.raw
         if raw is not None:
             self.corker.fit(raw)
