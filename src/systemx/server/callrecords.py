@@ -36,7 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from time import time as _now
 
-from systemx.core.records import CallRecord
+from systemx.core.records import CallRecord, NullRecorder
 from systemx.state.ports import RecordFilter, RecordStore
 
 __all__ = ["RECORDS_DB", "RecordsRecorder"]
@@ -47,8 +47,11 @@ RECORDS_DB = "records.db"
 """The record store's file name under ``SYSTEMX_DATA_DIR``."""
 
 
-class RecordsRecorder:
-    """Queues each ended call's record and writes them in batches on a worker thread."""
+class RecordsRecorder(NullRecorder):
+    """Queues each ended call's record and writes them in batches on a worker thread.
+
+    Only ended calls matter to it; the other events do nothing.
+    """
 
     def __init__(
         self,
@@ -201,20 +204,3 @@ class RecordsRecorder:
         n = len(queue)
         if (n == 1 or n == self.batch_size) and self._wake is not None:
             self._wake.set()
-
-    def call_started(self, call_id: str, caller: str, to: str, now: float) -> None:
-        pass
-
-    def call_answered(self, call_id: str, now: float) -> None:
-        pass
-
-    def bound(self, address: str, session_id: str, now: float, *, woken: bool = False) -> None:
-        pass
-
-    def unbound(
-        self, address: str, session_id: str, reason: str, now: float, *, asleep: bool = False
-    ) -> None:
-        pass
-
-    def refused(self, kind: str, reason: str, address: str | None, now: float) -> None:
-        pass

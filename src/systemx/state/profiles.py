@@ -22,10 +22,11 @@ import logging
 import os
 import sqlite3
 import time
-from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
+
+from systemx.state.sqlite import migrate, open_private
 
 __all__ = ["MemoryProfileStore", "ProfileStore", "ProfileStoreError", "SqliteProfileStore"]
 
@@ -78,15 +79,6 @@ class MemoryProfileStore:
         pass
 
 
-def _make_private(path: str) -> None:
-    """Create ``path`` with mode 0600 if missing, and narrow it to 0600 if it exists."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-
-
 # Each entry upgrades the schema from the version before it; index 0 creates version 1.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -107,55 +99,19 @@ class SqliteProfileStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = str(path)
-        private = self.path != ":memory:"
-        if private:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            _make_private(self.path)
-        # SQLite creates -wal and -shm with the database file's mode; the umask covers the
-        # moment before that, and files left wider by an older version are narrowed below.
-        old_umask = os.umask(0o077)
-        try:
-            # Autocommit mode; transactions are opened explicitly where statements belong together.
-            self._db: sqlite3.Connection | None = sqlite3.connect(
-                self.path, timeout=5.0, isolation_level=None
-            )
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                self._migrate(self._db)
-            except BaseException:
-                self._db.close()
-                self._db = None
-                raise
-        finally:
-            os.umask(old_umask)
-        if private:
-            for suffix in ("-wal", "-shm"):
-                if os.path.exists(self.path + suffix):
-                    _make_private(self.path + suffix)
+        self._db: sqlite3.Connection | None = open_private(self.path, self._migrate, narrow_existing=True)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            version = int(row[0]) if row and row[0] is not None else 0
-            if version > SCHEMA_VERSION:
-                raise ProfileStoreError(
-                    f"{self.path} has profile schema version {version}; "
-                    f"this SystemX understands up to {SCHEMA_VERSION}"
-                )
-            for step in _MIGRATIONS[version:]:
-                for statement in step:
-                    db.execute(statement)
-            if version < SCHEMA_VERSION:
-                db.execute("DELETE FROM schema_version")
-                db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-                log.debug("Profile store %s at schema version %d", self.path, SCHEMA_VERSION)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        migrate(
+            db,
+            _MIGRATIONS,
+            version_table="schema_version",
+            what="profile",
+            store="Profile store",
+            path=self.path,
+            error=ProfileStoreError,
+            log=log,
+        )
 
     @property
     def _conn(self) -> sqlite3.Connection:

@@ -27,7 +27,6 @@ import logging
 import os
 import sqlite3
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -36,6 +35,7 @@ from systemx.core.records import CallRecord
 from systemx.protocol.address import address_key
 from systemx.state.memory import check_retention
 from systemx.state.ports import RecordFilter
+from systemx.state.sqlite import migrate, open_private
 
 __all__ = ["SCHEMA_VERSION", "RecordStoreError", "SqliteRecordStore"]
 
@@ -71,15 +71,6 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
-def _create_private(path: str) -> None:
-    """Create ``path`` with mode 0600 if it does not exist (a umask cannot widen it)."""
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    os.close(fd)
-
-
 class SqliteRecordStore:
     """Call records in one SQLite database file, created (with its directory) if missing.
 
@@ -98,42 +89,19 @@ class SqliteRecordStore:
         self.path = str(path)
         self.max_records = max_records
         self.max_age = max_age
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            _create_private(self.path)
-        # Autocommit mode; transactions are opened explicitly where several statements belong together.
-        self._db: sqlite3.Connection | None = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate(self._db)
-        except BaseException:
-            self._db.close()
-            self._db = None
-            raise
+        self._db: sqlite3.Connection | None = open_private(self.path, self._migrate, narrow_existing=False)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("CREATE TABLE IF NOT EXISTS records_schema_version (version INTEGER NOT NULL)")
-            row = db.execute("SELECT MAX(version) FROM records_schema_version").fetchone()
-            version = int(row[0]) if row and row[0] is not None else 0
-            if version > SCHEMA_VERSION:
-                raise RecordStoreError(
-                    f"{self.path} has call record schema version {version}; "
-                    f"this SystemX understands up to {SCHEMA_VERSION}"
-                )
-            for step in _MIGRATIONS[version:]:
-                for statement in step:
-                    db.execute(statement)
-            if version < SCHEMA_VERSION:
-                db.execute("DELETE FROM records_schema_version")
-                db.execute("INSERT INTO records_schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-                log.debug("Record store %s at schema version %d", self.path, SCHEMA_VERSION)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        migrate(
+            db,
+            _MIGRATIONS,
+            version_table="records_schema_version",
+            what="call record",
+            store="Record store",
+            path=self.path,
+            error=RecordStoreError,
+            log=log,
+        )
 
     @property
     def _conn(self) -> sqlite3.Connection:

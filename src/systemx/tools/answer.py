@@ -32,7 +32,9 @@ from systemx.tools.common import (
     add_connection_args,
     format_data,
     say,
+    send_lines,
     stdin_lines,
+    tool_parser,
 )
 
 __all__ = ["add_parser", "run"]
@@ -42,11 +44,11 @@ _LINE_LIMIT = 1_048_576
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
+    parser = tool_parser(
+        commands,
         "answer",
         help="wait for calls; with --exec, bridge each call to a new process's stdin/stdout",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        doc=__doc__,
     )
     add_connection_args(parser, address_required=True)
     parser.add_argument("--exec", dest="exec_command", metavar="CMD", help="run CMD (sh -c) for each call")
@@ -130,8 +132,7 @@ async def _converse(call: Call, lines: asyncio.Queue[str | None]) -> int:
 
     async def send() -> None:
         with contextlib.suppress(ClientError):
-            while (line := await lines.get()) is not None:
-                await call.send(line)
+            await send_lines(lines, call.send)
             # Input ended: nothing more to say, but the call goes on until a HANGUP.
             lines.put_nowait(None)
 
@@ -183,9 +184,7 @@ async def _bridge(client: Client, call: Call, command: str, grace: float, url: s
             try:
                 raw = await stdout.readline()
             except ValueError:  # a line past the limit: dropped, the rest still flows
-                say(
-                    f"call {call.call_id}: dropped an output line over {_LINE_LIMIT} bytes"
-                )
+                say(f"call {call.call_id}: dropped an output line over {_LINE_LIMIT} bytes")
                 continue
             if not raw:
                 return

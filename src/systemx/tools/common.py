@@ -38,7 +38,9 @@ __all__ = [
     "format_data",
     "run_tool",
     "say",
+    "send_lines",
     "stdin_lines",
+    "tool_parser",
 ]
 
 DEFAULT_URL = "ws://127.0.0.1:8080"
@@ -53,6 +55,15 @@ EXIT_USAGE = 2
 EXIT_NOT_CONNECTED = 3
 #: The exchange could not be reached, or refused the registration.
 EXIT_UNREACHABLE = 4
+
+
+def tool_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, *, help: str, doc: str | None
+) -> argparse.ArgumentParser:
+    """The sub-command ``name``, described by its module's ``doc`` as written."""
+    return commands.add_parser(
+        name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def add_connection_args(parser: argparse.ArgumentParser, *, address_required: bool) -> None:
@@ -131,6 +142,12 @@ def stdin_lines() -> asyncio.Queue[str | None]:
 
     threading.Thread(target=read, name="systemx-stdin", daemon=True).start()
     return queue
+
+
+async def send_lines(lines: asyncio.Queue[str | None], send: Callable[[str], Awaitable[object]]) -> None:
+    """Pass each line from ``lines`` to ``send`` until their end (``None``)."""
+    while (line := await lines.get()) is not None:
+        await send(line)
 
 
 def failure(exc: BaseException) -> int:

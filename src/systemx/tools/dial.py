@@ -23,18 +23,20 @@ from systemx.tools.common import (
     format_data,
     own_address,
     say,
+    send_lines,
     stdin_lines,
+    tool_parser,
 )
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
+    parser = tool_parser(
+        commands,
         "dial",
         help="call an address: stdin lines become MSGs, received MSGs print to stdout",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        doc=__doc__,
     )
     parser.add_argument("address", help="the address to dial, e.g. bob@example.com")
     add_connection_args(parser, address_required=False)
@@ -97,10 +99,8 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _send_input(call: Call, wait: bool) -> None:
-    lines = stdin_lines()
     try:
-        while (line := await lines.get()) is not None:
-            await call.send(line)
+        await send_lines(stdin_lines(), call.send)
         if not wait:
             await call.hangup()
     except ClientError:

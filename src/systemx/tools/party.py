@@ -20,18 +20,20 @@ from systemx.tools.common import (
     emit_json,
     format_data,
     say,
+    send_lines,
     stdin_lines,
+    tool_parser,
 )
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
+    parser = tool_parser(
+        commands,
         "party",
         help="join a party line: stdin lines become PARTY_MSGs; joins, leaves and messages print",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        doc=__doc__,
     )
     parser.add_argument("name", help="the party line, e.g. standup@rooms.example.com")
     add_connection_args(parser, address_required=True)
@@ -60,10 +62,8 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _send_input(party: Party) -> None:
-    lines = stdin_lines()
     with contextlib.suppress(ClientError):
-        while (line := await lines.get()) is not None:
-            await party.send(line)
+        await send_lines(stdin_lines(), party.send)
 
 
 async def _print_events(party: Party, as_json: bool) -> None:

@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from systemx.client import PresenceEntry, connect
-from systemx.tools.common import EXIT_OK, add_connection_args, emit_json, own_address
+from systemx.tools.common import EXIT_OK, add_connection_args, emit_json, own_address, tool_parser
 
 __all__ = ["add_parser", "run"]
 
@@ -33,11 +33,8 @@ def _near(value: str) -> tuple[float, float, float]:
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "presence",
-        help="list registered addresses (table, or --json lines)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = tool_parser(
+        commands, "presence", help="list registered addresses (table, or --json lines)", doc=__doc__
     )
     add_connection_args(parser, address_required=False)
     parser.add_argument("--domain", help="only addresses of this domain")
