@@ -25,7 +25,15 @@ import pytest
 
 from tests.wsclient import TIMEOUT, TIMEOUT_SCALE, WSClient, scaled
 
-__all__ = ["TIMEOUT", "TIMEOUT_SCALE", "ServerFactory", "SystemXProcess", "run_command", "scaled"]
+__all__ = [
+    "TIMEOUT",
+    "TIMEOUT_SCALE",
+    "LoggedProcess",
+    "ServerFactory",
+    "SystemXProcess",
+    "run_command",
+    "scaled",
+]
 
 _LISTENING = re.compile(r"listening on (wss?)://([^\s:]+|\[[^\]]+\]):(\d+)")
 _STRIPPED_ENV = ("SYSTEMX_", "TLS_", "FEDERATION_")
@@ -53,8 +61,64 @@ async def run_command(
     return proc.returncode, out.decode(), err.decode()
 
 
-class SystemXProcess:
+class LoggedProcess:
+    """A subprocess whose output lines are kept in ``logs`` as they arrive, and can be waited on.
+
+    A subclass spawns ``proc``, then ``self._reader = asyncio.create_task(self._read(stream))``
+    on the pipe that carries its log; ``output`` names that output in errors.
+    """
+
+    output = "process output"
+
+    def __init__(self) -> None:
+        self.proc: asyncio.subprocess.Process | None = None
+        self.logs: list[str] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._waiters: list[tuple[re.Pattern[str], asyncio.Future[str]]] = []
+
+    async def _read(self, stream: asyncio.StreamReader | None) -> None:
+        assert stream is not None
+        while raw := await stream.readline():
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.logs.append(line)
+            for pattern, future in list(self._waiters):
+                if not future.done() and pattern.search(line):
+                    future.set_result(line)
+        for _pattern, future in self._waiters:
+            if not future.done():
+                future.set_exception(EOFError(f"{self.output} ended"))
+
+    async def wait_for_log(
+        self, pattern: str | re.Pattern[str], timeout: float = TIMEOUT, *, since: int = 0
+    ) -> str:
+        """The first log line from ``logs[since]`` on (seen or still to come) matching ``pattern``."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        for line in self.logs[since:]:
+            if regex.search(line):
+                return line
+        if self._reader is None or self._reader.done():
+            raise EOFError(f"{self.output} ended")
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        entry = (regex, future)
+        self._waiters.append(entry)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._waiters.remove(entry)
+
+    async def kill(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        if self._reader is not None:
+            await self._reader
+
+
+class SystemXProcess(LoggedProcess):
     """One ``systemx serve`` subprocess, restartable on the same data directory and port."""
+
+    output = "server output"
 
     def __init__(
         self,
@@ -63,18 +127,15 @@ class SystemXProcess:
         args: Sequence[str] = (),
         preexec: Callable[[], object] | None = None,
     ) -> None:
+        super().__init__()
         self.workdir = workdir
         # Run in the child between fork and exec (process limits, say).
         self.preexec = preexec
         self.data_dir = workdir / "data"
         self.env = dict(env or {})
         self.args = list(args)
-        self.proc: asyncio.subprocess.Process | None = None
-        self.logs: list[str] = []
         self.url = ""
         self.port = 0
-        self._reader: asyncio.Task[None] | None = None
-        self._waiters: list[tuple[re.Pattern[str], asyncio.Future[str]]] = []
 
     @property
     def http_url(self) -> str:
@@ -109,7 +170,7 @@ class SystemXProcess:
             stderr=asyncio.subprocess.PIPE,
             preexec_fn=self.preexec,
         )
-        self._reader = asyncio.create_task(self._read(self.proc))
+        self._reader = asyncio.create_task(self._read(self.proc.stderr))
         try:
             line = await self.wait_for_log(_LISTENING, timeout, since=first_line)
         except EOFError:
@@ -126,36 +187,6 @@ class SystemXProcess:
         self.port = int(port)
         self.url = f"{scheme}://{host}:{self.port}"
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stderr is not None
-        while raw := await proc.stderr.readline():
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.logs.append(line)
-            for pattern, future in list(self._waiters):
-                if not future.done() and pattern.search(line):
-                    future.set_result(line)
-        for _pattern, future in self._waiters:
-            if not future.done():
-                future.set_exception(EOFError("server output ended"))
-
-    async def wait_for_log(
-        self, pattern: str | re.Pattern[str], timeout: float = TIMEOUT, *, since: int = 0
-    ) -> str:
-        """The first log line from ``logs[since]`` on (seen or still to come) matching ``pattern``."""
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        for line in self.logs[since:]:
-            if regex.search(line):
-                return line
-        if self._reader is None or self._reader.done():
-            raise EOFError("server output ended")
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        entry = (regex, future)
-        self._waiters.append(entry)
-        try:
-            return await asyncio.wait_for(future, timeout)
-        finally:
-            self._waiters.remove(entry)
-
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = TIMEOUT) -> int:
         """Signal the server and wait for it to exit; its exit status."""
         proc = self.proc
@@ -171,14 +202,6 @@ class SystemXProcess:
             await self._reader
         assert proc.returncode is not None
         return proc.returncode
-
-    async def kill(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        if self._reader is not None:
-            await self._reader
 
     async def restart(self, timeout: float = TIMEOUT * 2) -> None:
         """Stop (SIGTERM) if running and start again on the same data directory and port."""

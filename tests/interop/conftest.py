@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -28,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.servers import bun_missing, find_bun
-from tests.conftest import TIMEOUT
+from tests.conftest import TIMEOUT, LoggedProcess
 from tests.wsclient import WSClient
 
 __all__ = ["REFERENCE_ENV", "ReferenceFactory", "ReferenceProcess", "free_port"]
@@ -83,22 +82,21 @@ def bun() -> str:
     return found
 
 
-class ReferenceProcess:
+class ReferenceProcess(LoggedProcess):
     """One reference router (``bun run src/server.ts``) on 127.0.0.1."""
+
+    output = "reference output"
 
     def __init__(
         self, bun: str, reference_dir: Path, workdir: Path, env: Mapping[str, str] | None = None
     ) -> None:
+        super().__init__()
         self.bun = bun
         self.reference_dir = reference_dir
         self.workdir = workdir
         self.env = dict(env or {})
         self.port = 0
         self.url = ""
-        self.proc: asyncio.subprocess.Process | None = None
-        self.logs: list[str] = []
-        self._reader: asyncio.Task[None] | None = None
-        self._waiters: list[tuple[re.Pattern[str], asyncio.Future[str]]] = []
 
     def _environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_ENV)}
@@ -129,7 +127,7 @@ class ReferenceProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
-        self._reader = asyncio.create_task(self._read(self.proc))
+        self._reader = asyncio.create_task(self._read(self.proc.stdout))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -150,34 +148,6 @@ class ReferenceProcess:
             client.transport.disconnect()
             return
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        while raw := await proc.stdout.readline():
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.logs.append(line)
-            for pattern, future in list(self._waiters):
-                if not future.done() and pattern.search(line):
-                    future.set_result(line)
-        for _pattern, future in self._waiters:
-            if not future.done():
-                future.set_exception(EOFError("reference output ended"))
-
-    async def wait_for_log(self, pattern: str, timeout: float = TIMEOUT, *, since: int = 0) -> str:
-        """The first log line from ``logs[since]`` on (seen or still to come) matching ``pattern``."""
-        regex = re.compile(pattern)
-        for line in self.logs[since:]:
-            if regex.search(line):
-                return line
-        if self._reader is None or self._reader.done():
-            raise EOFError("reference output ended")
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        entry = (regex, future)
-        self._waiters.append(entry)
-        try:
-            return await asyncio.wait_for(future, timeout)
-        finally:
-            self._waiters.remove(entry)
-
     async def stop(self, timeout: float = TIMEOUT) -> None:
         proc = self.proc
         if proc is not None and proc.returncode is None:
@@ -186,14 +156,6 @@ class ReferenceProcess:
                 await asyncio.wait_for(proc.wait(), timeout)
             except TimeoutError:
                 await self.kill()
-        if self._reader is not None:
-            await self._reader
-
-    async def kill(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.returncode is None:
-            proc.kill()
-            await proc.wait()
         if self._reader is not None:
             await self._reader
 
