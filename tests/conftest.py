@@ -153,6 +153,8 @@ class SystemXProcess(LoggedProcess):
         env["PYTHONUNBUFFERED"] = "1"
         # Tests run many servers at once: the admin listener only where a test asks for it.
         env["SYSTEMX_ADMIN"] = "off"
+        # Its internal session would count among every test's sessions: on where a test asks.
+        env["SYSTEMX_LOG_STREAM"] = "off"
         env.update(self.env)
         return env
 

@@ -1,5 +1,5 @@
 """The ``systemx`` command line: ``serve``, the terminal tools (``dial``,
-``answer``, ``presence``, ``party``), ``bench`` and ``--version``.
+``answer``, ``presence``, ``party``, ``calls``), ``bench`` and ``--version``.
 
 ``serve`` takes its settings from, strongest first: flags, the environment,
 ``--env-file``/``--config`` files, ``.env`` in the working directory.
@@ -36,7 +36,7 @@ _SERVE_FLAGS = {
     "tls_key": "tls_key_path",
 }
 
-_TOOLS = ("dial", "answer", "presence", "party")
+_TOOLS = ("dial", "answer", "presence", "party", "calls")
 
 
 def _duration(value: str) -> int:
@@ -86,9 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="read settings from FILE (dotenv format: NAME=value lines); may be repeated",
     )
 
-    from systemx.tools import answer, dial, party, presence
+    from systemx.tools import answer, calls, dial, party, presence
 
-    for tool in (dial, answer, presence, party):
+    for tool in (dial, answer, presence, party, calls):
         tool.add_parser(commands)
 
     bench = commands.add_parser(

@@ -127,6 +127,7 @@ class Settings:
     records_enabled: bool = True
     records_max: int = 1_000_000
     records_retention_days: float = 90.0
+    log_stream_enabled: bool = True
 
     @property
     def url(self) -> str:
@@ -508,6 +509,11 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         "allowed_origins",
         _split,
         "Comma list of browser origins allowed to upgrade (scheme://host[:port]; empty: any)",
+    ),
+    "SYSTEMX_LOG_STREAM": (
+        "log_stream_enabled",
+        _bool,
+        "Serve the exchange's log to callers of logs@system.local; off disables",
     ),
 }
 

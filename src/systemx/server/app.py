@@ -54,6 +54,7 @@ from systemx.protocol.codes import CloseCode, CloseReason
 from systemx.server.accept import SwitchingProtocols, create_server
 from systemx.server.http import forbidden_origin, http_answer, is_upgrade, origin_allowed, shutting_down
 from systemx.server.limits import IpGate, RateLimits
+from systemx.server.logstream import start_log_stream
 from systemx.server.ops import Operations
 from systemx.server.runtime import (
     ExchangeFactory,
@@ -206,6 +207,7 @@ class Server:
         runtime.attach(exchange)
         hub.attach(exchange)
         exchange.start(_now())
+        self.log_stream = start_log_stream(self)  # logs@system.local; ends with the exchange's shutdown
         await self.ops.start(exchange, hub)
         # Federation hook: outbound trunks (server/federation.py).
         from systemx.server.federation import start_federation
