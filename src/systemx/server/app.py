@@ -185,7 +185,7 @@ class WakeRunnerLike(Protocol):
 
 
 ExchangeFactory = Callable[..., ExchangeLike]
-"""``factory(settings, actions, profiles=...)`` building the exchange."""
+"""``factory(core_config, actions, profiles=...)`` building the exchange."""
 ProfileStoreFactory = Callable[[Path], ProfileStore]
 WakeRunnerFactory = Callable[[Settings, Callable[[str, str], None], Callable[[str], bool]], WakeRunnerLike]
 
@@ -602,7 +602,7 @@ class Server:
         # Built after binding so that it knows the real port (with --port 0) when it
         # refuses webhooks aimed at the exchange itself. No connection is handled
         # before this line: the loop has not run since the bind returned.
-        self._exchange = self._exchange_factory(self.settings, self, profiles=profiles)
+        self._exchange = self._exchange_factory(self.settings.core_config(), self, profiles=profiles)
         self.on_data = self._exchange.on_data
         self._exchange.start(_now())
         capacity = connection_capacity()
