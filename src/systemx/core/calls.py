@@ -140,6 +140,7 @@ WAITING, RINGING, CONNECTED, ENDED = S.WAITING, S.RINGING, S.CONNECTED, S.ENDED
 
 _encode = m.encode
 _join = b"".join
+_new = object.__new__
 
 CT_SUFFIX: dict[str | None, bytes] = {
     "text": b',"content_type":"text"}',
@@ -149,7 +150,16 @@ CT_SUFFIX: dict[str | None, bytes] = {
 }
 
 # Who ended a call, by event, when no party did.
-_BY_EXCHANGE = {E.TIMEOUT, E.WAKE_FAILED, E.UNREACHABLE, E.SHUTDOWN}
+_EXCHANGE_EVENTS = {E.TIMEOUT, E.WAKE_FAILED, E.UNREACHABLE, E.SHUTDOWN}
+
+# Enum members as module constants: an enum attribute lookup costs several dict
+# lookups, and call setup and teardown use these on every call.
+_EV_RING, _EV_ANSWER, _EV_HANGUP, _EV_TIMEOUT = E.RING, E.ANSWER, E.HANGUP, E.TIMEOUT
+_EV_UNREACHABLE, _EV_DISCONNECT, _EV_SHUTDOWN = E.UNREACHABLE, E.DISCONNECT, E.SHUTDOWN
+_ANSWERED, _NO_ANSWER, _BUSY = Disposition.ANSWERED, Disposition.NO_ANSWER, Disposition.BUSY
+_CANCELLED, _FAILED = Disposition.CANCELLED, Disposition.FAILED
+_BY_CALLER, _BY_CALLEE, _BY_EXCHANGE = EndedBy.CALLER, EndedBy.CALLEE, EndedBy.EXCHANGE
+_NORMAL = HangupReason.NORMAL
 
 
 class Call:
@@ -201,7 +211,9 @@ class Call:
         self.state = state
         self.routes: dict[Session, tuple[Any, bytes]] | None = None
         self.listeners: dict[Session, None] | None = None
-        self.ring_timer = RingTimer(call_id)
+        # RingTimer(call_id) without the __init__ frame: call setup is a measured path.
+        self.ring_timer = timer = _new(RingTimer)
+        timer.call_id = call_id
         self.woken = False
 
     def parties(self) -> list[Session]:
@@ -236,6 +248,8 @@ class CallBook(Sender):
         self.by_id: dict[str, Call] = {}
         # callee key -> calls waiting for it (asleep, looked up, or busy with an earlier queued call)
         self._queues: dict[str, deque[Call]] = {}
+        #: Whether calls wait for an address key (C-level: asked at every REGISTER).
+        self.has_waiting: Callable[[str], bool] = self._queues.__contains__
 
     # ------------------------------------------------------------- accessors
 
@@ -267,11 +281,19 @@ class CallBook(Sender):
 
     def _end(self, call: Call, event: CallEvent, reason: str, now: float, by: Session | None = None) -> None:
         """Remove ``call`` from every index and record it. Notifications are the caller's job."""
-        call.state = transition(call.state, event)
+        state = call.state
+        call.state = transition(state, event)
         call_id = call.call_id
         self.by_id.pop(call_id, None)
-        self._actions.cancel_timer(call.ring_timer)
-        parties = call.parties()
+        if state is not CONNECTED:
+            # A connected call's ring timer was cancelled at ANSWER (a broadcast has none).
+            self._actions.cancel_timer(call.ring_timer)
+        caller = call.caller
+        callee = call.callee
+        if call.listeners is None and caller is not None and callee is not None:
+            parties = [caller, callee]
+        else:
+            parties = call.parties()
         for p in parties:
             p.calls.pop(call_id, None)
         call.routes = None
@@ -283,52 +305,48 @@ class CallBook(Sender):
             if not queue:
                 del self._queues[key]
         self._registry.touch(*parties)
-        self._recorder.call_ended(self._record(call, event, reason, now, by))
-        callee = call.callee
+        # The call record, built here once (inline: this runs for every call).
+        answered = call.connected_at
+        if answered is not None:
+            disposition = _ANSWERED
+        elif event is _EV_TIMEOUT:
+            disposition = _NO_ANSWER
+        elif event is _EV_UNREACHABLE:
+            disposition = _BUSY
+        elif event is _EV_HANGUP or (event is _EV_DISCONNECT and by is not None):
+            disposition = _CANCELLED
+        else:
+            disposition = _FAILED
+        if by is None or event in _EXCHANGE_EVENTS:
+            ended_by = _BY_EXCHANGE
+        else:
+            ended_by = _BY_CALLER if by is caller else _BY_CALLEE
+        rang = call.rang_at
+        self._recorder.call_ended(
+            CallRecord(
+                call_id=call_id,
+                caller=(caller.address or "") if caller is not None else "",
+                callee=call.to,
+                dialled_at=call.created,
+                ended_at=now,
+                disposition=disposition,
+                reason=reason,
+                ended_by=ended_by,
+                rang_at=rang,
+                answered_at=answered,
+                ring_seconds=0.0
+                if rang is None
+                else max((now if answered is None else answered) - rang, 0.0),
+                talk_seconds=0.0 if answered is None else max(now - answered, 0.0),
+                woken=call.woken,
+                wake_seconds=(rang - call.created) if call.woken and rang is not None else None,
+            )
+        )
         if callee is not None and not callee.closed and key in self._queues:
             self.ring_waiting(key, now)
         for p in parties:
             if p.remote and not p.calls and not p.closed:
                 self._registry.forget_remote(p)
-
-    def _record(
-        self, call: Call, event: CallEvent, reason: str, now: float, by: Session | None
-    ) -> CallRecord:
-        answered = call.connected_at
-        caller = call.caller
-        if answered is not None:
-            disposition = Disposition.ANSWERED
-        elif event is E.TIMEOUT:
-            disposition = Disposition.NO_ANSWER
-        elif event is E.UNREACHABLE:
-            disposition = Disposition.BUSY
-        elif event is E.HANGUP or (event is E.DISCONNECT and by is not None):
-            disposition = Disposition.CANCELLED
-        else:
-            disposition = Disposition.FAILED
-        if by is None or event in _BY_EXCHANGE:
-            ended_by = EndedBy.EXCHANGE
-        else:
-            ended_by = EndedBy.CALLER if by is caller else EndedBy.CALLEE
-        rang = call.rang_at
-        return CallRecord(
-            call_id=call.call_id,
-            caller=(caller.address or "") if caller is not None else "",
-            callee=call.to,
-            dialled_at=call.created,
-            ended_at=now,
-            disposition=disposition,
-            reason=reason,
-            ended_by=ended_by,
-            rang_at=rang,
-            answered_at=answered,
-            ring_seconds=max((answered if answered is not None else now) - rang, 0.0)
-            if rang is not None
-            else 0.0,
-            talk_seconds=max(now - answered, 0.0) if answered is not None else 0.0,
-            woken=call.woken,
-            wake_seconds=(rang - call.created) if call.woken and rang is not None else None,
-        )
 
     # ------------------------------------------------------------------ dial
 
@@ -399,7 +417,7 @@ class CallBook(Sender):
             if self._occupied(callee) is not None:
                 break
             queue.popleft()
-            call.state = transition(call.state, E.RING)
+            call.state = transition(call.state, _EV_RING)
             call.callee = callee
             callee.calls[call.call_id] = call
             self._ring(call, now)
@@ -459,7 +477,7 @@ class CallBook(Sender):
             self._busy(call.caller, call.to, BusyReason.TIMEOUT, call_id)
         if call.state is RINGING and call.callee is not None:
             self._send_msg(call.callee, m.Hangup(call_id=call_id, reason=HangupReason.TIMEOUT))
-        self._end(call, E.TIMEOUT, HangupReason.TIMEOUT, now)
+        self._end(call, _EV_TIMEOUT, HangupReason.TIMEOUT, now)
 
     # ------------------------------------------------------- answer, hangup
 
@@ -477,13 +495,15 @@ class CallBook(Sender):
             return
         caller = call.caller
         assert caller is not None
-        call.state = transition(call.state, E.ANSWER)
+        call.state = transition(call.state, _EV_ANSWER)
         call.connected_at = now
         call_id = call.call_id
         self._actions.cancel_timer(call.ring_timer)
+        # msg_prefix, inline for both parties: the call id is encoded once.
+        head = b'{"type":"MSG","call_id":' + _encode(call_id) + b',"from":'
         call.routes = {
-            caller: (s.conn, msg_prefix(call_id, caller)),
-            s: (caller.conn, msg_prefix(call_id, s)),
+            caller: (s.conn, head + caller.addr_json + b',"data":'),
+            s: (caller.conn, head + s.addr_json + b',"data":'),
         }
         if self._debug:
             log.debug("Call connected: %s ↔ %s (call: %s)", caller.address, s.address, call_id)
@@ -498,7 +518,7 @@ class CallBook(Sender):
             warn(s, now, "HANGUP ignored: call %s is not a call of %s", msg.call_id, s.address)
             return
         s.last_activity = now
-        reason = msg.reason or HangupReason.NORMAL
+        reason = msg.reason or _NORMAL
         if call.listeners is not None and s is not call.callee:
             self._send_msg(s, m.Hangup(call_id=call.call_id, reason=reason))
         self._leave(s, call, reason, now)
@@ -510,7 +530,7 @@ class CallBook(Sender):
 
     def _leave(self, s: Session, call: Call, reason: str, now: float) -> None:
         """``s`` leaves ``call`` (hangup or gone); tell whoever remains."""
-        event = E.DISCONNECT if s.closed else E.HANGUP
+        event = _EV_DISCONNECT if s.closed else _EV_HANGUP
         if call.listeners is not None:
             if s is call.callee:
                 frame = _encode(m.Hangup(call_id=call.call_id, reason=reason))
@@ -546,7 +566,7 @@ class CallBook(Sender):
             else:
                 for party in call.parties():
                     self._send_msg(party, m.Hangup(call_id=call.call_id, reason=HangupReason.SHUTDOWN))
-            self._end(call, E.SHUTDOWN, HangupReason.SHUTDOWN, now)
+            self._end(call, _EV_SHUTDOWN, HangupReason.SHUTDOWN, now)
 
     # ------------------------------------------------------------- broadcast
 
@@ -562,7 +582,7 @@ class CallBook(Sender):
         if call is None:
             call = Call(self._new_id(), None, caster, to, caster.key or "", metadata, now, RINGING)
             call.rang_at = now
-            call.state = transition(call.state, E.ANSWER)
+            call.state = transition(call.state, _EV_ANSWER)
             call.connected_at = now
             call.listeners = {}
             self._add(call)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -66,6 +66,7 @@ from systemx.protocol.codes import (
 )
 from systemx.protocol.errors import NOT_JSON, describe_invalid
 from systemx.quicklog import get_logger
+from systemx.state.ports import PENDING, Claimed, Concurrency, Directory, InUse, Pending
 from systemx.state.presence import MemoryPresenceIndex, PresenceIndex
 
 __all__ = ["Call", "Exchange", "PartyLine", "Session"]
@@ -79,6 +80,32 @@ _decode = m.decode_client
 _DecodeError = msgspec.DecodeError
 _ValidationError = msgspec.ValidationError
 _CT_SUFFIX = CT_SUFFIX
+# Enum members read at every session end, as module constants (an enum attribute costs more).
+_RECONFIGURED, _PEER_DISCONNECTED = HangupReason.RECONFIGURED, HangupReason.PEER_DISCONNECTED
+
+
+# The answer of the address index when it is the directory (no Registration built).
+_LOCAL_CLAIM: Final = object()
+
+
+class _Claim:
+    """A REGISTER waiting for the directory's answer to its claim."""
+
+    __slots__ = ("concurrency", "handler", "key", "meta", "msg")
+
+    def __init__(
+        self,
+        msg: m.Register,
+        key: str,
+        handler: dict[str, Any] | None,
+        concurrency: Concurrency,
+        meta: dict[str, Any],
+    ) -> None:
+        self.msg = msg
+        self.key = key
+        self.handler = handler
+        self.concurrency = concurrency
+        self.meta = meta
 
 
 class Exchange(Sender):
@@ -93,6 +120,7 @@ class Exchange(Sender):
         new_id: Callable[[], str] | None = None,
         presence: PresenceIndex | None = None,
         directory: bool = False,
+        claims: Directory | None = None,
         recorder: Recorder | None = None,
     ) -> None:
         super().__init__(actions.send)
@@ -100,7 +128,7 @@ class Exchange(Sender):
         self._actions = actions
         send = actions.send
         self.recorder: Recorder = recorder if recorder is not None else LogRecorder(log)
-        self.registry = Registry(presence if presence is not None else MemoryPresenceIndex())
+        self.registry = Registry(presence if presence is not None else MemoryPresenceIndex(), claims)
         self.book = CallBook(actions, self.registry, self.recorder, new_id or _uuid4, config.call_timeout)
         self.wake = Wake(actions, self.registry, self.book, self.recorder, config, self._sleep)
         self.lines = PartyLines(
@@ -116,6 +144,8 @@ class Exchange(Sender):
         # up by an action and the answer returns as ``on_lookup_result``.
         self._directory = directory
         self._looking_up: set[str] = set()
+        # Sessions whose REGISTER waits for the directory's answer (``on_claimed``).
+        self._claiming: dict[Session, _Claim] = {}
         self._hb_timeout = config.heartbeat_timeout
         self._hb_interval = config.heartbeat_interval
         self._stopping = False
@@ -220,7 +250,7 @@ class Exchange(Sender):
         """The session's socket is gone. Safe to call more than once."""
         if not s.closed:
             s.closed = True
-            self._end_session(s, HangupReason.PEER_DISCONNECTED, now)
+            self._end_session(s, _PEER_DISCONNECTED, now)
         self.registry.forget(s)
 
     def on_timer(self, key: object, now: float) -> None:
@@ -326,8 +356,13 @@ class Exchange(Sender):
         return False
 
     def _door_dial(self, s: Session, msg: m.Dial, now: float) -> bool:
+        # The common case (no metadata, no rate limit, registered) costs no further call.
         policy = self.policy
-        return policy.dial_values(s, msg, now) and policy.dial_rate(s, now) and self._registered(s, msg, now)
+        if msg.metadata is not None and not policy.dial_values(s, msg, now):
+            return False
+        if policy.dial_limited and not policy.dial_rate(s, now):
+            return False
+        return s.key is not None or self._registered(s, msg, now)
 
     def _door_presence(self, s: Session, msg: m.Presence, now: float) -> bool:
         return self.policy.presence_rate(s, now) and self._registered(s, msg, now)
@@ -394,20 +429,84 @@ class Exchange(Sender):
             return
         if handler is not None and not wake.admit(s, key, address):
             return
+        if s in self._claiming:
+            self._send_msg(
+                s,
+                m.RegisterFailed(
+                    reason=RegisterFailedReason.INVALID_PAYLOAD,
+                    address=address,
+                    detail="an earlier REGISTER of this session is still being processed",
+                ),
+            )
+            return
+        meta = dict(msg.metadata) if msg.metadata is not None else {}
+        if not registry.shared:
+            # The address index is the directory, and it said yes above.
+            self._claimed(s, msg, key, handler, concurrency, meta, _LOCAL_CLAIM, now)
+            return
+        result = registry.claim(s, key, address, msg, concurrency, meta)
+        if result is PENDING:
+            self._claiming[s] = _Claim(msg, key, handler, concurrency, meta)
+            return
+        assert not isinstance(result, Pending)
+        self._claimed(s, msg, key, handler, concurrency, meta, result, now)
+
+    def on_claimed(self, s: Session, result: Claimed | InUse, now: float) -> None:
+        """The directory's later answer to the claim of ``s``'s REGISTER: complete it.
+
+        A claim granted to a session that has gone meanwhile is given back.
+        """
+        claim = self._claiming.pop(s, None)
+        if claim is None:
+            return
+        if s.closed:
+            if isinstance(result, Claimed):
+                self.registry.release_claim(claim.key, s)
+            return
+        self._claimed(s, claim.msg, claim.key, claim.handler, claim.concurrency, claim.meta, result, now)
+
+    def _claimed(
+        self,
+        s: Session,
+        msg: m.Register,
+        key: str,
+        handler: dict[str, Any] | None,
+        concurrency: Concurrency,
+        meta: dict[str, Any],
+        result: Claimed | InUse | object,
+        now: float,
+    ) -> None:
+        """The continuation of REGISTER once its claim is answered, at once or later."""
+        address = msg.address
+        registry = self.registry
+        if (result is not _LOCAL_CLAIM and type(result) is not Claimed) or key in self.lines:
+            if type(result) is Claimed:
+                registry.release_claim(key, s)
+            self._send_msg(
+                s,
+                m.RegisterFailed(
+                    reason=RegisterFailedReason.ADDRESS_IN_USE,
+                    address=address,
+                    detail="a party line has this address" if key in self.lines else None,
+                ),
+            )
+            return
         if s.key is not None and s.key != key:
             # A new address on the same socket: the old one is given up.
             self._end_session(s, HangupReason.RECONFIGURED, now)
-        fresh = registry.bind(s, key, address, msg, concurrency, now)
-        meta = s.metadata
-        wake.registered(key, address, msg.mode, handler, msg.metadata is not None, meta)
-        registry.publish(key, address, meta, registry.effective_status(s))
+        wake = self.wake
+        if handler is not None or wake.has_profile(key):
+            wake.registered(key, address, msg.mode, handler, msg.metadata is not None, meta)
+        fresh = registry.bind(s, key, address, msg, concurrency, meta, now)
         self._send_msg(s, m.Registered(address=address, session_id=s.session_id))
-        woken = wake.woken(key)
+        woken = wake.is_waking(key) and wake.woken(key)
         if fresh or woken:
             self.recorder.bound(address, s.session_id, now, woken=woken)
-        if woken:
-            self.book.arm_waiting(key)
-        self.book.ring_waiting(key, now)
+        book = self.book
+        if book.has_waiting(key):
+            if woken:
+                book.arm_waiting(key)
+            book.ring_waiting(key, now)
 
     def _on_unregister(self, s: Session, msg: m.Unregister, now: float) -> None:
         s.closed = True
@@ -416,17 +515,30 @@ class Exchange(Sender):
 
     def _end_session(self, s: Session, reason: str, now: float) -> None:
         """End ``s``'s calls and party memberships and free its address."""
-        self.book.drop_session(s, reason, now)
-        self.lines.drop_session(
-            s,
-            PartyLeftReason.RECONFIGURED
-            if reason == HangupReason.RECONFIGURED
-            else PartyLeftReason.DISCONNECTED,
-        )
-        self.wake.cancel_sleep(s)
-        bound = self.registry.unbind(s)
-        if bound is not None:
-            self.wake.unbound(s, bound[0], bound[1], reason, now)
+        # Each step is skipped when it has nothing to do: this runs for every session.
+        if s.calls:
+            self.book.drop_session(s, reason, now)
+        if s.parties:
+            self.lines.drop_session(
+                s,
+                PartyLeftReason.RECONFIGURED
+                if reason == _RECONFIGURED
+                else PartyLeftReason.DISCONNECTED,
+            )
+        wake = self.wake
+        if s.idle_timer is not None:
+            wake.cancel_sleep(s)
+        key = s.key
+        if key is None:
+            return
+        profiled = wake.has_profile(key)
+        asleep = profiled and reason != _RECONFIGURED
+        address = self.registry.unbind(s, asleep)
+        assert address is not None
+        why = "disconnected" if reason == _PEER_DISCONNECTED else reason
+        self.recorder.unbound(address, s.session_id, why, now, asleep=asleep)
+        if profiled or self.book.has_waiting(key):
+            wake.unbound(key, asleep, now)
 
     def _sleep(self, s: Session, now: float) -> None:
         s.closed = True

@@ -87,6 +87,8 @@ class Policy(Sender):
         self._max_depth = cfg.max_json_depth
         self._max_value_bytes = cfg.max_value_bytes
         self._dial_max = cfg.dial_max_attempts
+        #: Whether DIAL is rate limited at all (``dial_rate`` need not be asked otherwise).
+        self.dial_limited = cfg.dial_max_attempts > 0
         self._dial_window = cfg.dial_window
         self._presence_max = cfg.presence_max_queries
         self._presence_window_ms = cfg.presence_window_ms

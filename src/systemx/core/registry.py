@@ -7,11 +7,20 @@ session's effective status (``busy`` while in a call), and finds the sessions
 whose heartbeat is overdue. A holder found by a directory lookup (a session of
 another node, or behind a trunk) is bound here too, as a *remote* session, for
 as long as it carries calls.
+
+With a :class:`~systemx.state.ports.Directory` (``directory=``), binding an
+address claims it there first (:meth:`Registry.claim`) and unbinding releases
+it. A memory directory answers at once, so REGISTER completes in the same call;
+a shared directory may answer :data:`~systemx.state.ports.PENDING`, and the
+facade completes the REGISTER when the answer arrives (``Exchange.on_claimed``).
+Without one (a single node), the address index itself is the directory and
+answers at once: an address held by another local session is in use, anything
+else is claimed, with no :class:`~systemx.state.ports.Registration` built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, KeysView
+from collections.abc import Callable, KeysView
 from typing import Any
 
 from systemx.core.session import Session
@@ -19,6 +28,7 @@ from systemx.protocol import messages as m
 from systemx.protocol.address import domain_of
 from systemx.protocol.codes import Status
 from systemx.quicklog import get_logger
+from systemx.state.ports import Claimed, Concurrency, Directory, InUse, Pending, Registration
 from systemx.state.presence import PresenceIndex
 
 __all__ = ["Registry"]
@@ -38,12 +48,20 @@ def _location(meta: dict[str, Any]) -> tuple[float | None, float | None]:
 class Registry:
     """Sessions, the address index and presence entries. See the module docstring."""
 
-    def __init__(self, presence: PresenceIndex) -> None:
+    def __init__(
+        self, presence: PresenceIndex, directory: Directory | None = None, node: str = "local"
+    ) -> None:
         self._sessions: dict[Session, None] = {}
         self._by_key: dict[str, Session] = {}
         self._presence = presence
+        self._directory = directory
+        self._node = node
+        #: Whether claims go to a directory (else the address index answers them).
+        self.shared = directory is not None
         #: The session holding an address key, or None.
         self.holder = self._by_key.get
+        #: Add an opened session (C-level: runs once per connection).
+        self.open: Callable[[Session], object] = self._sessions.setdefault
 
     # ------------------------------------------------------------- accessors
 
@@ -68,9 +86,6 @@ class Registry:
 
     # -------------------------------------------------------------- sessions
 
-    def open(self, s: Session) -> None:
-        self._sessions[s] = None
-
     def forget(self, s: Session) -> None:
         self._sessions.pop(s, None)
 
@@ -80,9 +95,47 @@ class Registry:
 
     # ------------------------------------------------------------ addresses
 
-    def bind(self, s: Session, key: str, address: str, msg: m.Register, concurrency: str, now: float) -> bool:
-        """``s`` holds ``key`` with ``msg``'s options (validated); True if newly bound."""
-        meta = dict(msg.metadata) if msg.metadata is not None else {}
+    def claim(
+        self,
+        s: Session,
+        key: str,
+        address: str,
+        msg: m.Register,
+        concurrency: Concurrency,
+        meta: dict[str, Any],
+    ) -> Claimed | InUse | Pending:
+        """Claim ``key`` for ``s`` in the directory: the answer, or PENDING (it comes later)."""
+        assert self._directory is not None
+        return self._directory.claim(
+            Registration(
+                address=address,
+                key=key,
+                node=self._node,
+                session_id=s.session_id,
+                concurrency=concurrency,
+                max_sessions=msg.max_sessions,
+                max_listeners=msg.max_listeners,
+                metadata=meta,
+            )
+        )
+
+    def release_claim(self, key: str, s: Session) -> None:
+        """Give back a claim that was granted but will not be bound (the session went meanwhile)."""
+        if self._directory is not None:
+            self._directory.release(key, s.session_id)
+
+    def bind(
+        self,
+        s: Session,
+        key: str,
+        address: str,
+        msg: m.Register,
+        concurrency: str,
+        meta: dict[str, Any],
+        now: float,
+    ) -> bool:
+        """``s`` holds ``key`` (claimed) with ``msg``'s options (validated), and presence
+        shows it with ``meta``; True if newly bound."""
         s.metadata = meta
         s.status = meta.get("status", s.status if s.key == key else "available")
         s.concurrency = concurrency
@@ -98,13 +151,17 @@ class Registry:
             # The same line re-registered with its domain in another case: shown as now written.
             s.address = address
             s.addr_json = _encode(address)
+        status = s.status
+        if s.calls and status != "dnd" and status != "away":
+            status = "busy"
+        self.publish(key, address, meta, status)
         return fresh
 
-    def unbind(self, s: Session) -> tuple[str, str] | None:
-        """``s`` gives up its address: ``(key, address)`` it held, or None if it held none.
+    def unbind(self, s: Session, asleep: bool) -> str | None:
+        """``s`` gives up its address (returned; None if it held none).
 
-        The presence entry stays: what becomes of it (removed, or kept as asleep)
-        is the caller's decision, made through :meth:`set_asleep` or :meth:`remove`.
+        ``asleep``: presence keeps the address as ``asleep`` (a wake-on-ring address,
+        still dialable); otherwise its entry is removed.
         """
         key = s.key
         if key is None:
@@ -113,9 +170,15 @@ class Registry:
         assert address is not None
         if self._by_key.get(key) is s:
             del self._by_key[key]
+            if self._directory is not None:
+                self._directory.release(key, s.session_id)
         s.key = None
         s.address = None
-        return key, address
+        if asleep:
+            self._presence.set_status(key, Status.ASLEEP)
+        else:
+            self._presence.remove(key)
+        return address
 
     def bind_remote(self, conn: Any, session_id: str, address: str, key: str, now: float) -> Session:
         """A holder found elsewhere, bound here while it carries calls."""
@@ -151,10 +214,11 @@ class Registry:
         set_status = self._presence.set_status
         for s in sessions:
             if s is not None and s.key is not None and not s.closed:
-                set_status(s.key, self.effective_status(s))
-
-    def touch_all(self, sessions: Iterable[Session]) -> None:
-        self.touch(*sessions)
+                # effective_status, inline: this runs four times per call.
+                status = s.status
+                if s.calls and status != "dnd" and status != "away":
+                    status = "busy"
+                set_status(s.key, status)
 
     def publish(self, key: str, address: str, meta: dict[str, Any], status: str) -> None:
         """Put ``address`` in the presence index under ``key`` with its (validated) metadata."""
@@ -169,9 +233,3 @@ class Registry:
             status=status,
             metadata=meta,
         )
-
-    def set_asleep(self, key: str) -> None:
-        self._presence.set_status(key, Status.ASLEEP)
-
-    def remove(self, key: str) -> None:
-        self._presence.remove(key)

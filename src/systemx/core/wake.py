@@ -25,7 +25,6 @@ from systemx.protocol.address import address_key, is_valid_address
 from systemx.protocol.codes import (
     BusyReason,
     ErrorReason,
-    HangupReason,
     RegisterFailedReason,
     SleepReason,
     Status,
@@ -60,17 +59,15 @@ class Wake(Sender):
         self._profiles: dict[str, dict[str, Any]] = {}
         # key -> (the address a running wake handler was asked to wake, as the profile wrote it; its timer)
         self._waking: dict[str, tuple[str, WakeTimer]] = {}
+        #: Whether an address key has a wake profile / is being woken (C-level: asked on
+        #: every REGISTER and session end).
+        self.has_profile: Callable[[str], bool] = self._profiles.__contains__
+        self.is_waking: Callable[[str], bool] = self._waking.__contains__
 
     # ------------------------------------------------------------- accessors
 
-    def has_profile(self, key: str) -> bool:
-        return key in self._profiles
-
     def profiles(self) -> dict[str, dict[str, Any]]:
         return dict(self._profiles)
-
-    def is_waking(self, key: str) -> bool:
-        return key in self._waking
 
     def waking(self) -> list[str]:
         return list(self._waking)
@@ -173,18 +170,13 @@ class Wake(Sender):
             self._profiles[key] = profile
             self._actions.persist_profile(key, profile)
 
-    def unbound(self, s: Session, key: str, address: str, reason: str, now: float) -> None:
-        """``s`` gave up ``key``: it sleeps (with a profile) or is gone; waiting calls follow."""
+    def unbound(self, key: str, asleep: bool, now: float) -> None:
+        """``key``'s holder gave it up (``asleep``: it sleeps). Asked only when ``key``
+        has a profile or calls wait for it: the next wake starts, or they fail."""
         profile = self._profiles.get(key)
-        why = "disconnected" if reason == HangupReason.PEER_DISCONNECTED else reason
-        if profile is not None and reason != HangupReason.RECONFIGURED:
-            self._registry.set_asleep(key)
-            self._recorder.unbound(address, s.session_id, why, now, asleep=True)
-        else:
-            self._registry.remove(key)
-            if profile is not None:
-                self.load(profile)
-            self._recorder.unbound(address, s.session_id, why, now)
+        if profile is not None and not asleep:
+            # Renamed away: the profile stays, and presence shows it asleep again.
+            self.load(profile)
         first = self._book.first_waiting(key)
         if first is not None:
             if profile is not None:
