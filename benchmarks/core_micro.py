@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from systemx.config import Settings
-from systemx.core.actions import WakeRequest
+from systemx.core.actions import WakeProfile, WakeRequest
 from systemx.core.exchange import Exchange
 
 __all__ = ["CountingActions", "main", "measure"]
@@ -63,7 +63,7 @@ class CountingActions:
     def cancel_wake(self, address: str) -> None:
         pass
 
-    def persist_profile(self, key: str, profile: dict[str, Any] | None) -> None:
+    def persist_profile(self, key: str, profile: WakeProfile | None) -> None:
         pass
 
     def lookup(self, address: str) -> None:

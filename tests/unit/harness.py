@@ -10,6 +10,7 @@ import msgspec
 
 from systemx.config import Settings, SpawnHandler
 from systemx.core import Exchange, RecordingActions, Session
+from systemx.core.actions import WakeProfile
 
 _dec = msgspec.json.Decoder()
 
@@ -26,7 +27,8 @@ class Harness:
         self.actions = RecordingActions()
         self.now = 1_000.0
         self.ids = 0
-        self.x = Exchange(self.settings.core_config(), self.actions, new_id=self._id, profiles=profiles)
+        stored = {k: msgspec.convert(v, WakeProfile) for k, v in (profiles or {}).items()}
+        self.x = Exchange(self.settings.core_config(), self.actions, new_id=self._id, profiles=stored)
         self.x.start(self.now)
         self.sessions: dict[str, Session] = {}
         self.read: dict[str, int] = {}

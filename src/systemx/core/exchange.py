@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final
 
 import msgspec
 
-from systemx.core.actions import Actions
+from systemx.core.actions import Actions, StoredHandler, WakeProfile
 from systemx.core.calls import CONNECTED, CT_SUFFIX, Call, CallBook, CallEvent
 from systemx.core.config import CoreConfig
 from systemx.core.parties import PartyLine, PartyLines
@@ -97,7 +97,7 @@ class _Claim:
         self,
         msg: m.Register,
         key: str,
-        handler: dict[str, Any] | None,
+        handler: StoredHandler | None,
         concurrency: Concurrency,
         meta: dict[str, Any],
     ) -> None:
@@ -116,7 +116,7 @@ class Exchange(Sender):
         config: CoreConfig,
         actions: Actions,
         *,
-        profiles: dict[str, dict[str, Any]] | None = None,
+        profiles: Mapping[str, WakeProfile] | None = None,
         new_id: Callable[[], str] | None = None,
         presence: PresenceIndex | None = None,
         directory: bool = False,
@@ -299,7 +299,7 @@ class Exchange(Sender):
     def party(self, name: str) -> PartyLine | None:
         return self.lines.get(name)
 
-    def profiles(self) -> dict[str, dict[str, Any]]:
+    def profiles(self) -> dict[str, WakeProfile]:
         return self.wake.profiles()
 
     @property
@@ -409,7 +409,7 @@ class Exchange(Sender):
             self._send_msg(s, m.RegisterFailed(reason=reason, address=address, detail=problem))
             return
         key = address_key(address)
-        handler: dict[str, Any] | None = None
+        handler: StoredHandler | None = None
         wake = self.wake
         if msg.mode == "wake_on_ring":
             ok, handler = wake.accept_handler(s, msg, key, address)
@@ -470,7 +470,7 @@ class Exchange(Sender):
         s: Session,
         msg: m.Register,
         key: str,
-        handler: dict[str, Any] | None,
+        handler: StoredHandler | None,
         concurrency: Concurrency,
         meta: dict[str, Any],
         result: Claimed | InUse | object,
@@ -521,9 +521,7 @@ class Exchange(Sender):
         if s.parties:
             self.lines.drop_session(
                 s,
-                PartyLeftReason.RECONFIGURED
-                if reason == _RECONFIGURED
-                else PartyLeftReason.DISCONNECTED,
+                PartyLeftReason.RECONFIGURED if reason == _RECONFIGURED else PartyLeftReason.DISCONNECTED,
             )
         wake = self.wake
         if s.idle_timer is not None:

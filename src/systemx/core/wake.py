@@ -12,7 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from systemx.core.actions import Actions, WakeRequest
+import msgspec
+
+from systemx.core.actions import Actions, StoredHandler, WakeProfile, WakeRequest
 from systemx.core.calls import CallBook, CallEvent
 from systemx.core.config import CoreConfig
 from systemx.core.records import Recorder
@@ -55,8 +57,8 @@ class Wake(Sender):
         self._recorder = recorder
         self._cfg = cfg
         self._sleep = sleep
-        # key -> {"address", "handler", "metadata"}: addresses that sleep when absent
-        self._profiles: dict[str, dict[str, Any]] = {}
+        # key -> profile: addresses that sleep when absent
+        self._profiles: dict[str, WakeProfile] = {}
         # key -> (the address a running wake handler was asked to wake, as the profile wrote it; its timer)
         self._waking: dict[str, tuple[str, WakeTimer]] = {}
         #: Whether an address key has a wake profile / is being woken (C-level: asked on
@@ -66,7 +68,7 @@ class Wake(Sender):
 
     # ------------------------------------------------------------- accessors
 
-    def profiles(self) -> dict[str, dict[str, Any]]:
+    def profiles(self) -> dict[str, WakeProfile]:
         return dict(self._profiles)
 
     def waking(self) -> list[str]:
@@ -77,17 +79,17 @@ class Wake(Sender):
 
     # -------------------------------------------------------------- profiles
 
-    def load(self, profile: dict[str, Any]) -> None:
+    def load(self, profile: WakeProfile) -> None:
         """A stored profile: its address is dialable, asleep unless registered."""
-        address = profile["address"]
+        address = profile.address
         key = address_key(address)
         self._profiles[key] = profile
         if key not in self._registry:
-            self._registry.publish(key, address, profile.get("metadata") or {}, Status.ASLEEP)
+            self._registry.publish(key, address, profile.metadata, Status.ASLEEP)
 
     def accept_handler(
         self, s: Session, msg: m.Register, key: str, address: str
-    ) -> tuple[bool, dict[str, Any] | None]:
+    ) -> tuple[bool, StoredHandler | None]:
         """Check a wake_on_ring REGISTER's handler: ``(ok, handler to store or None)``.
 
         Not ok: REGISTER_FAILED has been sent.
@@ -148,7 +150,7 @@ class Wake(Sender):
         key: str,
         address: str,
         mode: str | None,
-        handler: dict[str, Any] | None,
+        handler: StoredHandler | None,
         metadata_given: bool,
         meta: dict[str, Any],
     ) -> None:
@@ -158,14 +160,14 @@ class Wake(Sender):
                 self._actions.persist_profile(key, None)
             return
         old = self._profiles.get(key)
-        profile: dict[str, Any] | None = None
+        profile: WakeProfile | None = None
         if handler is not None:
-            profile = {"address": address, "handler": handler, "metadata": meta}
+            profile = WakeProfile(address=address, handler=handler, metadata=meta)
         elif old is not None and metadata_given:
-            profile = {"address": address, "handler": old["handler"], "metadata": meta}
-        elif old is not None and old["address"] != address:
+            profile = WakeProfile(address=address, handler=old.handler, metadata=meta)
+        elif old is not None and old.address != address:
             # The line re-registered with its domain in another case: wake it as now written.
-            profile = {**old, "address": address}
+            profile = msgspec.structs.replace(old, address=address)
         if profile is not None:
             self._profiles[key] = profile
             self._actions.persist_profile(key, profile)
@@ -189,8 +191,8 @@ class Wake(Sender):
     def start(self, key: str, call: Any, now: float) -> None:
         """Run the wake handler of ``key`` for ``call``, the first call waiting for it."""
         profile = self._profiles[key]
-        handler = profile["handler"]
-        address = profile["address"]
+        handler = profile.handler
+        address = profile.address
         old = self._waking.get(key)
         if old is not None:
             self._actions.cancel_timer(old[1])
@@ -205,7 +207,7 @@ class Wake(Sender):
                 call_id=call.call_id,
                 caller=(caller.address or "") if caller else "",
                 handler=handler,
-                payload=handler.get("payload"),
+                payload=handler.payload,
                 metadata=call.metadata,
             )
         )

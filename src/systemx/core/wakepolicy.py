@@ -56,6 +56,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from systemx.core.actions import StoredHandler, StoredSpawn, StoredWebhook
 from systemx.core.config import SpawnHandler
 from systemx.protocol.messages import WakeHandler
 
@@ -136,35 +137,30 @@ def check_wake_handler(handler: WakeHandler, address: str, settings: WakeSetting
     return found if isinstance(found, str) else None
 
 
-def stored_handler(handler: WakeHandler, address: str, settings: WakeSettings) -> dict[str, Any]:
+def stored_handler(handler: WakeHandler, address: str, settings: WakeSettings) -> StoredHandler:
     """The form of an accepted ``handler`` kept in the wake profile.
 
     A spawn handler is kept by name with the operator's timeout; the client's
     ``command``, if it sent one, is not kept.
     """
     if handler.type != "spawn":
-        stored: dict[str, Any] = {"type": handler.type, "url": handler.url}
-        stored["timeout_seconds"] = float(handler.timeout_seconds)
-        if handler.payload is not None:
-            stored["payload"] = handler.payload
-        return stored
+        assert handler.url is not None
+        return StoredWebhook(
+            url=handler.url, timeout_seconds=float(handler.timeout_seconds), payload=handler.payload
+        )
     found = resolve_spawn_handler({"handler": handler.handler, "command": handler.command}, address, settings)
     assert not isinstance(found, str), found
-    spawn: dict[str, Any] = {"type": "spawn", "handler": found.name, "timeout_seconds": found.timeout_seconds}
-    if handler.payload is not None:
-        spawn["payload"] = handler.payload
-    return spawn
+    return StoredSpawn(handler=found.name, timeout_seconds=found.timeout_seconds, payload=handler.payload)
 
 
-def wake_timeout(handler: Mapping[str, Any], settings: WakeSettings) -> float:
+def wake_timeout(handler: StoredHandler, settings: WakeSettings) -> float:
     """Seconds a woken agent has to REGISTER (a named spawn handler's own timeout)."""
-    if handler.get("type") == "spawn":
-        name = handler.get("handler")
-        spawn = settings.spawn_handler(name) if isinstance(name, str) else None
+    if isinstance(handler, StoredSpawn) and handler.handler is not None:
+        spawn = settings.spawn_handler(handler.handler)
         if spawn is not None:
             return max(spawn.timeout_seconds, 0.1)
-    value = handler.get("timeout_seconds")
-    return max(float(value), 0.1) if isinstance(value, int | float) and value > 0 else 30.0
+    value = handler.timeout_seconds
+    return max(float(value), 0.1) if value > 0 else 30.0
 
 
 # --------------------------------------------------------------------------

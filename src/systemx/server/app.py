@@ -103,7 +103,7 @@ from picows import (
 )
 
 from systemx.config import ConfigError, Settings
-from systemx.core.actions import WakeRequest
+from systemx.core.actions import WakeProfile, WakeRequest
 from systemx.core.exchange import Exchange
 from systemx.protocol.codes import CloseCode, CloseReason
 from systemx.server.accept import AcceptedTransport, SwitchingProtocols, create_server
@@ -662,17 +662,24 @@ class Server:
             raise ConfigError(f"TLS_CERT_PATH/TLS_KEY_PATH cannot be loaded: {exc}") from None
         return context
 
-    def _open_profiles(self) -> dict[str, dict[str, Any]]:
+    def _open_profiles(self) -> dict[str, WakeProfile]:
         path = Path(self.settings.data_dir) / _PROFILE_DB
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._profiles = self._profile_store_factory(path)
-            profiles = self._profiles.load_all()
+            stored = self._profiles.load_all()
         except ImportError as exc:
             log.warning("Wake profiles will not persist: no profile store (%s)", exc)
             return {}
         except Exception as exc:
             raise ConfigError(f"SYSTEMX_DATA_DIR: cannot open {path}: {exc}") from exc
+        profiles: dict[str, WakeProfile] = {}
+        for key, doc in stored.items():
+            try:
+                profiles[key] = msgspec.convert(doc, WakeProfile)
+            except msgspec.ValidationError as exc:
+                # One damaged profile must not stop the exchange from starting.
+                log.error("Skipping unreadable wake profile of %s in %s: %s", key, path, exc)
         if profiles:
             log.info("Loaded %d wake profile(s) from %s", len(profiles), path)
         return profiles
@@ -810,7 +817,7 @@ class Server:
         if self._wake_runner is not None:
             self._wake_runner.cancel(address)
 
-    def persist_profile(self, address: str, profile: dict[str, Any] | None) -> None:
+    def persist_profile(self, address: str, profile: WakeProfile | None) -> None:
         store = self._profiles
         if store is None:
             if not self._profiles_missing_logged:
@@ -821,7 +828,7 @@ class Server:
             if profile is None:
                 store.delete(address)
             else:
-                store.put(address, profile)
+                store.put(address, msgspec.to_builtins(profile))
         except Exception:
             log.exception("Persisting the wake profile of %s failed", address)
 
