@@ -99,3 +99,20 @@ def test_a_broadcast_is_connected_through_the_transition_table() -> None:
     h.send("L", {"type": "DIAL", "to": "caster@example.com"})
     [call] = list(h.x.calls)
     assert call.listeners is not None and call.state.value == "connected" and call.rang_at == h.now
+
+
+def test_refused_requests_are_recorded_with_their_wire_reason() -> None:
+    h, rec = recorded()
+    h.open("A")
+    h.send("A", {"type": "DIAL", "to": "bob@example.com"})
+    h.register("A", "alice@example.com")
+    h.register("B", "alice@example.com")
+    h.send("A", {"type": "DIAL", "to": "nobody@example.com"})
+    h.send("A", {"type": "JOIN", "party": "alice@example.com", "create_if_missing": True})
+    refused = [event[1:4] for event in rec.events if event[0] == "refused"]
+    assert refused == [
+        ("DIAL", "not_registered", None),
+        ("REGISTER", "address_in_use", "alice@example.com"),
+        ("DIAL", "no_such_address", "nobody@example.com"),
+        ("JOIN", "address_in_use", "alice@example.com"),
+    ]

@@ -356,17 +356,17 @@ class CallBook(Sender):
         """``s`` dials ``callee``, registered here: RING, or BUSY with the reason."""
         status = callee.status
         if status == "dnd" or status == "away":
-            self._busy(s, to, status)
+            self._refuse_dial(s, to, status, now)
             return
         if callee.concurrency == "broadcast":
             self._dial_broadcast(s, callee, to, metadata, now)
             return
         if status == "busy" and not callee.calls:
-            self._busy(s, to, BusyReason.BUSY)
+            self._refuse_dial(s, to, BusyReason.BUSY, now)
             return
         reason = self._occupied(callee)
         if reason is not None:
-            self._busy(s, to, reason)
+            self._refuse_dial(s, to, reason, now)
             return
         call = Call(self._new_id(), s, callee, to, key, metadata, now, RINGING)
         self._add(call)
@@ -590,7 +590,7 @@ class CallBook(Sender):
         listeners = call.listeners
         assert listeners is not None
         if caster.max_listeners is not None and len(listeners) >= caster.max_listeners:
-            self._busy(s, to, BusyReason.MAX_LISTENERS_REACHED)
+            self._refuse_dial(s, to, BusyReason.MAX_LISTENERS_REACHED, now)
             return
         listeners[s] = None
         s.calls[call.call_id] = call

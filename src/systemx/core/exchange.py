@@ -137,6 +137,8 @@ class Exchange(Sender):
         self.presence = PresenceService(send, self.registry.presence, config)
         self.policy = Policy(send, config)
         self._parts: tuple[Sender, ...] = (self, self.book, self.wake, self.lines, self.presence, self.policy)
+        for part in self._parts:
+            part._recorder = self.recorder
         # The MSG relay reads the call book's dict directly.
         self._calls = self.book.by_id
         self._broadcast_msg = self.book.broadcast_msg
@@ -343,7 +345,7 @@ class Exchange(Sender):
                 else RegisterFailedReason.INVALID_PAYLOAD
             )
             address = why.address[:300] if why.address is not None else None
-            self._send_msg(s, m.RegisterFailed(reason=reason, address=address, detail=why.detail))
+            self._register_failed(s, reason, address, why.detail, now)
             return
         self._error(s, ErrorReason.INVALID_PAYLOAD, why.context, why.detail)
 
@@ -352,7 +354,7 @@ class Exchange(Sender):
         if type(msg) in ALLOWED[s.state]:
             return True
         context = NEEDS_REGISTRATION[type(msg)]
-        self._error(s, ErrorReason.NOT_REGISTERED, context, f"REGISTER an address before {context}")
+        self._refuse(s, ErrorReason.NOT_REGISTERED, context, f"REGISTER an address before {context}", now)
         return False
 
     def _door_dial(self, s: Session, msg: m.Dial, now: float) -> bool:
@@ -392,51 +394,48 @@ class Exchange(Sender):
     def _on_register(self, s: Session, msg: m.Register, now: float) -> None:
         address = msg.address
         if not is_valid_address(address):
-            self._send_msg(
+            self._register_failed(
                 s,
-                m.RegisterFailed(
-                    reason=RegisterFailedReason.INVALID_ADDRESS,
-                    address=address[:300],
-                    detail="an address is local@domain.tld: no spaces, one @, a dot in the domain, "
-                    "at most 254 characters",
-                ),
+                RegisterFailedReason.INVALID_ADDRESS,
+                address[:300],
+                "an address is local@domain.tld: no spaces, one @, a dot in the domain, "
+                "at most 254 characters",
+                now,
             )
             return
         concurrency = msg.concurrency or "single"
         problem = self.policy.register_options(msg, concurrency)
         if problem is not None:
             reason = RegisterFailedReason.INVALID_PAYLOAD
-            self._send_msg(s, m.RegisterFailed(reason=reason, address=address, detail=problem))
+            self._register_failed(s, reason, address, problem, now)
             return
         key = address_key(address)
         handler: StoredHandler | None = None
         wake = self.wake
         if msg.mode == "wake_on_ring":
-            ok, handler = wake.accept_handler(s, msg, key, address)
+            ok, handler = wake.accept_handler(s, msg, key, address, now)
             if not ok:
                 return
         registry = self.registry
         holder = registry.holder(key)
         if (holder is not None and holder is not s) or key in self.lines:
-            self._send_msg(
+            self._register_failed(
                 s,
-                m.RegisterFailed(
-                    reason=RegisterFailedReason.ADDRESS_IN_USE,
-                    address=address,
-                    detail="a party line has this address" if holder is None else None,
-                ),
+                RegisterFailedReason.ADDRESS_IN_USE,
+                address,
+                "a party line has this address" if holder is None else None,
+                now,
             )
             return
-        if handler is not None and not wake.admit(s, key, address):
+        if handler is not None and not wake.admit(s, key, address, now):
             return
         if s in self._claiming:
-            self._send_msg(
+            self._register_failed(
                 s,
-                m.RegisterFailed(
-                    reason=RegisterFailedReason.INVALID_PAYLOAD,
-                    address=address,
-                    detail="an earlier REGISTER of this session is still being processed",
-                ),
+                RegisterFailedReason.INVALID_PAYLOAD,
+                address,
+                "an earlier REGISTER of this session is still being processed",
+                now,
             )
             return
         meta = dict(msg.metadata) if msg.metadata is not None else {}
@@ -482,13 +481,12 @@ class Exchange(Sender):
         if (result is not _LOCAL_CLAIM and type(result) is not Claimed) or key in self.lines:
             if type(result) is Claimed:
                 registry.release_claim(key, s)
-            self._send_msg(
+            self._register_failed(
                 s,
-                m.RegisterFailed(
-                    reason=RegisterFailedReason.ADDRESS_IN_USE,
-                    address=address,
-                    detail="a party line has this address" if key in self.lines else None,
-                ),
+                RegisterFailedReason.ADDRESS_IN_USE,
+                address,
+                "a party line has this address" if key in self.lines else None,
+                now,
             )
             return
         if s.key is not None and s.key != key:
@@ -572,11 +570,11 @@ class Exchange(Sender):
         s.last_activity = now
         to = msg.to
         if not is_valid_address(to):
-            self._busy(s, to, BusyReason.NO_SUCH_ADDRESS)
+            self._refuse_dial(s, to, BusyReason.NO_SUCH_ADDRESS, now)
             return
         key = address_key(to)
         if key == s.key:
-            self._busy(s, to, BusyReason.ALREADY_IN_CALL)
+            self._refuse_dial(s, to, BusyReason.ALREADY_IN_CALL, now)
             return
         # 1. registered here
         callee = self.registry.holder(key)
@@ -597,7 +595,7 @@ class Exchange(Sender):
                 self._actions.lookup(to)
             return
         # 4. nobody
-        self._busy(s, to, BusyReason.NO_SUCH_ADDRESS)
+        self._refuse_dial(s, to, BusyReason.NO_SUCH_ADDRESS, now)
 
     def on_lookup_result(self, address: str, conn: Any, now: float) -> Session | None:
         """The directory's answer to ``Actions.lookup``: ``conn`` routes to the holder, or None.

@@ -75,23 +75,24 @@ class PartyLines(Sender):
     def on_join(self, s: Session, msg: m.Join, now: float) -> None:
         name = msg.party
         if not is_valid_address(name):
-            self._send_msg(
+            self._failed(
                 s,
-                m.JoinFailed(
-                    party=name[:300],
-                    reason=JoinFailedReason.INVALID_ADDRESS,
-                    detail="a party line's name follows the address grammar",
-                ),
+                now,
+                name[:300],
+                JoinFailedReason.INVALID_ADDRESS,
+                "a party line's name follows the address grammar",
             )
             return
         key = address_key(name)
         line = self._lines.get(key)
         if line is None:
             if self._address_taken(key):
-                self._failed(s, name, JoinFailedReason.ADDRESS_IN_USE, "a registered address has this name")
+                self._failed(
+                    s, now, name, JoinFailedReason.ADDRESS_IN_USE, "a registered address has this name"
+                )
                 return
             if not msg.create_if_missing:
-                self._failed(s, name, JoinFailedReason.NO_SUCH_PARTY, "no party line has this name")
+                self._failed(s, now, name, JoinFailedReason.NO_SUCH_PARTY, "no party line has this name")
                 return
         elif s in line.members:
             self._send_msg(s, m.Joined(party=line.name, participants=list(line.members.values())))
@@ -99,6 +100,7 @@ class PartyLines(Sender):
         if len(s.parties) >= self._max_per_session:
             self._failed(
                 s,
+                now,
                 name,
                 JoinFailedReason.TOO_MANY_PARTIES,
                 f"a session may be in at most {self._max_per_session} party lines",
@@ -111,6 +113,7 @@ class PartyLines(Sender):
         elif len(line.members) >= self._max_participants:
             self._failed(
                 s,
+                now,
                 name,
                 JoinFailedReason.PARTY_FULL,
                 f"a party line has at most {self._max_participants} participants",
@@ -125,8 +128,9 @@ class PartyLines(Sender):
         self._send_msg(s, m.Joined(party=line.name, participants=list(line.members.values())))
         log.info("Party joined: %s → %s (%d participants)", address, line.name, len(line.members))
 
-    def _failed(self, s: Session, party: str, reason: str, detail: str) -> None:
+    def _failed(self, s: Session, now: float, party: str, reason: str, detail: str) -> None:
         self._send_msg(s, m.JoinFailed(party=party, reason=reason, detail=detail))
+        self._recorder.refused("JOIN", reason, party, now)
 
     def _member_line(self, s: Session, name: str, context: str) -> PartyLine | None:
         line = self._lines.get(address_key(name)) if is_valid_address(name) else None

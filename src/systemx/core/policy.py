@@ -108,12 +108,7 @@ class Policy(Sender):
         if problem is None:
             return True
         warn(s, now, "Invalid REGISTER from %s: %s", s.address or s.session_id, problem)
-        self._send_msg(
-            s,
-            m.RegisterFailed(
-                reason=RegisterFailedReason.INVALID_PAYLOAD, address=msg.address[:300], detail=problem
-            ),
-        )
+        self._register_failed(s, RegisterFailedReason.INVALID_PAYLOAD, msg.address[:300], problem, now)
         return False
 
     @staticmethod
@@ -154,7 +149,7 @@ class Policy(Sender):
         if s.dial_count <= self._dial_max:
             return True
         warn(s, now, "Dial rate limit: %s (session: %s)", s.address, s.session_id)
-        self._error(s, ErrorReason.RATE_LIMITED, "DIAL", "Too many dial attempts")
+        self._refuse(s, ErrorReason.RATE_LIMITED, "DIAL", "Too many dial attempts", now)
         return False
 
     # ------------------------------------------------------------- PRESENCE
@@ -183,4 +178,5 @@ class Policy(Sender):
                 retry_after_ms=retry_ms,
             ),
         )
+        self._recorder.refused("PRESENCE", ErrorReason.RATE_LIMITED, s.address, now)
         return False

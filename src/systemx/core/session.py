@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Any, Final
 
+from systemx.core.records import NullRecorder, Recorder
 from systemx.protocol import messages as m
 from systemx.quicklog import get_logger
 
@@ -168,11 +169,13 @@ def warn(s: Session, now: float, msg: str, *args: Any) -> None:
 
 
 class Sender:
-    """What every component sends with: the facade sets ``_send`` (plain, or logging at DEBUG)."""
+    """What every component sends with: the facade sets ``_send`` (plain, or logging at DEBUG),
+    and the recorder that hears of each refused request."""
 
     def __init__(self, send: Any) -> None:
         self._send = send
         self._debug = False
+        self._recorder: Recorder = NullRecorder()
 
     def use_send(self, send: Any, debug: bool) -> None:
         self._send = send
@@ -186,4 +189,21 @@ class Sender:
         self._send_msg(s, m.Error(reason=reason, context=context, detail=detail))
 
     def _busy(self, s: Session, to: str, reason: str, call_id: str | None = None) -> None:
+        """BUSY for a call that existed (it timed out, its wake failed, ...): its record tells."""
         self._send_msg(s, m.Busy(to=to, reason=reason, call_id=call_id))
+
+    def _refuse_dial(self, s: Session, to: str, reason: str, now: float) -> None:
+        """A DIAL refused before it became a call: BUSY, and the recorder hears of it."""
+        self._send_msg(s, m.Busy(to=to, reason=reason))
+        self._recorder.refused("DIAL", reason, to, now)
+
+    def _register_failed(
+        self, s: Session, reason: str, address: str | None, detail: str | None, now: float
+    ) -> None:
+        self._send_msg(s, m.RegisterFailed(reason=reason, address=address, detail=detail))
+        self._recorder.refused("REGISTER", reason, address, now)
+
+    def _refuse(self, s: Session, reason: str, context: str, detail: str, now: float) -> None:
+        """ERROR for a refused request (rate limited, not registered): the recorder hears of it."""
+        self._error(s, reason, context, detail)
+        self._recorder.refused(context, reason, s.address, now)

@@ -88,7 +88,7 @@ class Wake(Sender):
             self._registry.publish(key, address, profile.metadata, Status.ASLEEP)
 
     def accept_handler(
-        self, s: Session, msg: m.Register, key: str, address: str
+        self, s: Session, msg: m.Register, key: str, address: str, now: float
     ) -> tuple[bool, StoredHandler | None]:
         """Check a wake_on_ring REGISTER's handler: ``(ok, handler to store or None)``.
 
@@ -105,22 +105,15 @@ class Wake(Sender):
                 refusal = check_wake_handler(handler, address, self._cfg)
                 if refusal is not None:
                     log.warning("Wake handler refused for %s: %s", address, refusal)
-                    self._send_msg(
-                        s,
-                        m.RegisterFailed(
-                            reason=RegisterFailedReason.WAKE_HANDLER_NOT_ALLOWED,
-                            address=address,
-                            detail=refusal,
-                        ),
+                    self._register_failed(
+                        s, RegisterFailedReason.WAKE_HANDLER_NOT_ALLOWED, address, refusal, now
                     )
                     return False, None
                 return True, stored_handler(handler, address, self._cfg)
-        self._send_msg(
-            s, m.RegisterFailed(reason=RegisterFailedReason.INVALID_PAYLOAD, address=address, detail=problem)
-        )
+        self._register_failed(s, RegisterFailedReason.INVALID_PAYLOAD, address, problem, now)
         return False, None
 
-    def admit(self, s: Session, key: str, address: str) -> bool:
+    def admit(self, s: Session, key: str, address: str, now: float) -> bool:
         """``s`` may create the profile of ``key`` (counted); else REGISTER_FAILED is sent."""
         if key in self._profiles:
             return True
@@ -139,10 +132,7 @@ class Wake(Sender):
             s.wake_profiles_created += 1
             return True
         log.warning("Wake profile refused for %s: %s", address, refusal)
-        self._send_msg(
-            s,
-            m.RegisterFailed(reason=RegisterFailedReason.WAKE_PROFILE_LIMIT, address=address, detail=refusal),
-        )
+        self._register_failed(s, RegisterFailedReason.WAKE_PROFILE_LIMIT, address, refusal, now)
         return False
 
     def registered(
