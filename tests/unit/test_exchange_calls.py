@@ -493,7 +493,7 @@ def test_encoded_frames_are_valid_json(h: Harness) -> None:
 def test_generated_ids_are_random_version_4_uuids() -> None:
     import uuid
 
-    from systemx.core.exchange import _uuid4
+    from systemx.core.ids import uuid4 as _uuid4
 
     ids = [_uuid4() for _ in range(600)]  # crosses the 256-id entropy blocks
     assert len(set(ids)) == len(ids)
