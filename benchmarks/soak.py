@@ -8,9 +8,10 @@ fields, random JSON, deep nesting, broken bytes, now and then invalid UTF-8 and
 UNREGISTER), each followed every few frames by a HEARTBEAT barrier.
 
 It fails (exit 1) on a close code other than the documented ones for what was sent
-(1003 for text that is not JSON, 1007 for invalid UTF-8, 4000 for UNREGISTER or
-SLEEP_ACK), on a barrier that never comes back, on a lost, duplicated or reordered MSG
-between the pairs, on any ``Traceback`` in the server's stderr, and on ``internal_errors`` in ``/healthz``. It
+(1003 for text that is not JSON, 1007 for invalid UTF-8, 4000 for UNREGISTER, SLEEP_ACK
+or a trunk replaced by a later REGISTER_PBX of its domain), on a barrier that never comes
+back, on a lost, duplicated or reordered MSG between the pairs, on any ``Traceback`` in
+the server's stderr, and on ``internal_errors`` in ``/healthz``. It
 prints the figures, among them the server's RSS at the start and at the end.
 """
 
@@ -195,6 +196,9 @@ async def _fuzz_socket(
                         closed_by = "text that is not JSON"
                     elif b'"UNREGISTER"' in frame or b'"SLEEP_ACK"' in frame:
                         closed_by = closed_by or "UNREGISTER or SLEEP_ACK"
+                    elif b'"REGISTER_PBX"' in frame:
+                        # A trunk is replaced (4000) when another socket registers its domain.
+                        closed_by = closed_by or "REGISTER_PBX"
                     transport.send(WSMsgType.BINARY if rng.random() < 0.1 else WSMsgType.TEXT, frame)
                     report.frames_sent += 1
                 peer.ack.clear()

@@ -2,7 +2,7 @@
 
 Start an exchange first (``make serve``), then::
 
-    python examples/party_line.py [--url ws://127.0.0.1:8080]
+    .venv/bin/python examples/party_line.py [--url ws://127.0.0.1:8080]
 
 Three agents register with capabilities and locations. A planner asks the
 exchange for agents that can ``code`` within 50 km of Leeds, creates a party
@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+
+import _checkout  # noqa: F401  (a checkout without installing: finds ../src)
 
 from systemx.client import ClientError, ConnectFailed, PartyEvent, PartyMessage, connect
 

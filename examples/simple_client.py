@@ -1,8 +1,10 @@
 """The Phase 1 walk-through: two endpoints register, dial, answer, exchange MSGs and hang up.
 
-Start an exchange first (``systemx serve``), then::
+Start an exchange first (``make serve``, or ``.venv/bin/systemx serve``), then::
 
-    python examples/simple_client.py [--url ws://127.0.0.1:8080]
+    .venv/bin/python examples/simple_client.py [--url ws://127.0.0.1:8080]
+
+(``make example`` runs it too.)
 
 Each step is printed as it happens. The exit status is 0 when every step
 worked, 1 when one failed and 2 when the exchange could not be reached.
@@ -13,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+
+import _checkout  # noqa: F401  (a checkout without installing: finds ../src)
 
 from systemx.client import ClientError, ConnectFailed, connect
 
@@ -65,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(run(args.url))
     except ConnectFailed as exc:
-        print(f"error: {exc}\nIs the exchange running? Start it with: systemx serve", file=sys.stderr)
+        hint = "Is the exchange running? Start it with: make serve (or .venv/bin/systemx serve)"
+        print(f"error: {exc}\n{hint}", file=sys.stderr)
         return 2
     except (ClientError, TimeoutError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)

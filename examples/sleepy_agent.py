@@ -7,7 +7,7 @@ Run an exchange that defines the ``sleepy`` spawn handler (this script; see
 
 then, in another terminal, the whole story in one command::
 
-    python examples/sleepy_agent.py --demo
+    .venv/bin/python examples/sleepy_agent.py --demo
 
 What happens:
 
@@ -33,6 +33,8 @@ import argparse
 import asyncio
 import os
 import sys
+
+import _checkout  # noqa: F401  (a checkout without installing: finds ../src)
 
 from systemx.client import ClientError, ConnectFailed, connect
 

@@ -90,6 +90,8 @@ class SystemXProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_ENV)}
         env["SYSTEMX_DATA_DIR"] = str(self.data_dir)
         env["PYTHONUNBUFFERED"] = "1"
+        # Tests run many servers at once: the admin listener only where a test asks for it.
+        env["SYSTEMX_ADMIN"] = "off"
         env.update(self.env)
         return env
 
@@ -184,8 +186,10 @@ class SystemXProcess:
             await self.stop()
         await self.start(timeout)
 
-    async def connect(self, path: str = "/", *, receive_buffer: int | None = None) -> WSClient:
-        return await WSClient.connect(self.url + path, receive_buffer=receive_buffer)
+    async def connect(
+        self, path: str = "/", *, receive_buffer: int | None = None, source: str | None = None
+    ) -> WSClient:
+        return await WSClient.connect(self.url + path, receive_buffer=receive_buffer, source=source)
 
 
 ServerFactory = Callable[..., Awaitable[SystemXProcess]]

@@ -83,16 +83,24 @@ class WSClient:
         *,
         ssl_context: ssl.SSLContext | None = None,
         receive_buffer: int | None = None,
+        source: str | None = None,
         timeout: float = TIMEOUT,
     ) -> WSClient:
-        """Open a connection; ``receive_buffer`` sets SO_RCVBUF before connecting (a small TCP window)."""
+        """Open a connection; ``receive_buffer`` sets SO_RCVBUF before connecting (a small TCP window).
+
+        ``source`` binds the client socket to that local IP address first (127.0.0.2 and
+        so on: every loopback address is a distinct client IP to the server).
+        """
 
         def make_socket(target: WSParsedURL) -> socket.socket | None:
-            if receive_buffer is None:
+            if receive_buffer is None and source is None:
                 return None
             family = socket.AF_INET6 if ":" in target.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            if receive_buffer is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            if source is not None:
+                sock.bind((source, 0))
             return sock
 
         transport, listener = await asyncio.wait_for(

@@ -1,18 +1,22 @@
-"""The ``systemx`` command line: ``serve``, ``bench`` and ``--version``.
+"""The ``systemx`` command line: ``serve``, the terminal tools (``dial``,
+``answer``, ``presence``, ``party``), ``bench`` and ``--version``.
 
-Flags override environment variables (and ``.env``); configuration errors
-print one line naming the problem and exit with status 2.
+``serve`` takes its settings from, strongest first: flags, the environment,
+``--env-file``/``--config`` files, ``.env`` in the working directory.
+A configuration error prints one line, ``systemx: NAME: problem``, and exits
+with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from systemx import __version__
-from systemx.config import ConfigError, load_settings
+from systemx.config import ConfigError, load_settings, parse_duration_ms, read_env_file
 
 __all__ = ["build_parser", "main"]
 
@@ -32,6 +36,15 @@ _SERVE_FLAGS = {
     "tls_key": "tls_key_path",
 }
 
+_TOOLS = ("dial", "answer", "presence", "party")
+
+
+def _duration(value: str) -> int:
+    try:
+        return parse_duration_ms(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -40,17 +53,43 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"systemx {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the exchange (flags override SYSTEMX_* variables)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the exchange (flags > environment > --env-file > .env)",
+        description=(
+            "Run the exchange. Settings come from, strongest first: these flags, the environment, "
+            "--env-file/--config files (a later one wins), .env in the working directory. "
+            "Durations take a unit (500ms, 30s, 2m, 1h); a plain number is milliseconds."
+        ),
+    )
     serve.add_argument("--host", help="interface to listen on (SYSTEMX_HOST)")
     serve.add_argument("--port", type=int, help="TCP port, 0 for any free port (SYSTEMX_PORT)")
     serve.add_argument("--log-level", choices=("debug", "info", "warn", "error"), help="SYSTEMX_LOG_LEVEL")
     serve.add_argument("--log-format", choices=("text", "json"), help="SYSTEMX_LOG_FORMAT")
-    serve.add_argument("--heartbeat-interval", type=int, metavar="MS", help="SYSTEMX_HEARTBEAT_INTERVAL")
-    serve.add_argument("--heartbeat-timeout", type=int, metavar="MS", help="SYSTEMX_HEARTBEAT_TIMEOUT")
-    serve.add_argument("--call-timeout", type=int, metavar="MS", help="SYSTEMX_CALL_TIMEOUT")
+    serve.add_argument(
+        "--heartbeat-interval", type=_duration, metavar="DURATION", help="SYSTEMX_HEARTBEAT_INTERVAL"
+    )
+    serve.add_argument(
+        "--heartbeat-timeout", type=_duration, metavar="DURATION", help="SYSTEMX_HEARTBEAT_TIMEOUT"
+    )
+    serve.add_argument("--call-timeout", type=_duration, metavar="DURATION", help="SYSTEMX_CALL_TIMEOUT")
     serve.add_argument("--data-dir", metavar="DIR", help="SYSTEMX_DATA_DIR")
-    serve.add_argument("--tls-cert", metavar="PEM", help="TLS_CERT_PATH (with --tls-key enables wss)")
-    serve.add_argument("--tls-key", metavar="PEM", help="TLS_KEY_PATH (with --tls-cert enables wss)")
+    serve.add_argument("--tls-cert", metavar="PEM", help="TLS_CERT_PATH (enables wss; needs --tls-key)")
+    serve.add_argument("--tls-key", metavar="PEM", help="TLS_KEY_PATH (enables wss; needs --tls-cert)")
+    serve.add_argument(
+        "--env-file",
+        "--config",
+        dest="env_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read settings from FILE (dotenv format: NAME=value lines); may be repeated",
+    )
+
+    from systemx.tools import answer, dial, party, presence
+
+    for tool in (dial, answer, presence, party):
+        tool.add_parser(commands)
 
     bench = commands.add_parser(
         "bench", help="run a benchmark scenario (see `systemx bench --help`)", add_help=False
@@ -59,15 +98,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_error(exc: ConfigError) -> int:
+    print(f"systemx: {exc}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
 def _serve(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {field: getattr(args, dest) for dest, field in _SERVE_FLAGS.items()}
-    if args.tls_cert or args.tls_key:
-        overrides["tls_enabled"] = True
     try:
-        settings = load_settings(overrides=overrides)
+        settings = load_settings(overrides=overrides, config_files=tuple(args.env_files))
     except ConfigError as exc:
-        print(f"systemx: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _config_error(exc)
+
+    # The federation settings are read from the environment when the trunks start:
+    # give them the --env-file values too (the environment still wins; a later file wins).
+    for path in reversed(args.env_files):
+        for name, value in read_env_file(path).items():
+            if name.startswith("FEDERATION_"):
+                os.environ.setdefault(name, value)
 
     from systemx.logsetup import configure_logging
     from systemx.server import run
@@ -76,11 +124,20 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         return run(settings)
     except ConfigError as exc:
-        print(f"systemx: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _config_error(exc)
     except OSError as exc:
-        print(f"systemx: cannot serve on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        detail = exc.strerror or str(exc)
+        print(f"systemx: cannot listen on {settings.host}:{settings.port}: {detail}", file=sys.stderr)
         return 1
+
+
+def _tool(args: argparse.Namespace) -> int:
+    import importlib
+
+    from systemx.tools.common import run_tool
+
+    module = importlib.import_module(f"systemx.tools.{args.command}")
+    return run_tool(lambda: module.run(args))
 
 
 def _bench(argv: list[str]) -> int:
@@ -97,5 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(arguments)
     if args.command == "serve":
         return _serve(args)
+    if args.command in _TOOLS:
+        return _tool(args)
     build_parser().print_help(sys.stderr)
     return EXIT_CONFIG

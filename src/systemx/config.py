@@ -4,11 +4,15 @@
 never the environment. :func:`load_settings` reads the process environment
 (after a ``.env`` file, which never overrides variables already set) and
 applies command-line overrides on top.
+
+Every :class:`ConfigError` reads ``NAME: problem``, ``NAME`` being the
+variable (or the file) at fault.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
 import os
@@ -21,7 +25,17 @@ from typing import Any
 
 from systemx.core.config import CoreConfig, SpawnHandler
 
-__all__ = ["ENV_VARS", "PLACEHOLDERS", "ConfigError", "Settings", "SpawnHandler", "load_settings"]
+__all__ = [
+    "ENV_VARS",
+    "PLACEHOLDERS",
+    "ConfigError",
+    "Settings",
+    "SpawnHandler",
+    "is_loopback_host",
+    "load_settings",
+    "parse_duration_ms",
+    "read_env_file",
+]
 
 
 class ConfigError(ValueError):
@@ -72,8 +86,36 @@ class Settings:
     presence_window_ms: int = 10_000
     max_json_depth: int = 32
     max_value_bytes: int = 16_384
+    # Trunk tokens (systemx.core.trunkauth); empty: every trunk is accepted.
+    pbx_tokens: str = ""
+    trunk_grace_ms: int = 2_000
+    auth: str = "none"
+    auth_tokens_file: str = ""
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    jwt_audience: str = ""
+    policy_file: str = ""
+    auth_grace_ms: int = 15_000
+    max_connections_per_ip: int = 0
+    connect_rate_per_ip: int = 0
+    ban_seconds: int = 300
+    max_frames_per_second: int = 0
+    max_bytes_per_second: int = 0
+    rate_burst_seconds: int = 2
+    register_max_renames: int = 30
+    register_window_ms: int = 60_000
+    join_max_attempts: int = 120
+    join_window_ms: int = 60_000
+    allowed_origins: tuple[str, ...] = ()
     # URL prefixes a webhook may never target (the exchange's own endpoints).
     webhook_deny: tuple[str, ...] = field(default=())
+    admin_enabled: bool = True
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8081
+    admin_token: str = ""
+    records_enabled: bool = True
+    records_max: int = 1_000_000
+    records_retention_days: float = 90.0
 
     @property
     def url(self) -> str:
@@ -108,6 +150,19 @@ class Settings:
             spawn_handlers=self.spawn_handlers,
             webhook_allow=self.webhook_allow,
             webhook_deny=self.webhook_deny,
+            register_max_renames=self.register_max_renames,
+            register_window_ms=self.register_window_ms,
+            join_max_attempts=self.join_max_attempts,
+            join_window_ms=self.join_window_ms,
+            auth=self.auth,
+            auth_tokens_file=self.auth_tokens_file,
+            jwt_secret=self.jwt_secret,
+            jwt_public_key=self.jwt_public_key,
+            jwt_audience=self.jwt_audience,
+            policy_file=self.policy_file,
+            auth_grace_ms=self.auth_grace_ms,
+            pbx_tokens=self.pbx_tokens,
+            trunk_grace_ms=self.trunk_grace_ms,
         )
 
     def spawn_handler(self, name: str) -> SpawnHandler | None:
@@ -128,11 +183,44 @@ def _bool(value: str) -> bool:
 
 
 def _int(value: str) -> int:
-    return int(value.strip())
+    text = value.strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"not a whole number: {value!r}") from None
+
+
+_DURATION = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(ms|s|m|h)?")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+def _duration_ms(value: str) -> int:
+    """A duration in milliseconds: a plain number is milliseconds; ``500ms``,
+    ``30s``, ``2m`` and ``1h`` (decimals allowed: ``1.5s``) say their unit."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise ValueError(f"not a duration: {value!r} (a number of milliseconds, or e.g. 500ms, 30s, 2m, 1h)")
+    number, unit = match.groups()
+    ms = float(number) * _UNIT_MS[unit or "ms"]
+    if ms != int(ms):
+        raise ValueError(f"not a whole number of milliseconds: {value!r}")
+    return int(ms)
+
+
+def parse_duration_ms(value: str) -> int:
+    """:func:`_duration_ms` for command-line flags (argparse reports its ``ValueError``)."""
+    return _duration_ms(value)
 
 
 def _str(value: str) -> str:
     return value.strip()
+
+
+def _float(value: str) -> float:
+    number = float(value.strip())
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
 
 
 _HANDLER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -221,19 +309,33 @@ def _spawn_handler(name: str, spec: Any, base: Path | None) -> SpawnHandler:
 ENV_VARS: dict[str, tuple[str, Any, str]] = {
     "SYSTEMX_HOST": ("host", _str, "Interface to listen on"),
     "SYSTEMX_PORT": ("port", _int, "TCP port for WebSocket and GET /healthz"),
-    "SYSTEMX_HEARTBEAT_INTERVAL": ("heartbeat_interval_ms", _int, "How often (ms) stale sessions are swept"),
+    "SYSTEMX_HEARTBEAT_INTERVAL": (
+        "heartbeat_interval_ms",
+        _duration_ms,
+        "How often (ms) stale sessions are swept",
+    ),
     "SYSTEMX_HEARTBEAT_TIMEOUT": (
         "heartbeat_timeout_ms",
-        _int,
+        _duration_ms,
         "A session with no HEARTBEAT for this long (ms) is closed",
     ),
-    "SYSTEMX_CALL_TIMEOUT": ("call_timeout_ms", _int, "How long (ms) a call may ring unanswered"),
+    "SYSTEMX_CALL_TIMEOUT": ("call_timeout_ms", _duration_ms, "How long (ms) a call may ring unanswered"),
+    "SYSTEMX_PBX_TOKENS": (
+        "pbx_tokens",
+        _str,
+        "Tokens a trunk must present in REGISTER_PBX auth (TOKEN or TOKEN=PATTERN|..., comma list)",
+    ),
+    "SYSTEMX_TRUNK_GRACE_MS": (
+        "trunk_grace_ms",
+        _duration_ms,
+        "How long (ms) connected calls over a dropped trunk wait for it to come back",
+    ),
     "SYSTEMX_DIAL_MAX_ATTEMPTS": (
         "dial_max_attempts",
         _int,
         "DIALs allowed per window per session (<=0 disables)",
     ),
-    "SYSTEMX_DIAL_WINDOW_MS": ("dial_window_ms", _int, "Length (ms) of the dial rate-limit window"),
+    "SYSTEMX_DIAL_WINDOW_MS": ("dial_window_ms", _duration_ms, "Length (ms) of the dial rate-limit window"),
     "SYSTEMX_LOG_LEVEL": ("log_level", _str, "debug, info, warn, error"),
     "SYSTEMX_LOG_FORMAT": ("log_format", _str, "text or json (one JSON object per line)"),
     "SYSTEMX_MAX_MESSAGE_BYTES": (
@@ -258,11 +360,19 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
     ),
     "SYSTEMX_HANDSHAKE_TIMEOUT_MS": (
         "handshake_timeout_ms",
-        _int,
+        _duration_ms,
         "A connection that has not completed its HTTP upgrade after this long (ms) is dropped",
     ),
-    "SYSTEMX_SHUTDOWN_TIMEOUT": ("shutdown_timeout_ms", _int, "Bound (ms) on the graceful shutdown wait"),
-    "TLS_ENABLED": ("tls_enabled", _bool, "Serve wss:// (needs TLS_CERT_PATH and TLS_KEY_PATH)"),
+    "SYSTEMX_SHUTDOWN_TIMEOUT": (
+        "shutdown_timeout_ms",
+        _duration_ms,
+        "Bound (ms) on the graceful shutdown wait",
+    ),
+    "TLS_ENABLED": (
+        "tls_enabled",
+        _bool,
+        "Serve wss:// (needs TLS_CERT_PATH and TLS_KEY_PATH); unset: on when both paths are set",
+    ),
     "TLS_CERT_PATH": ("tls_cert_path", _str, "PEM certificate chain"),
     "TLS_KEY_PATH": ("tls_key_path", _str, "PEM private key"),
     "SYSTEMX_DATA_DIR": ("data_dir", _str, "Directory for durable state (wake profiles, SQLite)"),
@@ -278,7 +388,11 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         "Comma list of URL prefixes webhooks may target, internal hosts included (empty: public hosts only)",
     ),
     "SYSTEMX_WEBHOOK_DENY": ("webhook_deny", _split, "Comma list of URL prefixes webhooks may never target"),
-    "SYSTEMX_WEBHOOK_TIMEOUT_MS": ("webhook_timeout_ms", _int, "Timeout (ms) of one wake webhook POST"),
+    "SYSTEMX_WEBHOOK_TIMEOUT_MS": (
+        "webhook_timeout_ms",
+        _duration_ms,
+        "Timeout (ms) of one wake webhook POST",
+    ),
     "SYSTEMX_PARTY_MAX_PARTICIPANTS": (
         "party_max_participants",
         _int,
@@ -309,7 +423,7 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
     ),
     "SYSTEMX_PRESENCE_WINDOW_MS": (
         "presence_window_ms",
-        _int,
+        _duration_ms,
         "Length (ms) of the presence rate-limit window",
     ),
     "SYSTEMX_MAX_JSON_DEPTH": (
@@ -321,6 +435,107 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         "max_value_bytes",
         _int,
         "Encoded size (bytes) allowed for REGISTER metadata, wake_handler.payload and DIAL metadata",
+    ),
+    "SYSTEMX_ADMIN": (
+        "admin_enabled",
+        _bool,
+        "Run the admin listener (metrics, API, switchboard page); off disables",
+    ),
+    "SYSTEMX_ADMIN_HOST": ("admin_host", _str, "Interface of the admin listener"),
+    "SYSTEMX_ADMIN_PORT": ("admin_port", _int, "TCP port of the admin listener (0: any free port)"),
+    "SYSTEMX_ADMIN_TOKEN": (
+        "admin_token",
+        _str,
+        "Bearer token the admin listener asks for; required when SYSTEMX_ADMIN_HOST is not loopback",
+    ),
+    "SYSTEMX_RECORDS": (
+        "records_enabled",
+        _bool,
+        "Keep call records in SYSTEMX_DATA_DIR/records.db; off disables",
+    ),
+    "SYSTEMX_RECORDS_MAX": ("records_max", _int, "Call records kept; the oldest go first (0: no bound)"),
+    "SYSTEMX_RECORDS_RETENTION": (
+        "records_retention_days",
+        _float,
+        "Days a call record is kept (0: no bound; fractions allowed)",
+    ),
+    "SYSTEMX_AUTH": (
+        "auth",
+        _str,
+        "Who may REGISTER which address: none (anyone, anything), tokens or jwt (see docs/security.md)",
+    ),
+    "SYSTEMX_AUTH_TOKENS_FILE": (
+        "auth_tokens_file",
+        _str,
+        "With SYSTEMX_AUTH=tokens: JSON or TOML file of tokens and what each may do (SIGHUP reloads)",
+    ),
+    "SYSTEMX_JWT_SECRET": ("jwt_secret", _str, "With SYSTEMX_AUTH=jwt: HS256 secret (32 characters or more)"),
+    "SYSTEMX_JWT_PUBLIC_KEY": (
+        "jwt_public_key",
+        _str,
+        "With SYSTEMX_AUTH=jwt: path of a PEM public key, RSA (RS256) or EC P-256 (ES256)",
+    ),
+    "SYSTEMX_JWT_AUDIENCE": ("jwt_audience", _str, "With SYSTEMX_AUTH=jwt: required aud claim (empty: none)"),
+    "SYSTEMX_AUTH_GRACE_MS": (
+        "auth_grace_ms",
+        _duration_ms,
+        "How long (ms) a session may outlive its credential's expiry before it is closed (4001)",
+    ),
+    "SYSTEMX_POLICY_FILE": (
+        "policy_file",
+        _str,
+        "JSON or TOML file of allow/deny rules per domain for register, dial, join, create, presence",
+    ),
+    "SYSTEMX_MAX_CONNECTIONS_PER_IP": (
+        "max_connections_per_ip",
+        _int,
+        "Open connections allowed from one IP address (0: no limit)",
+    ),
+    "SYSTEMX_CONNECT_RATE_PER_IP": (
+        "connect_rate_per_ip",
+        _int,
+        "New connections per second from one IP address; more bans it (0: no limit)",
+    ),
+    "SYSTEMX_BAN_SECONDS": (
+        "ban_seconds",
+        _int,
+        "How long (s) an IP address over SYSTEMX_CONNECT_RATE_PER_IP is refused",
+    ),
+    "SYSTEMX_MAX_FRAMES_PER_SECOND": (
+        "max_frames_per_second",
+        _int,
+        "Messages per second one connection may send (0: no limit)",
+    ),
+    "SYSTEMX_MAX_BYTES_PER_SECOND": (
+        "max_bytes_per_second",
+        _int,
+        "Message bytes per second one connection may send (0: no limit)",
+    ),
+    "SYSTEMX_RATE_BURST_SECONDS": (
+        "rate_burst_seconds",
+        _int,
+        "Burst allowed above the per-connection rates, in seconds of the rate",
+    ),
+    "SYSTEMX_REGISTER_MAX_RENAMES": (
+        "register_max_renames",
+        _int,
+        "REGISTERs of a new address per window per session (<=0 disables)",
+    ),
+    "SYSTEMX_REGISTER_WINDOW_MS": (
+        "register_window_ms",
+        _duration_ms,
+        "Length (ms) of the REGISTER rename rate-limit window",
+    ),
+    "SYSTEMX_JOIN_MAX_ATTEMPTS": (
+        "join_max_attempts",
+        _int,
+        "JOINs allowed per window per session (<=0 disables)",
+    ),
+    "SYSTEMX_JOIN_WINDOW_MS": ("join_window_ms", _duration_ms, "Length (ms) of the JOIN rate-limit window"),
+    "SYSTEMX_ALLOWED_ORIGINS": (
+        "allowed_origins",
+        _split,
+        "Comma list of browser origins allowed to upgrade (scheme://host[:port]; empty: any)",
     ),
 }
 
@@ -358,25 +573,74 @@ def _validate(s: Settings) -> None:
         "SYSTEMX_PRESENCE_MAX_RESULT_BYTES": s.presence_max_result_bytes,
         "SYSTEMX_PRESENCE_WINDOW_MS": s.presence_window_ms,
         "SYSTEMX_MAX_VALUE_BYTES": s.max_value_bytes,
+        "SYSTEMX_REGISTER_WINDOW_MS": s.register_window_ms,
+        "SYSTEMX_JOIN_WINDOW_MS": s.join_window_ms,
+        "SYSTEMX_RATE_BURST_SECONDS": s.rate_burst_seconds,
+        "SYSTEMX_AUTH_GRACE_MS": s.auth_grace_ms,
     }
     for name, value in positive.items():
         if value <= 0:
-            raise ConfigError(f"{name} must be positive, got {value}")
+            raise ConfigError(f"{name}: must be positive, got {value}")
+    not_negative = {
+        "SYSTEMX_MAX_CONNECTIONS_PER_IP": s.max_connections_per_ip,
+        "SYSTEMX_CONNECT_RATE_PER_IP": s.connect_rate_per_ip,
+        "SYSTEMX_BAN_SECONDS": s.ban_seconds,
+        "SYSTEMX_MAX_FRAMES_PER_SECOND": s.max_frames_per_second,
+        "SYSTEMX_MAX_BYTES_PER_SECOND": s.max_bytes_per_second,
+    }
+    for name, value in not_negative.items():
+        if value < 0:
+            raise ConfigError(f"{name}: must be 0 (no limit) or positive, got {value}")
+    if 0 < s.max_bytes_per_second * s.rate_burst_seconds < s.max_message_bytes:
+        raise ConfigError(
+            "SYSTEMX_MAX_BYTES_PER_SECOND: times SYSTEMX_RATE_BURST_SECONDS must be at least "
+            f"SYSTEMX_MAX_MESSAGE_BYTES ({s.max_message_bytes}), or the largest message could never pass"
+        )
+    for origin in s.allowed_origins:
+        if origin != origin.rstrip("/") or "://" not in origin:
+            raise ConfigError(
+                f"SYSTEMX_ALLOWED_ORIGINS: {origin!r} is not an origin (scheme://host[:port], no path)"
+            )
+    _validate_security(s)
     if s.presence_max_result_bytes < 1024:
         raise ConfigError(
-            f"SYSTEMX_PRESENCE_MAX_RESULT_BYTES must be at least 1024, got {s.presence_max_result_bytes}"
+            f"SYSTEMX_PRESENCE_MAX_RESULT_BYTES: must be at least 1024, got {s.presence_max_result_bytes}"
         )
     if not 1 <= s.max_json_depth <= _MAX_JSON_DEPTH:
         # Deeper values could not be encoded again inside an outgoing message.
-        raise ConfigError(f"SYSTEMX_MAX_JSON_DEPTH must be 1-{_MAX_JSON_DEPTH}, got {s.max_json_depth}")
+        raise ConfigError(f"SYSTEMX_MAX_JSON_DEPTH: must be 1-{_MAX_JSON_DEPTH}, got {s.max_json_depth}")
+    if s.trunk_grace_ms < 0:
+        raise ConfigError(f"SYSTEMX_TRUNK_GRACE_MS: must be 0 or more, got {s.trunk_grace_ms}")
+    if s.pbx_tokens.strip():
+        from systemx.core.trunkauth import PbxTokens, TokenSyntaxError
+
+        try:
+            PbxTokens.parse(s.pbx_tokens)
+        except TokenSyntaxError as exc:
+            raise ConfigError(str(exc)) from None
     if not 0 <= s.port <= 65535:
-        raise ConfigError(f"SYSTEMX_PORT must be 0-65535, got {s.port}")
+        raise ConfigError(f"SYSTEMX_PORT: must be 0-65535, got {s.port}")
+    if not 0 <= s.admin_port <= 65535:
+        raise ConfigError(f"SYSTEMX_ADMIN_PORT: must be 0-65535, got {s.admin_port}")
+    if s.admin_enabled and not s.admin_token and not is_loopback_host(s.admin_host):
+        raise ConfigError(
+            f"SYSTEMX_ADMIN_TOKEN: required when the admin listener is bound beyond loopback "
+            f"(SYSTEMX_ADMIN_HOST={s.admin_host!r}); set a token, bind it to 127.0.0.1 "
+            "or set SYSTEMX_ADMIN=off"
+        )
+    if s.records_max < 0:
+        raise ConfigError(f"SYSTEMX_RECORDS_MAX: must be 0 or more, got {s.records_max}")
+    if s.records_retention_days < 0:
+        raise ConfigError(f"SYSTEMX_RECORDS_RETENTION: must be 0 or more, got {s.records_retention_days}")
     if s.log_level.lower() not in ("debug", "info", "warn", "warning", "error"):
-        raise ConfigError(f"SYSTEMX_LOG_LEVEL must be debug, info, warn or error, got {s.log_level!r}")
+        raise ConfigError(f"SYSTEMX_LOG_LEVEL: must be debug, info, warn or error, got {s.log_level!r}")
     if s.log_format not in ("text", "json"):
-        raise ConfigError(f"SYSTEMX_LOG_FORMAT must be text or json, got {s.log_format!r}")
+        raise ConfigError(f"SYSTEMX_LOG_FORMAT: must be text or json, got {s.log_format!r}")
     if s.tls_enabled and not (s.tls_cert_path and s.tls_key_path):
-        raise ConfigError("TLS_ENABLED needs TLS_CERT_PATH and TLS_KEY_PATH")
+        if not (s.tls_cert_path or s.tls_key_path):
+            raise ConfigError("TLS_ENABLED: wss needs TLS_CERT_PATH and TLS_KEY_PATH; neither is set")
+        missing = "TLS_KEY_PATH" if s.tls_cert_path else "TLS_CERT_PATH"
+        raise ConfigError(f"{missing}: not set; wss needs both TLS_CERT_PATH and TLS_KEY_PATH")
     from systemx.core.wakepolicy import prefix_problem
 
     lists = (("SYSTEMX_WEBHOOK_ALLOW", s.webhook_allow), ("SYSTEMX_WEBHOOK_DENY", s.webhook_deny))
@@ -387,26 +651,81 @@ def _validate(s: Settings) -> None:
                 raise ConfigError(f"{var}: {problem}")
 
 
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """The variables of a dotenv file (``NAME=value`` lines, ``#`` comments, optional quotes)."""
+    from dotenv import dotenv_values
+
+    file = Path(path)
+    try:
+        with file.open(encoding="utf-8") as stream:
+            values = dotenv_values(stream=stream)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when ``host`` (a name or an address) names only this machine's loopback interface."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _validate_security(s: Settings) -> None:
+    if s.auth not in ("none", "tokens", "jwt"):
+        raise ConfigError(f"SYSTEMX_AUTH: must be none, tokens or jwt, got {s.auth!r}")
+    if s.auth == "tokens" and not s.auth_tokens_file:
+        raise ConfigError("SYSTEMX_AUTH_TOKENS_FILE: required with SYSTEMX_AUTH=tokens")
+    if s.auth == "jwt" and bool(s.jwt_secret) == bool(s.jwt_public_key):
+        raise ConfigError(
+            "SYSTEMX_AUTH=jwt needs exactly one of SYSTEMX_JWT_SECRET and SYSTEMX_JWT_PUBLIC_KEY"
+        )
+    if s.auth != "jwt" and (s.jwt_secret or s.jwt_public_key):
+        raise ConfigError("SYSTEMX_JWT_SECRET / SYSTEMX_JWT_PUBLIC_KEY are set but SYSTEMX_AUTH is not jwt")
+    from systemx.core.acl import load_policy
+    from systemx.core.security import authenticator_from_settings
+
+    var = {"tokens": "SYSTEMX_AUTH_TOKENS_FILE", "jwt": "SYSTEMX_JWT_SECRET/SYSTEMX_JWT_PUBLIC_KEY"}
+    try:
+        authenticator_from_settings(s.core_config())
+    except ValueError as exc:
+        raise ConfigError(f"{var.get(s.auth, 'SYSTEMX_AUTH')}: {exc}") from None
+    if s.policy_file:
+        try:
+            load_policy(s.policy_file)
+        except ValueError as exc:
+            raise ConfigError(f"SYSTEMX_POLICY_FILE: {exc}") from None
+
+
 def load_settings(
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     env_file: str | Path | None = ".env",
+    config_files: tuple[str | Path, ...] = (),
 ) -> Settings:
-    """Build :class:`Settings` from ``env`` (default ``os.environ`` plus ``.env``).
+    """Build :class:`Settings` from ``env`` (default ``os.environ`` plus files).
 
-    ``overrides`` maps field names to values (command-line flags) and wins.
+    Without ``env``, the sources are, weakest first: ``env_file`` (``.env``,
+    when it exists), each of ``config_files`` (dotenv format, must exist; a later
+    one wins), the process environment. ``overrides`` maps field names to values
+    (command-line flags) and wins over all of them.
     """
     if env is None:
         merged: dict[str, str] = {}
         if env_file is not None and Path(env_file).is_file():
-            from dotenv import dotenv_values
-
-            merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+            merged.update(read_env_file(env_file))
+        for path in config_files:
+            merged.update(read_env_file(path))
         merged.update(os.environ)
         env = merged
     for var, replacement in REMOVED_VARS.items():
         if env.get(var, "").strip():
-            raise ConfigError(f"{var} is no longer supported: {replacement} (see README, wake-on-ring)")
+            raise ConfigError(f"{var}: no longer supported: {replacement} (see README, wake-on-ring)")
     values: dict[str, Any] = {}
     for var, (name, parse, _doc) in ENV_VARS.items():
         raw = env.get(var)
@@ -416,9 +735,17 @@ def load_settings(
             values[name] = parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{var}: {exc}") from None
+    explicit_tls = "tls_enabled" in values
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value
+            explicit_tls = explicit_tls and name not in ("tls_cert_path", "tls_key_path")
+            if name == "tls_enabled":
+                explicit_tls = True
+    if not explicit_tls and (values.get("tls_cert_path") or values.get("tls_key_path")):
+        # A certificate or key given (flag or variable) without TLS_ENABLED (or with
+        # TLS_ENABLED overridden by a --tls-cert/--tls-key flag) means wss.
+        values["tls_enabled"] = True
     settings = dataclasses.replace(Settings(), **values)
     _validate(settings)
     return settings

@@ -13,13 +13,16 @@ import pytest
 
 from systemx.config import Settings
 from systemx.server.accept import AcceptedTransport, _SocketFacts
-from systemx.server.app import Connection, Server
+from systemx.server.app import Server
+from systemx.server.transport import Connection
 from tests.wsclient import WSClient
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    settings = dataclasses.replace(Settings(), host="127.0.0.1", port=0, data_dir=str(tmp_path))
+    settings = dataclasses.replace(
+        Settings(), host="127.0.0.1", port=0, data_dir=str(tmp_path), admin_enabled=False
+    )
     srv = Server(settings)
     await srv.start()
     try:
@@ -39,7 +42,7 @@ async def test_accepted_connection_works_and_answers_real_socket_facts(server: S
     try:
         registered = await client.register("lean@example.com")
         assert registered["address"] == "lean@example.com"
-        (conn,) = [c for c in server._conns if isinstance(c, Connection)]
+        (conn,) = [c for c in server.hub.conns if isinstance(c, Connection)]
         assert conn.transport is not None
         view = conn.transport.underlying_transport
         assert isinstance(view, AcceptedTransport)
@@ -83,7 +86,9 @@ def _listen_queue_limit(port: int) -> int:
 async def test_listen_backlog_is_the_setting_capped_by_somaxconn(tmp_path: Path, backlog: int | None) -> None:
     # asyncio's default of 100 overflows when thousands of clients connect at once:
     # the kernel drops their handshakes and they retry after a second or more.
-    settings = dataclasses.replace(Settings(), host="127.0.0.1", port=0, data_dir=str(tmp_path))
+    settings = dataclasses.replace(
+        Settings(), host="127.0.0.1", port=0, data_dir=str(tmp_path), admin_enabled=False
+    )
     if backlog is not None:
         settings = dataclasses.replace(settings, listen_backlog=backlog)
     somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())

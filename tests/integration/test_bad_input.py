@@ -340,3 +340,17 @@ async def test_msg_data_nested_500_levels_is_relayed_byte_for_byte(server: Syste
     a.send_raw(b'{"type":"MSG","call_id":"' + ring["call_id"].encode() + b'","data":' + data.encode() + b"}")
     message = await b.expect("MSG")
     assert json.dumps(message["data"], separators=(",", ":")) == data
+
+
+async def test_a_trunk_sending_deep_or_odd_frames_is_not_cut(server: SystemXProcess) -> None:
+    # Frames from a trunk that are no endpoint message (RING, BUSY, ERROR) take their own
+    # decoding path; a frame nested too deep for it is ignored like any other bad one.
+    trunk = await server.connect()
+    trunk.send_json({"type": "REGISTER_PBX", "domain": "sub.example.com", "routes": ["*@sub.example.com"]})
+    await trunk.expect("REGISTERED_PBX")
+    deep_object = (b'{"a":' * 5_000) + b"1" + b"}" * 5_000
+    trunk.send_raw(b'{"type":"RING","call_id":"c","from":"a@b.c","metadata":' + deep_object + b"}")
+    trunk.send_raw(b'{"type":"ERROR","reason":1.5,"context":"y","detail":"z"}')
+    await trunk.roundtrip()
+    assert_clean_log(server)
+    assert (await health(server))["internal_errors"] == 0

@@ -21,11 +21,14 @@ from systemx.client import (
     Client,
     ConnectFailed,
     ConnectionClosed,
+    DialTimeout,
+    Disconnected,
     ExchangeError,
     JoinFailed,
     Message,
     PartyEvent,
     PartyMessage,
+    Reconnected,
     RegisterFailed,
     SleepPending,
     connect,
@@ -201,6 +204,10 @@ async def test_busy_reasons_raise_busy_error(open_client: OpenClient) -> None:
         await alice.dial("nobody@example.com", timeout=TIMEOUT)
     assert (nobody.value.to, nobody.value.reason) == ("nobody@example.com", "no_such_address")
     assert isinstance(nobody.value, CallRejected)
+    # Not "is busy": nobody is there.
+    assert str(nobody.value) == (
+        "nobody@example.com: no such address (nobody is registered there and it has no wake profile)"
+    )
 
     with pytest.raises(BusyError) as self_dial:
         await alice.dial("alice@example.com", timeout=TIMEOUT)
@@ -210,6 +217,7 @@ async def test_busy_reasons_raise_busy_error(open_client: OpenClient) -> None:
     with pytest.raises(BusyError) as dnd:
         await alice.dial("bob@example.com", timeout=TIMEOUT)
     assert dnd.value.reason == "dnd"
+    assert str(dnd.value) == "bob@example.com does not want to be disturbed (status dnd)"
     await bob.set_status("away")
     with pytest.raises(BusyError) as away:
         await alice.dial("bob@example.com", timeout=TIMEOUT)
@@ -220,6 +228,18 @@ async def test_busy_reasons_raise_busy_error(open_client: OpenClient) -> None:
     with pytest.raises(BusyError) as in_call:
         await carol.dial("bob@example.com", timeout=TIMEOUT)
     assert in_call.value.reason == "already_in_call"
+    assert str(in_call.value) == "bob@example.com is busy: already in a call"
+
+
+async def test_a_dial_timeout_says_so_and_hangs_up(open_client: OpenClient) -> None:
+    alice = await open_client("alice@example.com")
+    bob = await open_client("bob@example.com")
+    with pytest.raises(DialTimeout) as timed_out:
+        await alice.dial("bob@example.com", timeout=0.3)
+    assert isinstance(timed_out.value, TimeoutError)
+    assert str(timed_out.value) == "no answer from bob@example.com within 0.3 s; the call was hung up"
+    incoming = await bob.next_call(TIMEOUT)
+    assert await asyncio.wait_for(incoming.ended, TIMEOUT) == "normal"
 
 
 async def test_ring_timeout_is_busy_timeout(systemx_server: ServerFactory, open_client: OpenClient) -> None:
@@ -587,6 +607,151 @@ async def test_abrupt_server_death_is_1006(server: SystemXProcess, open_client: 
     assert await asyncio.wait_for(alice_call.ended, TIMEOUT) == "connection_closed"
     with pytest.raises(ConnectionClosed):
         await alice_call.send("anyone?")
+
+
+# ---------------------------------------------------------------------- reconnect
+
+
+@pytest.mark.parametrize("how", ["killed", "restarted"])
+async def test_reconnects_after_the_exchange_comes_back(
+    server: SystemXProcess, open_client: OpenClient, how: str
+) -> None:
+    seen: list[Disconnected | Reconnected] = []
+    bob = await open_client(
+        "bob@example.com",
+        reconnect=True,
+        reconnect_delay=(0.05, 0.5),
+        metadata={"capabilities": ["echo"]},
+        on_connection_change=seen.append,
+    )
+    alice = await open_client("alice@example.com")
+    _alice_call, bob_call = await connected_pair(alice, bob)
+    events = bob.events()
+
+    if how == "killed":
+        await server.kill()
+        await server.start()
+    else:
+        await server.restart()
+
+    dropped = await asyncio.wait_for(anext(events), TIMEOUT)
+    expected = (1006, "") if how == "killed" else (1001, "shutdown")
+    assert isinstance(dropped, Disconnected) and (dropped.code, dropped.reason) == expected
+    # The call in progress ended with an error that says what happened.
+    assert await asyncio.wait_for(bob_call.ended, TIMEOUT) in ("connection_closed", "shutdown")
+    with pytest.raises((ConnectionClosed, CallEnded)):
+        await bob_call.send("still there?")
+    back = await asyncio.wait_for(anext(events), TIMEOUT * 2)
+    assert isinstance(back, Reconnected) and back.attempts >= 1
+    assert back.session_id == bob.session_id and bob.connected and not bob.closed
+    assert seen == [dropped, back]
+
+    # Registered again with the same options, and reachable.
+    carol = await open_client("carol@example.com", server)
+    (entry,) = await carol.presence(capabilities=["echo"])
+    assert entry.address == "bob@example.com"
+    carol_call, bob_again = await connected_pair(carol, bob)
+    await carol_call.send("hello again")
+    assert (await bob_again.recv(TIMEOUT)).data == "hello again"
+    await alice.close()
+
+
+class _Proxy:
+    """A TCP relay to the exchange whose client side can be cut while the
+    exchange's side stays open: a network that fails without telling the exchange."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream_port = port
+        self.client_sides: list[asyncio.StreamWriter] = []
+        self.server_sides: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self.client_sides.append(writer)
+        self.server_sides.append(up_writer)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+            except ConnectionError:
+                pass
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    def cut_client_sides(self) -> None:
+        for writer in self.client_sides:
+            writer.transport.abort()
+        self.client_sides.clear()
+
+    async def close(self) -> None:
+        for writer in self.server_sides + self.client_sides:
+            writer.transport.abort()
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_reconnect_waits_out_address_in_use_after_a_network_drop(
+    systemx_server: ServerFactory, open_client: OpenClient
+) -> None:
+    # The exchange still holds the old session (it never saw the drop) until its heartbeats stop.
+    server = await systemx_server(
+        env={"SYSTEMX_HEARTBEAT_TIMEOUT": "1s", "SYSTEMX_HEARTBEAT_INTERVAL": "100ms"}
+    )
+    proxy = _Proxy(server.port)
+    await proxy.start()
+    try:
+        bob = await Client.connect(
+            f"ws://127.0.0.1:{proxy.port}",
+            "bob@example.com",
+            reconnect=True,
+            reconnect_delay=(0.05, 0.2),
+            heartbeat_interval=0.2,
+        )
+        events = bob.events()
+        proxy.cut_client_sides()
+        dropped = await asyncio.wait_for(anext(events), TIMEOUT)
+        assert isinstance(dropped, Disconnected) and dropped.code == 1006
+        back = await asyncio.wait_for(anext(events), TIMEOUT * 2)
+        assert isinstance(back, Reconnected)
+        assert back.attempts > 1  # address_in_use was retried until the old session expired
+        alice = await open_client("alice@example.com", server)
+        alice_call, bob_call = await connected_pair(alice, bob)
+        await bob_call.send("through again")
+        assert (await alice_call.recv(TIMEOUT)).data == "through again"
+        await bob.close()
+    finally:
+        await proxy.close()
+
+
+async def test_requests_while_reconnecting_fail_clearly(
+    server: SystemXProcess, open_client: OpenClient
+) -> None:
+    bob = await open_client("bob@example.com", reconnect=True, reconnect_delay=(5.0, 5.0))
+    events = bob.events()
+    await server.kill()
+    assert isinstance(await asyncio.wait_for(anext(events), TIMEOUT), Disconnected)
+    with pytest.raises(ConnectionClosed) as down:
+        await bob.dial("alice@example.com")
+    assert down.value.reconnecting
+    assert "connection lost" in str(down.value) and "reconnecting" in str(down.value)
+    # close() stops the attempts and ends the iterators.
+    await asyncio.wait_for(bob.close(), TIMEOUT)
+    assert bob.closed
+    assert [event async for event in events] == []
+
+
+async def test_no_reconnect_after_a_close_the_client_asked_for(open_client: OpenClient) -> None:
+    bob = await open_client("bob@example.com", reconnect=True, reconnect_delay=(0.01, 0.01))
+    closed = await bob.unregister()
+    assert (closed.code, closed.reason) == (4000, "client_requested")
+    assert bob.closed and not bob.connected
 
 
 # ---------------------------------------------------------------------- example

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+import sysconfig
 from pathlib import Path
 
-from tests.conftest import TIMEOUT, ServerFactory
+from tests.conftest import TIMEOUT, ServerFactory, run_command
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -48,3 +50,26 @@ async def test_examples_report_an_unreachable_exchange() -> None:
     for name in ("sleepy_agent.py", "party_line.py"):
         code, out = await run_example(name, "--url", "ws://127.0.0.1:9")
         assert code == 2 and "cannot reach the exchange" in out
+
+
+async def test_examples_run_from_a_checkout_without_installing() -> None:
+    # -S: no site-packages, so no installed systemx; the dependencies come from PYTHONPATH.
+    site = sysconfig.get_paths()["purelib"]
+    env = {**os.environ, "PYTHONPATH": site}
+    example = str(EXAMPLES / "simple_client.py")
+    code, _out, err = await run_command(
+        sys.executable, "-S", example, "--url", "ws://127.0.0.1:9", env=env, timeout=10.0
+    )
+    # It got as far as connecting: systemx was found in ../src.
+    assert code == 2, err
+    assert "cannot connect to ws://127.0.0.1:9" in err and "make serve" in err
+
+
+async def test_examples_without_the_dependencies_say_how_to_install_them() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    example = str(EXAMPLES / "party_line.py")
+    code, _out, err = await run_command(sys.executable, "-S", example, env=env, timeout=10.0)
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("party_line.py: cannot import ")
+    assert "make .venv/.installed" in err and ".venv/bin/python examples/party_line.py" in err

@@ -71,6 +71,6 @@ async def test_https_healthz(systemx_server: ServerFactory, tmp_path: Path) -> N
 async def test_unreadable_certificate_is_a_config_error(tmp_path: Path) -> None:
     missing = ["--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(tmp_path / "missing.key")]
     server = SystemXProcess(tmp_path, args=missing)
-    with pytest.raises(RuntimeError, match="configuration error: TLS_CERT_PATH"):
+    with pytest.raises(RuntimeError, match="systemx: TLS_CERT_PATH"):
         await server.start()
     assert server.proc is not None and server.proc.returncode == 2

@@ -352,8 +352,10 @@ async def test_close_while_waiting_to_reconnect_stops_the_loop(parent: Parent, t
     assert recorder.events.empty()
 
 
-async def test_an_exchange_without_federation_refuses_the_trunk(systemx_server: ServerFactory) -> None:
-    server = await systemx_server()
+async def test_an_exchange_with_trunk_tokens_refuses_a_trunk_without_one(
+    systemx_server: ServerFactory,
+) -> None:
+    server = await systemx_server(env={"SYSTEMX_PBX_TOKENS": "s3cret"})
     peer = PeerConfig(
         id="hq",
         url=server.url,
@@ -369,7 +371,7 @@ async def test_an_exchange_without_federation_refuses_the_trunk(systemx_server: 
     client.start()
     try:
         await _until(lambda: client.refusal is not None)
-        assert client.refusal == "invalid_payload"
+        assert client.refusal == "auth_failed"
         assert not client.is_up
     finally:
         await client.close()

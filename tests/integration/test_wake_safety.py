@@ -176,7 +176,7 @@ async def test_the_reference_command_form_must_match_a_defined_argv(
 async def test_an_old_spawn_setting_stops_the_start(systemx_server: ServerFactory, var: str) -> None:
     with pytest.raises(RuntimeError) as failed:
         await systemx_server(env={var: "*@agents.example.com"})
-    assert f"{var} is no longer supported" in str(failed.value)
+    assert f"{var}: no longer supported" in str(failed.value)
     assert "SYSTEMX_SPAWN_HANDLERS" in str(failed.value)
 
 

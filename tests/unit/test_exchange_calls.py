@@ -6,6 +6,7 @@ import msgspec
 import pytest
 
 from systemx.core import SWEEP, RingTimer
+from systemx.core.timerkeys import TrunkTimer
 from tests.unit.harness import Harness
 
 
@@ -516,36 +517,85 @@ def test_repeated_bad_input_warnings_are_rate_limited(h: Harness, caplog: pytest
 # ---------------------------------------------------------------- federation
 
 
-@pytest.mark.parametrize(
-    "frame",
-    [
-        {"type": "REGISTER_PBX", "domain": "sub.example.com", "routes": ["*@sub.example.com"]},
-        {
-            "type": "REGISTER_PBX",
-            "domain": "sub.example.com",
-            "routes": [],
-            "endpoint": "wss://pbx.example.com",
-            "auth": {"token": "t"},
-        },
-        {"type": "DIAL_FORWARD", "from": "a@x.example.com", "to": "b@example.com", "call_id": "c1"},
-    ],
-)
-def test_federation_frames_are_refused_until_trunks_are_configured(
-    h: Harness, frame: dict[str, object]
-) -> None:
-    # Registered or not, the socket stays open and nothing else changes.
+def test_register_pbx_makes_a_trunk(h: Harness) -> None:
     h.open("P")
-    h.send("P", frame)
-    kind = str(frame["type"])
+    h.send("P", {"type": "REGISTER_PBX", "domain": "sub.example.com", "routes": ["*@sub.example.com"]})
+    assert h.frames("P") == [{"type": "REGISTERED_PBX", "domain": "sub.example.com"}]
+    assert h.x.health()["trunks"] == 1
+
+
+def test_register_pbx_without_routes_is_refused(h: Harness) -> None:
+    h.open("P")
+    h.send(
+        "P",
+        {"type": "REGISTER_PBX", "domain": "sub.example.com", "routes": [], "auth": {"token": "t"}},
+    )
+    (error,) = h.frames("P")
+    assert error["type"] == "ERROR" and error["context"] == "REGISTER_PBX"
+    assert "routes" in error["detail"]
+    assert h.closes("P") == [] and h.x.health()["trunks"] == 0
+
+
+def test_dial_forward_needs_a_trunk(h: Harness) -> None:
+    h.open("P")
+    h.send("P", {"type": "DIAL_FORWARD", "from": "a@x.example.com", "to": "b@example.com", "call_id": "c1"})
     assert h.frames("P") == [
         {
             "type": "ERROR",
             "reason": "invalid_payload",
-            "context": kind,
-            "detail": f"{kind} is not enabled on this exchange: federation is not configured",
+            "context": "DIAL_FORWARD",
+            "detail": "DIAL_FORWARD is for trunks: send REGISTER_PBX on this connection first",
         }
     ]
     assert h.closes("P") == []
+
+
+def test_call_from_a_trunk_to_a_local_callee_and_back(h: Harness) -> None:
+    h.register("B", "bob@example.com")
+    h.frames("B")
+    h.open("P")
+    h.send("P", {"type": "REGISTER_PBX", "domain": "sub.example.com", "routes": ["*@sub.example.com"]})
+    h.frames("P")
+    h.send(
+        "P", {"type": "DIAL_FORWARD", "from": "a@sub.example.com", "to": "bob@example.com", "call_id": "c1"}
+    )
+    assert [f["type"] for f in h.frames("B")] == ["RING"]
+    assert h.frames("P") == [{"type": "RING", "call_id": "c1", "from": "bob@example.com"}]
+    h.send("B", {"type": "ANSWER", "call_id": "c1"})
+    assert h.frames("P") == [{"type": "ANSWER", "call_id": "c1", "from": "bob@example.com"}]
+    # A MSG from the trunk carries the leg's address, whatever "from" the trunk wrote.
+    h.send("P", {"type": "MSG", "call_id": "c1", "from": "mallory@example.com", "data": "hi"})
+    (msg,) = h.frames("B")
+    assert msg["from"] == "a@sub.example.com" and msg["data"] == "hi"
+    h.send("B", {"type": "MSG", "call_id": "c1", "data": "yo"})
+    (back,) = h.frames("P")
+    assert back["from"] == "bob@example.com"
+    h.send("P", {"type": "HANGUP", "call_id": "c1"})
+    assert [f["type"] for f in h.frames("B")] == ["HANGUP"]
+    assert h.x.health()["calls"] == 0
+
+
+def test_local_dial_goes_down_a_trunk(h: Harness) -> None:
+    h.register("A", "alice@example.com")
+    h.frames("A")
+    h.open("P")
+    h.send("P", {"type": "REGISTER_PBX", "domain": "sub.example.com", "routes": ["*@sub.example.com"]})
+    h.frames("P")
+    h.send("A", {"type": "DIAL", "to": "carol@sub.example.com"})
+    (fwd,) = h.frames("P")
+    assert fwd["type"] == "DIAL_FORWARD" and fwd["from"] == "alice@example.com"
+    assert fwd["to"] == "carol@sub.example.com" and fwd["hops"] == 1 and len(fwd["via"]) == 1
+    call_id = fwd["call_id"]
+    assert h.frames("A") == [{"type": "RINGING", "call_id": call_id, "to": "carol@sub.example.com"}]
+    # The far side's RING (the reference's form) is not relayed as a RING.
+    h.send("P", {"type": "RING", "call_id": call_id, "from": "carol@sub.example.com"})
+    assert h.frames("A") == []
+    h.send("P", {"type": "ANSWER", "call_id": call_id, "from": "carol@sub.example.com"})
+    assert h.frames("A") == [{"type": "CONNECTED", "call_id": call_id, "to": "carol@sub.example.com"}]
+    h.close("P")
+    assert h.frames("A") == []
+    h.fire(h.timer(TrunkTimer, "in:sub.example.com"))
+    assert h.frames("A") == [{"type": "HANGUP", "call_id": call_id, "reason": "peer_disconnected"}]
 
 
 def test_malformed_federation_frame_gets_the_shape_error_first(h: Harness) -> None:

@@ -237,3 +237,20 @@ def test_auto_sleep_deferred_while_in_call() -> None:
     h.fire(h.timer(IdleTimer, s), advance=5)
     assert all(f["type"] != "SLEEP_PENDING" for f in h.frames("S"))
     assert h.timer(IdleTimer, s) is not None
+
+
+def test_a_call_from_a_trunk_wakes_a_sleeping_agent() -> None:
+    h = Harness()
+    sleeper(h)
+    h.close("S")
+    h.open("P")
+    h.send("P", {"type": "REGISTER_PBX", "domain": "branch.test", "routes": ["*@branch.test"]})
+    h.frames("P")
+    h.send("P", {"type": "DIAL_FORWARD", "from": "a@branch.test", "to": "agent@example.com", "call_id": "c9"})
+    (wake,) = h.actions.wakes
+    assert (wake.address, wake.call_id, wake.caller) == ("agent@example.com", "c9", "a@branch.test")
+    assert h.frames("P") == []  # nothing until the agent rings (no RINGING on a trunk)
+    h.register("S2", "agent@example.com", mode="wake_on_ring", wake_handler=HOOK)
+    ring = [f for f in h.frames("S2") if f["type"] == "RING"]
+    assert ring == [{"type": "RING", "from": "a@branch.test", "call_id": "c9"}]
+    assert h.frames("P") == [{"type": "RING", "call_id": "c9", "from": "agent@example.com"}]

@@ -147,6 +147,8 @@ class SpawnedServer:
                     "SYSTEMX_HEARTBEAT_TIMEOUT": "7200000",
                     "SYSTEMX_DIAL_MAX_ATTEMPTS": "0",
                     "SYSTEMX_PRESENCE_MAX_QUERIES": "0",
+                    # On, as by default, on any free port (benchmarks may run side by side).
+                    "SYSTEMX_ADMIN_PORT": "0",
                 }
             )
             cmd = [*exchange_command(), "serve", "--host", self.host, "--port", str(port)]

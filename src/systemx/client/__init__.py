@@ -15,7 +15,7 @@ Failures are the typed exceptions of :mod:`systemx.client.errors`.
 """
 
 from systemx.client.call import Call, IncomingCall, Message
-from systemx.client.client import Client, ServerEvent, connect
+from systemx.client.client import Client, ConnectionEvent, Disconnected, Reconnected, ServerEvent, connect
 from systemx.client.errors import (
     BusyError,
     CallEnded,
@@ -23,6 +23,7 @@ from systemx.client.errors import (
     ClientError,
     ConnectFailed,
     ConnectionClosed,
+    DialTimeout,
     ExchangeError,
     JoinFailed,
     PartyClosed,
@@ -40,6 +41,9 @@ __all__ = [
     "ClientError",
     "ConnectFailed",
     "ConnectionClosed",
+    "ConnectionEvent",
+    "DialTimeout",
+    "Disconnected",
     "ExchangeError",
     "IncomingCall",
     "JoinFailed",
@@ -49,6 +53,7 @@ __all__ = [
     "PartyEvent",
     "PartyMessage",
     "PresenceEntry",
+    "Reconnected",
     "RegisterFailed",
     "ServerEvent",
     "SleepPending",

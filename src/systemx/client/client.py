@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
@@ -41,6 +42,7 @@ from systemx.client.errors import (
     CallRejected,
     ConnectFailed,
     ConnectionClosed,
+    DialTimeout,
     ExchangeError,
     JoinFailed,
     PartyClosed,
@@ -51,6 +53,7 @@ from systemx.protocol import messages as wire
 from systemx.protocol.address import address_key, is_valid_address
 from systemx.protocol.messages import (
     Answer,
+    AuthExpiring,
     AutoSleep,
     Busy,
     Connected,
@@ -86,16 +89,57 @@ from systemx.protocol.messages import (
     encode,
 )
 
-__all__ = ["Client", "ServerEvent", "connect"]
+__all__ = ["Client", "ConnectionEvent", "Disconnected", "Reconnected", "ServerEvent", "connect"]
 
 logger = logging.getLogger("systemx.client")
 
 T = TypeVar("T")
 
-#: Frames no request asked for: idle warnings, unsolicited errors, listeners
-#: joining (RING) and leaving (HANGUP with ``from``) a broadcast this client
-#: runs, and federation frames an endpoint does not act on.
-ServerEvent = SleepPending | Error | Ring | Hangup | DialForward | RegisteredPbx
+
+class Disconnected(NamedTuple):
+    """The connection dropped and the client reconnects by itself (``reconnect=True``).
+
+    Every call, ringing call, party line and request of the old connection has
+    ended with :class:`ConnectionClosed` (``reconnecting=True``)."""
+
+    code: int
+    reason: str
+
+
+class Reconnected(NamedTuple):
+    """The client is connected and registered again, with the same REGISTER options."""
+
+    session_id: str | None
+    #: Connection attempts it took (1 when the first one succeeded).
+    attempts: int
+    #: Seconds from the drop to the new REGISTERED.
+    downtime: float
+
+
+ConnectionEvent = Disconnected | Reconnected
+
+#: What :meth:`Client.events` yields: frames no request asked for (idle
+#: warnings, credential expiry warnings (AUTH_EXPIRING), unsolicited errors,
+#: listeners joining (RING) and leaving (HANGUP with ``from``) a broadcast this
+#: client runs, federation frames an endpoint does not act on) and, with
+#: ``reconnect=True``, :data:`ConnectionEvent` items.
+ServerEvent = (
+    SleepPending
+    | AuthExpiring
+    | Error
+    | Ring
+    | Hangup
+    | DialForward
+    | RegisteredPbx
+    | Disconnected
+    | Reconnected
+)
+
+# Close codes after which reconnecting would only repeat the failure: this
+# client sent something the exchange refuses (protocol error, bad JSON or UTF-8,
+# a message too big), or asked to go (4000 ``sleep``, ``client_requested``).
+_FINAL_CODES = frozenset({1002, 1003, 1007, 1009})
+_FINAL_4000 = frozenset({"sleep", "client_requested"})
 
 _HEARTBEAT = b'{"type":"HEARTBEAT"}'
 _SLEEP_ACK = encode(SleepAck())
@@ -161,7 +205,7 @@ class _Listener(WSListener):
             code, reason = handshake.recv.code.value, handshake.recv.reason or ""
         else:
             code, reason = 1006, ""
-        self._client._on_disconnected(code, reason)
+        self._client._on_disconnected(code, reason, self)
 
     def pause_writing(self) -> None:
         self._client._write_paused = True
@@ -180,6 +224,8 @@ class Client:
         heartbeat_interval: float | None = 30.0,
         request_timeout: float | None = 10.0,
         concurrency: str | None = None,
+        reconnect: bool = False,
+        reconnect_delay: tuple[float, float] = (0.1, 10.0),
     ) -> None:
         self.loop = asyncio.get_running_loop()
         #: The address as the exchange echoed it in REGISTERED.
@@ -190,8 +236,26 @@ class Client:
         self.request_timeout = request_timeout
         #: Called with each SLEEP_PENDING (which is also queued on :meth:`events`).
         self.on_sleep_pending: Callable[[SleepPending], object] | None = None
+        #: Reconnect by itself when the connection drops (see :meth:`Client.connect`).
+        self.reconnect = reconnect
+        #: Backoff of reconnection attempts: each waits a random time (full jitter)
+        #: up to ``min(max, min * 2**attempt)`` seconds.
+        self.reconnect_delay = reconnect_delay
+        #: Called with :class:`Disconnected` and :class:`Reconnected` (also queued on :meth:`events`).
+        self.on_connection_change: Callable[[ConnectionEvent], object] | None = None
+        #: Called with each AUTH_EXPIRING (also queued on :meth:`events`); answer it with
+        #: :meth:`refresh_auth`.
+        self.on_auth_expiring: Callable[[AuthExpiring], object] | None = None
         self._concurrency = concurrency
-        self._listener = _Listener(self)
+        self._listener: _Listener | None = None
+        self._url = ""
+        self._register_message: Register | None = None
+        self._connect_timeout: float | None = 10.0
+        self._ssl_context: ssl.SSLContext | None = None
+        self._registered_once = False
+        # Set while reconnecting: how the last connection ended.
+        self._down: ConnectionClosed | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
         self._transport: WSTransport | None = None
         self._closed: ConnectionClosed | None = None
         self._closing = False
@@ -242,6 +306,7 @@ class Client:
             PartyMsg: self._on_party_msg,
             PresenceResult: self._on_presence_result,
             SleepPending: self._on_sleep_pending,
+            AuthExpiring: self._on_auth_expiring,
             Error: self._on_error,
             DialForward: self._events.put,
             RegisteredPbx: self._events.put,
@@ -268,12 +333,29 @@ class Client:
         request_timeout: float | None = 10.0,
         connect_timeout: float | None = 10.0,
         ssl_context: ssl.SSLContext | None = None,
+        reconnect: bool = False,
+        reconnect_delay: tuple[float, float] = (0.1, 10.0),
+        on_connection_change: Callable[[ConnectionEvent], object] | None = None,
     ) -> Client:
         """Open a WebSocket to ``url``, REGISTER ``address`` and start heartbeats.
 
         Raises :class:`ConnectFailed` when the socket cannot be opened,
         :class:`RegisterFailed` / :class:`ExchangeError` when the exchange
         refuses the registration. ``heartbeat_interval=None`` disables heartbeats.
+
+        With ``reconnect=True``, a connection that drops after this first
+        registration (the exchange restarted or shut down, the network failed,
+        heartbeats timed out) is opened again and REGISTERed with the same
+        options, after a random delay of up to ``min(max, min * 2**attempt)``
+        seconds (``reconnect_delay=(min, max)``), until it succeeds or
+        :meth:`close` is called. ``address_in_use`` (the exchange still holds the
+        old session) is retried; any other refusal closes the client for good.
+        Calls, ringing calls, party lines and pending requests do not survive:
+        they end with :class:`ConnectionClosed` (``reconnecting=True``). The
+        application hears :class:`Disconnected` and :class:`Reconnected` through
+        ``on_connection_change`` and :meth:`events`. It is not done after a close
+        this client caused (1002, 1003, 1007, 1009, ``4000 sleep``,
+        ``4000 client_requested``) or asked for (:meth:`close`, :meth:`sleep`).
         """
         if isinstance(wake_handler, dict):
             wake_handler = msgspec.convert(wake_handler, WakeHandler)
@@ -293,31 +375,62 @@ class Client:
             heartbeat_interval=heartbeat_interval,
             request_timeout=request_timeout,
             concurrency=concurrency,
+            reconnect=reconnect,
+            reconnect_delay=reconnect_delay,
         )
-        listener = client._listener
+        client.on_connection_change = on_connection_change
+        client._url = url
+        client._register_message = register
+        client._connect_timeout = connect_timeout
+        client._ssl_context = ssl_context
         try:
-            transport, _ = await ws_connect(
-                lambda: listener,
-                url,
-                websocket_handshake_timeout=connect_timeout,
-                ssl_context=ssl_context,
-            )
-        except (TimeoutError, OSError, WSError) as exc:
-            raise ConnectFailed(url, str(exc) or type(exc).__name__) from exc
-        client._transport = transport
-        try:
-            await client._register(register, connect_timeout)
+            await client._open()
+        except ConnectFailed:
+            raise
         except BaseException:
             await client.close()
             raise
+        client._registered_once = True
         client._schedule_heartbeat()
         return client
 
-    async def _register(self, register: Register, timeout: float | None) -> None:
+    async def refresh_auth(self, auth: str, timeout: float | None = None) -> None:
+        """Present a fresh credential: the same REGISTER again with ``auth`` replaced.
+
+        The session, its calls and party lines continue (see AUTH_EXPIRING in
+        PROTOCOL.md); a later reconnection presents the fresh credential too.
+        Raises :class:`RegisterFailed` if the exchange refuses it.
+        """
+        register = self._register_message
+        transport = self._transport
+        if register is None or transport is None or not self.connected:
+            raise RuntimeError("not registered")
+        register = msgspec.structs.replace(register, auth=auth)
+        self._register_message = register
         waiter: asyncio.Future[Registered] = self.loop.create_future()
         self._register_waiter = waiter
-        self._send_message(register)
-        registered = await self._wait(waiter, timeout)
+        transport.send(_TEXT, encode(register))
+        await self._wait(waiter, timeout if timeout is not None else self._connect_timeout)
+
+    async def _open(self) -> None:
+        """Open the WebSocket and REGISTER (the first time, or again after a drop)."""
+        listener = self._listener = _Listener(self)
+        try:
+            transport, _ = await ws_connect(
+                lambda: listener,
+                self._url,
+                websocket_handshake_timeout=self._connect_timeout,
+                ssl_context=self._ssl_context,
+            )
+        except (TimeoutError, OSError, WSError) as exc:
+            raise ConnectFailed(self._url, str(exc) or type(exc).__name__) from exc
+        self._transport = transport
+        register = self._register_message
+        assert register is not None
+        waiter: asyncio.Future[Registered] = self.loop.create_future()
+        self._register_waiter = waiter
+        transport.send(_TEXT, encode(register))
+        registered = await self._wait(waiter, self._connect_timeout)
         self.address = registered.address
         self.session_id = registered.session_id
 
@@ -334,8 +447,13 @@ class Client:
 
     @property
     def closed(self) -> bool:
-        """True once the WebSocket is closed."""
+        """True once the client is closed for good (not while it reconnects)."""
         return self._closed is not None
+
+    @property
+    def connected(self) -> bool:
+        """True while registered on an open connection (False while reconnecting)."""
+        return self._closed is None and self._down is None and not self._closing
 
     @property
     def close_info(self) -> ConnectionClosed | None:
@@ -347,8 +465,24 @@ class Client:
         return await asyncio.shield(self._closed_future)
 
     async def close(self, timeout: float = 5.0) -> None:
-        """Close the WebSocket cleanly (1000). Ends every call, party and iterator."""
+        """Close the WebSocket cleanly (1000). Ends every call, party and iterator,
+        and stops reconnecting."""
         self._cancel_heartbeat()
+        task = self._reconnect_task
+        if task is not None and not task.done():
+            self._closing = True
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise
+            if self._closed is None:
+                self._finish(ConnectionClosed(1000, ""))
+            if self._transport is not None:
+                self._transport.disconnect(False)
+                await self._transport.wait_disconnected()
+            return
         transport = self._transport
         if transport is None:
             if self._closed is None:
@@ -388,7 +522,7 @@ class Client:
 
         Raises :class:`BusyError` (BUSY, with its reason), :class:`CallRejected`
         (the callee hung up while ringing), :class:`ExchangeError` (e.g.
-        ``rate_limited``) or ``TimeoutError``. Cancelling the awaiting task, or
+        ``rate_limited``) or :class:`DialTimeout` (a ``TimeoutError``). Cancelling the awaiting task, or
         the timeout, hangs the ringing call up.
         """
         self._check_open()
@@ -400,6 +534,9 @@ class Client:
                 return await dial.future
             async with asyncio.timeout(timeout):
                 return await dial.future
+        except TimeoutError:
+            self._abandon_dial(dial)
+            raise DialTimeout(to, timeout or 0.0) from None
         except BaseException:
             self._abandon_dial(dial)
             raise
@@ -566,9 +703,11 @@ class Client:
             raise ConnectionClosed(self._closed.code, self._closed.reason)
         if self._closing:
             raise ConnectionClosed(1000, "closing")
+        if self._down is not None:
+            raise ConnectionClosed(self._down.code, self._down.reason, reconnecting=True)
 
     def _send(self, data: bytes) -> None:
-        if self._closed is not None or self._closing:
+        if self._closed is not None or self._closing or self._down is not None:
             self._check_open()
         assert self._transport is not None
         if data is _HEARTBEAT:
@@ -618,7 +757,7 @@ class Client:
 
     def _heartbeat(self) -> None:
         self._heartbeat_handle = None
-        if self._closed is None and not self._closing:
+        if self._closed is None and not self._closing and self._down is None:
             self._send(_HEARTBEAT)
             self._schedule_heartbeat()
 
@@ -835,6 +974,12 @@ class Client:
             if not waiter.done():
                 waiter.set_result(msg.addresses)
 
+    def _on_auth_expiring(self, msg: AuthExpiring) -> None:
+        self._events.put(msg)
+        hook = self.on_auth_expiring
+        if hook is not None:
+            hook(msg)
+
     def _on_sleep_pending(self, msg: SleepPending) -> None:
         self._events.put(msg)
         hook = self.on_sleep_pending
@@ -873,18 +1018,107 @@ class Client:
             found, self._sleep_waiter = self._sleep_waiter, None
         return found
 
-    def _on_disconnected(self, code: int, reason: str) -> None:
+    def _on_disconnected(self, code: int, reason: str, listener: _Listener | None = None) -> None:
         if self._closed is not None:
             return
-        closed = ConnectionClosed(code, reason)
-        self._closed = closed
-        self._cancel_heartbeat()
+        if listener is not None and listener is not self._listener:
+            return  # a late callback of an earlier connection
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s: connection closed %d %s", self.address, code, reason)
+        if self._down is not None:
+            # The connection being opened again dropped before REGISTERED.
+            waiter, self._register_waiter = self._register_waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ConnectionClosed(code, reason, reconnecting=True))
+            return
+        self._cancel_heartbeat()
+        if self._should_reconnect(code, reason):
+            down = self._down = ConnectionClosed(code, reason, reconnecting=True)
+            logger.warning("%s: %s", self.address, down)
+            self._end_connection(down)
+            self._announce(Disconnected(code, reason))
+            self._reconnect_task = self.loop.create_task(self._reconnect())
+            return
+        self._finish(ConnectionClosed(code, reason))
+
+    def _should_reconnect(self, code: int, reason: str) -> bool:
+        if not (self.reconnect and self._registered_once) or self._closing or self._sleep_waiter is not None:
+            return False
+        return code not in _FINAL_CODES and not (code == 4000 and reason in _FINAL_4000)
+
+    def _announce(self, event: ConnectionEvent) -> None:
+        self._events.put(event)
+        hook = self.on_connection_change
+        if hook is not None:
+            try:
+                hook(event)
+            except Exception:
+                logger.exception("%s: on_connection_change failed", self.address)
+
+    async def _reconnect(self) -> None:
+        low, high = self.reconnect_delay
+        started = self.loop.time()
+        attempts = 0
+        while True:
+            await asyncio.sleep(random.uniform(0.0, min(high, low * 2 ** min(attempts, 32))))
+            attempts += 1
+            try:
+                await self._open()
+            except RegisterFailed as exc:
+                self._drop_transport()
+                if exc.reason != "address_in_use":
+                    self._give_up(exc)
+                    return
+                # The exchange still holds the old session; it goes when its heartbeats stop.
+                logger.info("%s: reconnect attempt %d: %s", self.address, attempts, exc)
+            except ExchangeError as exc:
+                self._drop_transport()
+                self._give_up(exc)
+                return
+            except (ConnectFailed, ConnectionClosed, TimeoutError) as exc:
+                self._drop_transport()
+                logger.info("%s: reconnect attempt %d: %s", self.address, attempts, exc or "timed out")
+            else:
+                break
+        self._down = None
+        self._heartbeats_sent = self._heartbeats_acked = 0
+        self._write_paused = False
+        self._schedule_heartbeat()
+        logger.warning("%s: reconnected after %d attempt(s)", self.address, attempts)
+        self._announce(Reconnected(self.session_id, attempts, self.loop.time() - started))
+
+    def _drop_transport(self) -> None:
+        transport, self._transport = self._transport, None
+        self._listener = None
+        if transport is not None:
+            transport.disconnect(False)
+
+    def _give_up(self, exc: Exception) -> None:
+        logger.error("%s: stopped reconnecting: %s", self.address, exc)
+        down = self._down
+        assert down is not None
+        self._finish(ConnectionClosed(down.code, down.reason))
+
+    def _finish(self, closed: ConnectionClosed) -> None:
+        """The client is closed for good: end everything and every iterator."""
+        self._closed = closed
+        self._down = None
+        self._cancel_heartbeat()
+        self._end_connection(closed)
+        self._incoming.close(closed)
+        self._events.close(closed)
+        self._closed_future.set_result(closed)
+
+    def _end_connection(self, closed: ConnectionClosed) -> None:
+        """End what lived on the connection that just closed: calls, party lines, requests."""
+        code, reason, again = closed.code, closed.reason, closed.reconnecting
+
+        def gone() -> ConnectionClosed:
+            return ConnectionClosed(code, reason, reconnecting=again)
 
         def fail(waiter: asyncio.Future[Any] | None) -> None:
             if waiter is not None and not waiter.done():
-                waiter.set_exception(ConnectionClosed(code, reason))
+                waiter.set_exception(gone())
 
         for dial in self._dials:
             dial.settled = True
@@ -897,16 +1131,14 @@ class Client:
         self._abandoned_ids.clear()
         calls, self._calls = self._calls, {}
         for call in calls.values():
-            call._end(CONNECTION_CLOSED, ConnectionClosed(code, reason))
+            call._end(CONNECTION_CLOSED, gone())
         ringing, self._ringing_in = self._ringing_in, {}
         self._audience.clear()
         for incoming in ringing.values():
             incoming._end(CONNECTION_CLOSED)
         parties, self._parties = self._parties, {}
         for party in parties.values():
-            party._end(CONNECTION_CLOSED, ConnectionClosed(code, reason))
-        self._incoming.close(closed)
-        self._events.close(closed)
+            party._end(CONNECTION_CLOSED, gone())
         fail(self._register_waiter)
         waiters: list[asyncio.Future[Any]] = [
             *self._presence_waiters,
@@ -928,7 +1160,6 @@ class Client:
         if sleep_waiter is not None and not sleep_waiter.done():
             sleep_waiter.set_result(None)
         self._on_resume_writing()
-        self._closed_future.set_result(closed)
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -1033,6 +1264,9 @@ def connect(
     request_timeout: float | None = 10.0,
     connect_timeout: float | None = 10.0,
     ssl_context: ssl.SSLContext | None = None,
+    reconnect: bool = False,
+    reconnect_delay: tuple[float, float] = (0.1, 10.0),
+    on_connection_change: Callable[[ConnectionEvent], object] | None = None,
 ) -> _Connecting:
     """Connect and register; see :meth:`Client.connect`.
 
@@ -1055,5 +1289,8 @@ def connect(
             request_timeout=request_timeout,
             connect_timeout=connect_timeout,
             ssl_context=ssl_context,
+            reconnect=reconnect,
+            reconnect_delay=reconnect_delay,
+            on_connection_change=on_connection_change,
         )
     )

@@ -9,6 +9,7 @@ Every exception carries the data the exchange sent, not just a message::
     ├── ExchangeError         ERROR (reason, context, detail) answering a request
     ├── CallRejected          DIAL did not connect: the callee hung up while ringing
     │   └── BusyError         BUSY (to, reason, call_id)
+    ├── DialTimeout           DIAL not answered within the caller's timeout (also a TimeoutError)
     ├── CallEnded             use of a call that has been hung up
     ├── JoinFailed            JOIN_FAILED (party, reason, detail)
     └── PartyClosed           use of a party line after LEAVE or removal
@@ -23,6 +24,7 @@ __all__ = [
     "ClientError",
     "ConnectFailed",
     "ConnectionClosed",
+    "DialTimeout",
     "ExchangeError",
     "JoinFailed",
     "PartyClosed",
@@ -51,10 +53,28 @@ class ConnectionClosed(ClientError):
     and 1001 on shutdown.
     """
 
-    def __init__(self, code: int, reason: str = "") -> None:
-        super().__init__(f"connection closed ({code}{' ' + reason if reason else ''})")
+    def __init__(self, code: int, reason: str = "", *, reconnecting: bool = False) -> None:
+        super().__init__(_describe_close(code, reason, reconnecting))
         self.code = code
         self.reason = reason
+        #: True when the client is reconnecting by itself (``reconnect=True``):
+        #: the client goes on, but what used the old connection has ended.
+        self.reconnecting = reconnecting
+
+
+def _describe_close(code: int, reason: str, reconnecting: bool) -> str:
+    what = f"{code}{' ' + reason if reason else ''}"
+    if code == 1006:
+        text = f"connection lost ({what}: no close frame; the network or the exchange went away)"
+    elif code == 1001:
+        text = f"the exchange closed the connection ({what}: it is shutting down)"
+    elif code == 4000 and reason == "timeout":
+        text = f"the exchange closed the connection ({what}: no heartbeat reached it in time)"
+    else:
+        text = f"connection closed ({what})"
+    if reconnecting:
+        text += "; reconnecting (calls and party lines of the old connection have ended)"
+    return text
 
 
 class RegisterFailed(ClientError):
@@ -93,7 +113,38 @@ class BusyError(CallRejected):
 
     def __init__(self, to: str, reason: str, call_id: str | None = None) -> None:
         super().__init__(to, reason, call_id)
-        self.args = (f"{to} is busy: {reason}",)
+        self.args = (busy_text(to, reason),)
+
+
+_BUSY_TEXT = {
+    "no_such_address": "{to}: no such address (nobody is registered there and it has no wake profile)",
+    "already_in_call": "{to} is busy: already in a call",
+    "dnd": "{to} does not want to be disturbed (status dnd)",
+    "away": "{to} is away (status away)",
+    "busy": "{to} is busy (status busy)",
+    "max_sessions_reached": "{to} is busy: all its parallel sessions are taken",
+    "max_listeners_reached": "{to} is busy: the broadcast has its maximum of listeners",
+    "timeout": "{to} did not answer in time (timeout)",
+    "wake_failed": "{to} is asleep and could not be woken (wake_failed)",
+    "shutdown": "{to} unreachable: the exchange is shutting down",
+}
+
+
+def busy_text(to: str, reason: str) -> str:
+    """What a BUSY with ``reason`` means, in words, naming the dialled address."""
+    template = _BUSY_TEXT.get(reason)
+    return template.format(to=to) if template is not None else f"{to} is busy: {reason}"
+
+
+class DialTimeout(ClientError, TimeoutError):
+    """``dial(timeout=...)`` gave up: no CONNECTED within ``timeout`` seconds.
+
+    The ringing call has been hung up. It is also a ``TimeoutError``."""
+
+    def __init__(self, to: str, timeout: float) -> None:
+        super().__init__(f"no answer from {to} within {timeout:g} s; the call was hung up")
+        self.to = to
+        self.timeout = timeout
 
 
 class CallEnded(ClientError):

@@ -57,11 +57,21 @@ StoredHandler = StoredWebhook | StoredSpawn
 
 class WakeProfile(msgspec.Struct, frozen=True, kw_only=True):
     """What makes an address wake-on-ring: the address as last registered, its handler and
-    the metadata presence shows while it sleeps. Stored by the driver (as JSON)."""
+    the metadata presence shows while it sleeps, and the identity that registered it (only
+    it may register the address again; None without authentication). Stored by the driver
+    (as JSON)."""
 
     address: str
     handler: StoredHandler
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    owner: str | None = None
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON form the driver stores (``owner`` only when there is one)."""
+        doc: dict[str, Any] = msgspec.to_builtins(self)
+        if doc.get("owner") is None:
+            doc.pop("owner", None)
+        return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +157,7 @@ class RecordingActions:
         self.cancelled_wakes.append(address)
 
     def persist_profile(self, key: str, profile: WakeProfile | None) -> None:
-        self.profiles[key] = None if profile is None else msgspec.to_builtins(profile)
+        self.profiles[key] = None if profile is None else profile.stored()
 
     def lookup(self, address: str) -> None:
         self.lookups.append(address)

@@ -13,6 +13,12 @@ of ring timers. :meth:`CallBook._add` and :meth:`CallBook._end` are the only
 code that adds a call to or removes it from the indexes, and ``_end`` always
 cancels the call's ring timer and tells the :class:`~systemx.core.records.Recorder`.
 The facade reads ``by_id`` for the MSG relay, and nothing else writes it.
+
+A party behind a trunk (:mod:`systemx.core.trunks`) is an ordinary session
+here with ``trunk`` set: the few frames whose trunk form differs (RING to a
+caller behind a trunk instead of RINGING, ANSWER instead of CONNECTED) are
+sent by :attr:`CallBook.trunks`, and :meth:`CallBook.add`, :meth:`CallBook.end`
+and :meth:`CallBook.leave` are what the trunks use to keep their call legs.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from systemx.core.actions import Actions
 from systemx.core.records import CallRecord, Disposition, EndedBy, Recorder
@@ -30,6 +36,9 @@ from systemx.core.timerkeys import RingTimer
 from systemx.protocol import messages as m
 from systemx.protocol.codes import BusyReason, HangupReason
 from systemx.quicklog import get_logger
+
+if TYPE_CHECKING:
+    from systemx.core.trunks import Trunks
 
 __all__ = [
     "INITIAL",
@@ -137,6 +146,10 @@ def mermaid() -> str:
 
 
 WAITING, RINGING, CONNECTED, ENDED = S.WAITING, S.RINGING, S.CONNECTED, S.ENDED
+
+#: Seconds the callee's side of a call from a trunk lets it ring past the ring
+#: timeout, which the caller's side runs, before ending it itself.
+TRUNK_RING_BACKSTOP = 5.0
 
 _encode = m.encode
 _join = b"".join
@@ -250,6 +263,12 @@ class CallBook(Sender):
         self._queues: dict[str, deque[Call]] = {}
         #: Whether calls wait for an address key (C-level: asked at every REGISTER).
         self.has_waiting: Callable[[str], bool] = self._queues.__contains__
+        #: The exchange's trunks (set once by the facade): the trunk forms of RING and ANSWER.
+        self.trunks: Trunks | None = None
+
+    @property
+    def call_timeout(self) -> float:
+        return self._call_timeout
 
     # ------------------------------------------------------------- accessors
 
@@ -278,6 +297,18 @@ class CallBook(Sender):
             call.caller.calls[call.call_id] = call
         if call.callee is not None:
             call.callee.calls[call.call_id] = call
+
+    def add(self, call: Call) -> None:
+        """A call placed by the trunks (a dial forwarded down a trunk)."""
+        self._add(call)
+
+    def end(self, call: Call, event: CallEvent, reason: str, now: float) -> None:
+        """End ``call`` for the trunks (its trunk is lost or the far side refused it)."""
+        self._end(call, event, reason, now)
+
+    def leave(self, s: Session, call: Call, reason: str, now: float) -> None:
+        """``s``, a party behind a trunk, leaves ``call`` (HANGUP from the far side, trunk lost)."""
+        self._leave(s, call, reason, now)
 
     def _end(self, call: Call, event: CallEvent, reason: str, now: float, by: Session | None = None) -> None:
         """Remove ``call`` from every index and record it. Notifications are the caller's job."""
@@ -351,37 +382,60 @@ class CallBook(Sender):
     # ------------------------------------------------------------------ dial
 
     def dial(
-        self, s: Session, callee: Session, to: str, key: str, metadata: dict[str, Any] | None, now: float
+        self,
+        s: Session,
+        callee: Session,
+        to: str,
+        key: str,
+        metadata: dict[str, Any] | None,
+        now: float,
+        call_id: str | None = None,
     ) -> None:
-        """``s`` dials ``callee``, registered here: RING, or BUSY with the reason."""
+        """``s`` dials ``callee``, registered here: RING, or BUSY with the reason.
+
+        ``call_id`` is given when ``s`` is a caller behind a trunk (its
+        DIAL_FORWARD's id, kept on this side).
+        """
         status = callee.status
         if status == "dnd" or status == "away":
-            self._refuse_dial(s, to, status, now)
+            self._refuse_dial(s, to, status, now, call_id)
             return
         if callee.concurrency == "broadcast":
+            if s.trunk is not None:
+                self._refuse_dial(s, to, BusyReason.UNSUPPORTED, now, call_id)
+                return
             self._dial_broadcast(s, callee, to, metadata, now)
             return
         if status == "busy" and not callee.calls:
-            self._refuse_dial(s, to, BusyReason.BUSY, now)
+            self._refuse_dial(s, to, BusyReason.BUSY, now, call_id)
             return
         reason = self._occupied(callee)
         if reason is not None:
-            self._refuse_dial(s, to, reason, now)
+            self._refuse_dial(s, to, reason, now, call_id)
             return
-        call = Call(self._new_id(), s, callee, to, key, metadata, now, RINGING)
+        call = Call(call_id or self._new_id(), s, callee, to, key, metadata, now, RINGING)
         self._add(call)
         self._ring(call, now)
         self._recorder.call_started(call.call_id, s.address or "", to, now)
 
     def wait(
-        self, s: Session, to: str, key: str, metadata: dict[str, Any] | None, now: float, *, waking: bool
+        self,
+        s: Session,
+        to: str,
+        key: str,
+        metadata: dict[str, Any] | None,
+        now: float,
+        *,
+        waking: bool,
+        call_id: str | None = None,
     ) -> Call:
         """A call from ``s`` waiting for ``key`` (asleep: ``waking``; else being looked up)."""
-        call = Call(self._new_id(), s, None, to, key, metadata, now, WAITING)
+        call = Call(call_id or self._new_id(), s, None, to, key, metadata, now, WAITING)
         call.woken = waking
         self._add(call)
         self._queues.setdefault(key, deque()).append(call)
-        self._send_msg(s, m.Ringing(call_id=call.call_id, to=to, waking=waking))
+        if s.trunk is None:  # a caller behind a trunk hears RING once its callee rings
+            self._send_msg(s, m.Ringing(call_id=call.call_id, to=to, waking=waking))
         if not waking:
             # A lookup counts towards the ring time; a wake has its own timeout.
             self._actions.start_timer(call.ring_timer, self._call_timeout)
@@ -463,9 +517,16 @@ class CallBook(Sender):
             callee.conn,
             _encode(m.Ring(from_=caller.address or "", call_id=call.call_id, metadata=call.metadata)),
         )
-        send(caller.conn, _encode(m.Ringing(call_id=call.call_id, to=call.to)))
+        timeout = self._call_timeout
+        if caller.trunk is None:
+            send(caller.conn, _encode(m.Ringing(call_id=call.call_id, to=call.to)))
+        else:
+            # The far side hears RING; the caller's side runs the ring timeout, this one is a backstop.
+            assert self.trunks is not None
+            self.trunks.rang(call)
+            timeout += TRUNK_RING_BACKSTOP
         call.rang_at = now
-        self._actions.start_timer(call.ring_timer, self._call_timeout)
+        self._actions.start_timer(call.ring_timer, timeout)
         self._registry.touch(caller, callee)
 
     def on_ring_timer(self, key: RingTimer, now: float) -> None:
@@ -499,6 +560,11 @@ class CallBook(Sender):
         call.connected_at = now
         call_id = call.call_id
         self._actions.cancel_timer(call.ring_timer)
+        if caller.trunk is not None or s.trunk is not None:
+            assert self.trunks is not None
+            self.trunks.answered(call, s)
+            self._recorder.call_answered(call_id, now)
+            return
         # msg_prefix, inline for both parties: the call id is encoded once.
         head = b'{"type":"MSG","call_id":' + _encode(call_id) + b',"from":'
         call.routes = {

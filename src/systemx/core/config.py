@@ -60,6 +60,19 @@ class CoreConfig:
     spawn_handlers: tuple[SpawnHandler, ...] = ()
     webhook_allow: tuple[str, ...] = ()
     webhook_deny: tuple[str, ...] = ()
+    register_max_renames: int = 30
+    register_window_ms: int = 60_000
+    join_max_attempts: int = 120
+    join_window_ms: int = 60_000
+    auth: str = "none"
+    auth_tokens_file: str = ""
+    jwt_secret: str = ""
+    jwt_public_key: str = ""
+    jwt_audience: str = ""
+    policy_file: str = ""
+    auth_grace_ms: int = 15_000
+    pbx_tokens: str = ""
+    trunk_grace_ms: int = 2_000
 
     def spawn_handler(self, name: str) -> SpawnHandler | None:
         for handler in self.spawn_handlers:

@@ -16,13 +16,17 @@ everything else through one table to the component that owns it:
 * :class:`~systemx.core.wake.Wake`: wake profiles, wakes, auto-sleep;
 * :class:`~systemx.core.parties.PartyLines`: party lines;
 * :class:`~systemx.core.presence.PresenceService`: PRESENCE queries;
-* :class:`~systemx.core.policy.Policy`: rate limits and value checks.
+* :class:`~systemx.core.policy.Policy`: rate limits, value checks, and the
+  security checks (credential, permissions, credential expiry);
+* :class:`~systemx.core.trunks.Trunks`: trunks to other exchanges, their
+  routes and the call legs that cross them.
 
 Each component's indexes are its private attributes: another component asks
 through its methods. Only three things are orchestrated here, because they
 span components: REGISTER (:meth:`Exchange._on_register`), DIAL
-(:meth:`Exchange._on_dial`, whose resolution order is local registration,
-sleeping profile, directory, no such address) and a session's end
+(:meth:`Exchange._place`, whose resolution order is local registration,
+sleeping profile, trunk route, directory, no such address; a DIAL_FORWARD
+from a trunk is placed the same way) and a session's end
 (:meth:`Exchange._end_session`). What happened is told to a
 :class:`~systemx.core.records.Recorder` (call started/answered/ended, bound,
 unbound), which by default writes the log lines.
@@ -50,8 +54,19 @@ from systemx.core.policy import Policy
 from systemx.core.presence import PresenceService
 from systemx.core.records import LogRecorder, Recorder
 from systemx.core.registry import Registry
+from systemx.core.security import Admission, Security
 from systemx.core.session import ALLOWED, NEEDS_REGISTRATION, Sender, Session, warn
-from systemx.core.timerkeys import SWEEP, IdleTimer, RingTimer, SleepTimer, Sweep, WakeTimer
+from systemx.core.timerkeys import (
+    SWEEP,
+    AuthTimer,
+    IdleTimer,
+    RingTimer,
+    SleepTimer,
+    Sweep,
+    TrunkTimer,
+    WakeTimer,
+)
+from systemx.core.trunks import Trunks
 from systemx.core.wake import Wake
 from systemx.protocol import messages as m
 from systemx.protocol.address import address_key, is_valid_address
@@ -91,7 +106,7 @@ _LOCAL_CLAIM: Final = object()
 class _Claim:
     """A REGISTER waiting for the directory's answer to its claim."""
 
-    __slots__ = ("concurrency", "handler", "key", "meta", "msg")
+    __slots__ = ("admission", "concurrency", "handler", "key", "meta", "msg")
 
     def __init__(
         self,
@@ -100,7 +115,9 @@ class _Claim:
         handler: StoredHandler | None,
         concurrency: Concurrency,
         meta: dict[str, Any],
+        admission: Admission | None,
     ) -> None:
+        self.admission = admission
         self.msg = msg
         self.key = key
         self.handler = handler
@@ -122,6 +139,7 @@ class Exchange(Sender):
         directory: bool = False,
         claims: Directory | None = None,
         recorder: Recorder | None = None,
+        security: Security | None = None,
     ) -> None:
         super().__init__(actions.send)
         self.config = config
@@ -135,8 +153,27 @@ class Exchange(Sender):
             send, self._address_taken, config.party_max_participants, config.party_max_per_session
         )
         self.presence = PresenceService(send, self.registry.presence, config)
-        self.policy = Policy(send, config)
-        self._parts: tuple[Sender, ...] = (self, self.book, self.wake, self.lines, self.presence, self.policy)
+        self.policy = Policy(
+            actions,
+            config,
+            security if security is not None else Security.from_settings(config),
+            self._credential_expired,
+            self.lines.__contains__,
+        )
+        new = new_id or _uuid4
+        # Federation: every trunk, its routes and the legs that cross it.
+        self.book.trunks = self._trunks = Trunks(
+            self, actions, self.book, self.registry, config, new, _uuid4()
+        )
+        self._parts: tuple[Sender, ...] = (
+            self,
+            self.book,
+            self.wake,
+            self.lines,
+            self.presence,
+            self.policy,
+            self._trunks,
+        )
         for part in self._parts:
             part._recorder = self.recorder
         # The MSG relay reads the call book's dict directly.
@@ -166,14 +203,14 @@ class Exchange(Sender):
             m.Leave: self.lines.on_leave,
             m.Presence: self.presence.on_presence,
             m.SleepAck: self.wake.on_sleep_ack,
-            m.RegisterPbx: self._on_federation,
-            m.DialForward: self._on_federation,
+            m.RegisterPbx: self._on_register_pbx,
+            m.DialForward: self._on_dial_forward,
         }
         # Checks run before the handler (policy, then the session state); False: refused and answered.
         self._door: dict[type, Callable[[Session, Any, float], bool]] = {
             m.Register: self.policy.register_values,
             m.Dial: self._door_dial,
-            m.Join: self._registered,
+            m.Join: self._door_join,
             m.Presence: self._door_presence,
         }
         # Timer key type -> the owner's handler; any other type is a bug and raises.
@@ -183,6 +220,8 @@ class Exchange(Sender):
             IdleTimer: self.wake.on_idle_timer,
             SleepTimer: self.wake.on_sleep_timer,
             Sweep: self._sweep,
+            AuthTimer: self.policy.on_auth_timer,
+            TrunkTimer: self._trunks.on_timer,
         }
         self.refresh_log_level()
         for profile in (profiles or {}).values():
@@ -196,6 +235,12 @@ class Exchange(Sender):
         send = self._send_logged if debug else self._actions.send
         for part in self._parts:
             part.use_send(send, debug)
+
+    def use_recorder(self, recorder: Recorder) -> None:
+        """Tell ``recorder`` of what happens from now on (it replaces the current one)."""
+        self.recorder = recorder
+        for part in self._parts:
+            part._recorder = recorder
 
     def start(self, now: float) -> None:
         self._actions.start_timer(SWEEP, self._hb_interval)
@@ -219,6 +264,12 @@ class Exchange(Sender):
             msg = _decode(data)
         except (_ValidationError, _DecodeError, RecursionError) as exc:
             # Not JSON, nested deeper than the decoder follows, or not a valid message.
+            if s.trunk is not None and type(exc) is _ValidationError:  # a trunk's RING, BUSY...
+                try:
+                    self._trunks.on_raw(s, data, now)
+                except Exception:
+                    self._internal_error(s, None, now)
+                return
             self._invalid(s, data, exc, now)
             return
         if self._debug:
@@ -241,6 +292,9 @@ class Exchange(Sender):
                         self._broadcast_msg(s, call, msg)
                         return
                 warn(s, now, "MSG ignored: call %s is not a connected call of %s", msg.call_id, s.address)
+                return
+            if s.trunk is not None:  # control frames from a trunk
+                self._trunks.on_message(s, msg, now)
                 return
             check = self._door.get(type(msg))
             if check is None or check(s, msg, now):
@@ -265,6 +319,13 @@ class Exchange(Sender):
     def on_wake_failed(self, address: str, detail: str, now: float) -> None:
         self.wake.on_wake_failed(address, detail, now)
 
+    def reload_security(self) -> str:
+        """Re-read the tokens and policy files (SIGHUP); says what happened, for the log."""
+        security = self.policy.security
+        if security is None:
+            return "nothing to reload (SYSTEMX_AUTH=none, no SYSTEMX_POLICY_FILE)"
+        return security.reload()
+
     def is_registered(self, address: str) -> bool:
         return is_valid_address(address) and address_key(address) in self.registry
 
@@ -288,6 +349,7 @@ class Exchange(Sender):
             "waking": len(self.wake.waking()),
             "parties": len(self.lines),
             "internal_errors": self.internal_errors,
+            "trunks": self._trunks.up(),
         }
 
     # ------------------------------------------------------------ introspection
@@ -366,6 +428,9 @@ class Exchange(Sender):
             return False
         return s.key is not None or self._registered(s, msg, now)
 
+    def _door_join(self, s: Session, msg: m.Join, now: float) -> bool:
+        return self._registered(s, msg, now) and self.policy.join(s, msg, now)
+
     def _door_presence(self, s: Session, msg: m.Presence, now: float) -> bool:
         return self.policy.presence_rate(s, now) and self._registered(s, msg, now)
 
@@ -375,7 +440,7 @@ class Exchange(Sender):
         Called from the ``except`` block, so the exception is the one being handled.
         """
         self.internal_errors += 1
-        context = type(msg).__struct_config__.tag
+        context = type(msg).__struct_config__.tag if msg is not None else "UNKNOWN"
         if now - s.warned_at < 1.0:
             s.warnings_dropped += 1
         else:
@@ -403,13 +468,19 @@ class Exchange(Sender):
                 now,
             )
             return
+        key = address_key(address)
+        policy = self.policy
+        if key != s.key and not policy.register_rate(s, address, now):
+            return
+        admission = policy.admit(s, msg, self.wake.owner(key), now)
+        if admission is False:
+            return
         concurrency = msg.concurrency or "single"
-        problem = self.policy.register_options(msg, concurrency)
+        problem = policy.register_options(msg, concurrency)
         if problem is not None:
             reason = RegisterFailedReason.INVALID_PAYLOAD
             self._register_failed(s, reason, address, problem, now)
             return
-        key = address_key(address)
         handler: StoredHandler | None = None
         wake = self.wake
         if msg.mode == "wake_on_ring":
@@ -441,14 +512,14 @@ class Exchange(Sender):
         meta = dict(msg.metadata) if msg.metadata is not None else {}
         if not registry.shared:
             # The address index is the directory, and it said yes above.
-            self._claimed(s, msg, key, handler, concurrency, meta, _LOCAL_CLAIM, now)
+            self._claimed(s, msg, key, handler, concurrency, meta, _LOCAL_CLAIM, now, admission)
             return
         result = registry.claim(s, key, address, msg, concurrency, meta)
         if result is PENDING:
-            self._claiming[s] = _Claim(msg, key, handler, concurrency, meta)
+            self._claiming[s] = _Claim(msg, key, handler, concurrency, meta, admission)
             return
         assert not isinstance(result, Pending)
-        self._claimed(s, msg, key, handler, concurrency, meta, result, now)
+        self._claimed(s, msg, key, handler, concurrency, meta, result, now, admission)
 
     def on_claimed(self, s: Session, result: Claimed | InUse, now: float) -> None:
         """The directory's later answer to the claim of ``s``'s REGISTER: complete it.
@@ -462,7 +533,17 @@ class Exchange(Sender):
             if isinstance(result, Claimed):
                 self.registry.release_claim(claim.key, s)
             return
-        self._claimed(s, claim.msg, claim.key, claim.handler, claim.concurrency, claim.meta, result, now)
+        self._claimed(
+            s,
+            claim.msg,
+            claim.key,
+            claim.handler,
+            claim.concurrency,
+            claim.meta,
+            result,
+            now,
+            claim.admission,
+        )
 
     def _claimed(
         self,
@@ -474,6 +555,7 @@ class Exchange(Sender):
         meta: dict[str, Any],
         result: Claimed | InUse | object,
         now: float,
+        admission: Admission | None = None,
     ) -> None:
         """The continuation of REGISTER once its claim is answered, at once or later."""
         address = msg.address
@@ -492,9 +574,11 @@ class Exchange(Sender):
         if s.key is not None and s.key != key:
             # A new address on the same socket: the old one is given up.
             self._end_session(s, HangupReason.RECONFIGURED, now)
+        if admission is not None:
+            self.policy.adopt(s, admission, now)
         wake = self.wake
         if handler is not None or wake.has_profile(key):
-            wake.registered(key, address, msg.mode, handler, msg.metadata is not None, meta)
+            wake.registered(key, address, msg.mode, handler, msg.metadata is not None, meta, s.subject)
         fresh = registry.bind(s, key, address, msg, concurrency, meta, now)
         self._send_msg(s, m.Registered(address=address, session_id=s.session_id))
         woken = wake.is_waking(key) and wake.woken(key)
@@ -514,6 +598,9 @@ class Exchange(Sender):
     def _end_session(self, s: Session, reason: str, now: float) -> None:
         """End ``s``'s calls and party memberships and free its address."""
         # Each step is skipped when it has nothing to do: this runs for every session.
+        if s.trunk is not None:
+            # A trunk's calls end, or are held for its grace (they are not the call book's to drop).
+            self._trunks.session_closed(s, now)
         if s.calls:
             self.book.drop_session(s, reason, now)
         if s.parties:
@@ -524,6 +611,8 @@ class Exchange(Sender):
         wake = self.wake
         if s.idle_timer is not None:
             wake.cancel_sleep(s)
+        if s.auth_expires is not None:
+            self.policy.released(s)
         key = s.key
         if key is None:
             return
@@ -535,6 +624,11 @@ class Exchange(Sender):
         self.recorder.unbound(address, s.session_id, why, now, asleep=asleep)
         if profiled or self.book.has_waiting(key):
             wake.unbound(key, asleep, now)
+
+    def _credential_expired(self, s: Session, now: float) -> None:
+        s.closed = True
+        self._end_session(s, HangupReason.AUTH_EXPIRED, now)
+        self._close(s, CloseCode.AUTH_EXPIRED, CloseReason.AUTH_EXPIRED)
 
     def _sleep(self, s: Session, now: float) -> None:
         s.closed = True
@@ -568,34 +662,56 @@ class Exchange(Sender):
 
     def _on_dial(self, s: Session, msg: m.Dial, now: float) -> None:
         s.last_activity = now
-        to = msg.to
+        self._place(s, msg.to, msg.metadata, now)
+
+    def _place(
+        self,
+        s: Session,
+        to: str,
+        metadata: dict[str, Any] | None,
+        now: float,
+        call_id: str | None = None,
+        hops: int = 0,
+        via: list[str] | None = None,
+    ) -> None:
+        """Place ``s``'s call to ``to``: local holder, sleeping profile, trunk route, directory.
+
+        ``call_id`` is given when ``s`` is a caller behind a trunk (its DIAL_FORWARD's
+        id, kept on this side); ``hops`` and ``via`` then come from that DIAL_FORWARD.
+        """
         if not is_valid_address(to):
-            self._refuse_dial(s, to, BusyReason.NO_SUCH_ADDRESS, now)
+            self._refuse_dial(s, to, BusyReason.NO_SUCH_ADDRESS, now, call_id)
+            return
+        if s.grants is not None and not self.policy.may_dial(s, to, now):
+            self._refuse_dial(s, to, BusyReason.FORBIDDEN, now, call_id)
             return
         key = address_key(to)
         if key == s.key:
-            self._refuse_dial(s, to, BusyReason.ALREADY_IN_CALL, now)
+            self._refuse_dial(s, to, BusyReason.ALREADY_IN_CALL, now, call_id)
             return
         # 1. registered here
         callee = self.registry.holder(key)
         if callee is not None:
-            self.book.dial(s, callee, to, key, msg.metadata, now)
+            self.book.dial(s, callee, to, key, metadata, now, call_id)
             return
         # 2. asleep here: wake it
         if self.wake.has_profile(key):
-            call = self.book.wait(s, to, key, msg.metadata, now, waking=True)
+            call = self.book.wait(s, to, key, metadata, now, waking=True, call_id=call_id)
             if not self.wake.is_waking(key):
                 self.wake.start(key, call, now)
             return
-        # 3. held elsewhere: ask the directory
+        # 3. behind a trunk whose route matches
+        if self._trunks.dial_out(s, to, key, metadata, now, call_id, hops, via or []):
+            return
+        # 4. held elsewhere: ask the directory
         if self._directory:
-            self.book.wait(s, to, key, msg.metadata, now, waking=False)
+            self.book.wait(s, to, key, metadata, now, waking=False, call_id=call_id)
             if key not in self._looking_up:
                 self._looking_up.add(key)
                 self._actions.lookup(to)
             return
-        # 4. nobody
-        self._refuse_dial(s, to, BusyReason.NO_SUCH_ADDRESS, now)
+        # 5. nobody
+        self._refuse_dial(s, to, BusyReason.NO_SUCH_ADDRESS, now, call_id)
 
     def on_lookup_result(self, address: str, conn: Any, now: float) -> Session | None:
         """The directory's answer to ``Actions.lookup``: ``conn`` routes to the holder, or None.
@@ -625,14 +741,28 @@ class Exchange(Sender):
 
     # -------------------------------------------------------------- federation
 
-    def _on_federation(self, s: Session, msg: Any, now: float) -> None:
-        context = "REGISTER_PBX" if isinstance(msg, m.RegisterPbx) else "DIAL_FORWARD"
+    def _on_register_pbx(self, s: Session, msg: m.RegisterPbx, now: float) -> None:
+        self._trunks.register(s, msg, now)
+
+    def _on_dial_forward(self, s: Session, msg: m.DialForward, now: float) -> None:
         self._error(
             s,
             ErrorReason.INVALID_PAYLOAD,
-            context,
-            f"{context} is not enabled on this exchange: federation is not configured",
+            "DIAL_FORWARD",
+            "DIAL_FORWARD is for trunks: send REGISTER_PBX on this connection first",
         )
+
+    @property
+    def trunks(self) -> Trunks:
+        return self._trunks
+
+    def add_trunk(self, trunk_id: str, label: str, routes: tuple[str, ...]) -> None:
+        """An outbound trunk (this exchange's parent): its routes are routed from now on."""
+        self._trunks.add_outbound(trunk_id, label, routes)
+
+    def open_trunk(self, trunk_id: str, conn: Any, now: float) -> Session:
+        """The outbound trunk ``trunk_id`` is up over ``conn``; its frames go to ``on_data`` of the result."""
+        return self._trunks.open_outbound(trunk_id, conn, now)
 
 
 def _is_utf8(data: bytes) -> bool:

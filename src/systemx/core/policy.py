@@ -4,22 +4,39 @@
 checks of values the exchange keeps (metadata and wake payloads: their shape,
 depth and encoded size). It answers a refusal itself and returns False, so a
 handler runs only for a request that passed. The wake handler policy (which
-webhooks and programs) is :mod:`systemx.core.wakepolicy`, its pure helper;
-token auth and per-domain ACLs belong here too when they come.
+webhooks and programs) is :mod:`systemx.core.wakepolicy`, its pure helper.
+
+It also holds the security checks (:mod:`systemx.core.security`): the
+credential and may-register at REGISTER (and who owns a sleeping address),
+may-dial, may-join and may-create, the REGISTER-rename and JOIN rate limits,
+and the credential's expiry (``AUTH_EXPIRING``, then close), timed by the
+session's :class:`~systemx.core.timerkeys.AuthTimer`. With ``SYSTEMX_AUTH=none``
+and no policy file there is no :class:`~systemx.core.security.Security` and
+each check is one ``is None`` test.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
+from systemx.core.actions import Actions
 from systemx.core.config import CoreConfig
+from systemx.core.security import Admission, Security, Window
 from systemx.core.session import Sender, Session, warn
+from systemx.core.timerkeys import AuthTimer
 from systemx.protocol import messages as m
-from systemx.protocol.codes import CLIENT_STATUSES, ErrorReason, RegisterFailedReason
+from systemx.protocol.address import address_key, is_valid_address
+from systemx.protocol.codes import CLIENT_STATUSES, ErrorReason, JoinFailedReason, RegisterFailedReason
+from systemx.quicklog import get_logger
 
-__all__ = ["Policy", "bound_value", "validate_metadata"]
+__all__ = ["AUTH_WARN_SECONDS", "Policy", "bound_value", "validate_metadata"]
+
+log = get_logger("systemx.exchange")
+
+#: The AUTH_EXPIRING warning goes out this long before a session's credential expires.
+AUTH_WARN_SECONDS = 60.0
 
 _encode = m.encode
 
@@ -82,8 +99,25 @@ def _deeper_than(value: Any, limit: int) -> bool:
 class Policy(Sender):
     """Rate limits and value checks. See the module docstring."""
 
-    def __init__(self, send: Callable[[object, bytes], None], cfg: CoreConfig) -> None:
-        super().__init__(send)
+    def __init__(
+        self,
+        actions: Actions,
+        cfg: CoreConfig,
+        security: Security | None,
+        expired: Callable[[Session, float], None],
+        party_exists: Callable[[str], bool],
+    ) -> None:
+        super().__init__(actions.send)
+        self._actions = actions
+        #: None when nothing is checked (``SYSTEMX_AUTH=none``, no policy file).
+        self.security = security
+        self._expired = expired
+        self._party_exists = party_exists
+        self._auth_grace = cfg.auth_grace_ms / 1000.0
+        self._register_max = cfg.register_max_renames
+        self._register_window_ms = cfg.register_window_ms
+        self._join_max = cfg.join_max_attempts
+        self._join_window_ms = cfg.join_window_ms
         self._max_depth = cfg.max_json_depth
         self._max_value_bytes = cfg.max_value_bytes
         self._dial_max = cfg.dial_max_attempts
@@ -180,3 +214,167 @@ class Policy(Sender):
         )
         self._recorder.refused("PRESENCE", ErrorReason.RATE_LIMITED, s.address, now)
         return False
+
+    # ------------------------------------------------------- REGISTER security
+
+    def register_rate(self, s: Session, address: str, now: float) -> bool:
+        """Count a REGISTER of a new address; past the limit, answer ``rate_limited``."""
+        limit = self._register_max
+        if limit <= 0:
+            return True
+        window = s.register_window
+        if window is None:
+            window = s.register_window = Window()
+        retry_ms = window.hit(now, limit, self._register_window_ms / 1000)
+        if retry_ms is None:
+            return True
+        warn(s, now, "REGISTER rate limit: %s (session: %s)", s.address, s.session_id)
+        detail = (
+            f"Too many REGISTERs of a new address: at most {limit} per "
+            f"{self._register_window_ms} ms; retry in {retry_ms} ms"
+        )
+        self._register_failed(s, RegisterFailedReason.RATE_LIMITED, address, detail, now)
+        return False
+
+    def admit(
+        self, s: Session, msg: m.Register, owner: str | None, now: float
+    ) -> Admission | Literal[False] | None:
+        """Authenticate a REGISTER of (valid) ``msg.address`` and check it may bind it.
+
+        ``owner`` is the identity that owns the address's wake profile, if any.
+        Returns the :class:`Admission`, ``None`` when nothing is checked, or False
+        when refused (answered ``REGISTER_FAILED``).
+        """
+        security = self.security
+        if security is None:
+            return None
+        address = msg.address
+        verdict = security.admit(msg.auth, address, now)
+        if not isinstance(verdict, Admission):
+            warn(
+                s,
+                now,
+                "REGISTER refused (%s): %s (session: %s): %s",
+                verdict.reason,
+                address,
+                s.session_id,
+                verdict.why,
+            )
+            self._register_failed(s, verdict.reason, address, None, now)
+            return False
+        if owner is not None and verdict.subject not in (None, owner):
+            # Only the identity that created a wake profile may take its address back
+            # (without authentication there are no identities: nothing to enforce).
+            warn(
+                s,
+                now,
+                "REGISTER refused (forbidden): %s belongs to %s, not %s (session: %s)",
+                address,
+                owner,
+                verdict.subject,
+                s.session_id,
+            )
+            self._register_failed(s, RegisterFailedReason.FORBIDDEN, address, None, now)
+            return False
+        return verdict
+
+    def adopt(self, s: Session, admission: Admission, now: float) -> None:
+        """``s`` registered with ``admission``: keep its identity and grants, time its credential.
+
+        A REGISTER of the same address with a fresh credential keeps the session and
+        its calls and moves the expiry (see PROTOCOL.md, "Authentication").
+        """
+        s.subject, s.grants = admission.subject, admission.grants
+        if admission.expires_at != s.auth_expires:
+            s.auth_expires = admission.expires_at
+            self._arm_auth(s, now)
+
+    def _arm_auth(self, s: Session, now: float) -> None:
+        """(Re)start the credential timer: AUTH_EXPIRING before expiry, close after the grace."""
+        timer = s.auth_timer
+        if timer is None:
+            timer = s.auth_timer = AuthTimer(s)
+        else:
+            self._actions.cancel_timer(timer)
+        s.auth_warned = False
+        expires = s.auth_expires
+        if expires is not None:
+            due = max(expires - AUTH_WARN_SECONDS - now, 0.0)
+            self._actions.start_timer(timer, math.ceil(due * 10) / 10)
+
+    def on_auth_timer(self, key: AuthTimer, now: float) -> None:
+        s = key.session
+        expires = s.auth_expires
+        if s.closed or expires is None:
+            return
+        if not s.auth_warned:
+            s.auth_warned = True
+            left = max(int(expires - now), 0)
+            self._send_msg(s, m.AuthExpiring(expires_at=int(expires), seconds_left=left))
+            delay = math.ceil(max(expires + self._auth_grace - now, 0.0) * 10) / 10
+            self._actions.start_timer(key, delay)
+            return
+        log.warning("Credential expired: %s (session: %s)", s.address, s.session_id)
+        self._expired(s, now)
+
+    def released(self, s: Session) -> None:
+        """``s`` gave up its address: its credential is no longer timed."""
+        if s.auth_expires is not None:
+            if s.auth_timer is not None:
+                self._actions.cancel_timer(s.auth_timer)
+            s.auth_expires = None
+
+    # -------------------------------------------------------- DIAL, JOIN security
+
+    def may_dial(self, s: Session, to: str, now: float) -> bool:
+        """``s``'s grants let it dial ``to`` (else a warning; the caller answers BUSY forbidden)."""
+        grants = s.grants
+        if grants is None or grants.permits("dial", to):
+            return True
+        warn(s, now, "DIAL refused (forbidden): %s → %s", s.address, to)
+        return False
+
+    def join(self, s: Session, msg: m.Join, now: float) -> bool:
+        """The JOIN rate limit, then may-join and may-create (else answered)."""
+        limit = self._join_max
+        if limit > 0:
+            window = s.join_window
+            if window is None:
+                window = s.join_window = Window()
+            retry_ms = window.hit(now, limit, self._join_window_ms / 1000)
+            if retry_ms is not None:
+                warn(s, now, "JOIN rate limit: %s (session: %s)", s.address, s.session_id)
+                self._send_msg(
+                    s,
+                    m.Error(
+                        reason=ErrorReason.RATE_LIMITED,
+                        context="JOIN",
+                        detail=f"Too many JOINs: at most {limit} per {self._join_window_ms} ms; "
+                        f"retry in {retry_ms} ms",
+                        limit=limit,
+                        retry_after_ms=retry_ms,
+                    ),
+                )
+                self._recorder.refused("JOIN", ErrorReason.RATE_LIMITED, s.address, now)
+                return False
+        grants = s.grants
+        name = msg.party
+        if grants is None or not is_valid_address(name):
+            return True
+        if not grants.permits("join", name):
+            warn(s, now, "JOIN refused (forbidden): %s → %s", s.address, name)
+            self._join_forbidden(s, name, "not permitted to join this party line", now)
+            return False
+        if (
+            msg.create_if_missing
+            and not self._party_exists(address_key(name))
+            and not grants.permits("create", name)
+        ):
+            warn(s, now, "JOIN refused (forbidden to create): %s → %s", s.address, name)
+            self._join_forbidden(s, name, "not permitted to create this party line", now)
+            return False
+        return True
+
+    def _join_forbidden(self, s: Session, name: str, detail: str, now: float) -> None:
+        self._send_msg(s, m.JoinFailed(party=name, reason=JoinFailedReason.FORBIDDEN, detail=detail))
+        self._recorder.refused("JOIN", JoinFailedReason.FORBIDDEN, name, now)

@@ -3,16 +3,21 @@
 :class:`PresenceService` answers a PRESENCE (its rate limit is the policy's)
 from the presence index the registry writes: the limit is clamped to the
 operator's maximum, the asker is excluded, and the PRESENCE_RESULT frame is
-bounded in bytes, cut at a whole entry with ``"truncated": true``.
+bounded in bytes, cut at a whole entry with ``"truncated": true``. A session
+whose grants restrict ``presence`` (:mod:`systemx.core.security`) sees only the
+domains they permit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from systemx.core.acl import Grants
 from systemx.core.config import CoreConfig
 from systemx.core.session import Sender, Session
 from systemx.protocol import messages as m
+from systemx.protocol.address import domain_of
+from systemx.protocol.codes import ErrorReason
 from systemx.state.presence import PresenceIndex, PresenceRow
 
 __all__ = ["PresenceService", "presence_result"]
@@ -63,12 +68,49 @@ class PresenceService(Sender):
         q = msg.query
         limit = min(msg.limit or self._default_limit, self._max_limit)
         near = (q.near.lat, q.near.lon, q.near.radius_km) if q.near is not None else None
-        rows = self._index.query(
-            domain=q.domain.lower() if q.domain is not None else None,
-            capabilities=q.capabilities,
-            near=near,
-            status=q.status,
-            exclude=s.key,
-            limit=limit,
-        )
+        domain = q.domain.lower() if q.domain is not None else None
+        grants = s.grants
+        if grants is not None and grants.restricts("presence"):
+            if domain is not None and not grants.permits("presence", domain):
+                self._error(s, ErrorReason.FORBIDDEN, "PRESENCE", "not permitted to see this domain")
+                return
+            rows = self._visible_rows(grants, domain, q, near, s.key, limit)
+        else:
+            rows = self._index.query(
+                domain=domain,
+                capabilities=q.capabilities,
+                near=near,
+                status=q.status,
+                exclude=s.key,
+                limit=limit,
+            )
         self._send(s.conn, presence_result(rows, self._max_bytes))
+
+    def _visible_rows(
+        self,
+        grants: Grants,
+        domain: str | None,
+        q: m.PresenceQuery,
+        near: tuple[float, float, float] | None,
+        exclude: str | None,
+        limit: int,
+    ) -> list[PresenceRow]:
+        """The first ``limit`` matches the asker may see, in the index's order.
+
+        The index cannot filter by a pattern, so it is asked for more until enough
+        visible rows came back or it has no more: never is an invisible row returned.
+        """
+        ask = limit
+        while True:
+            rows = self._index.query(
+                domain=domain,
+                capabilities=q.capabilities,
+                near=near,
+                status=q.status,
+                exclude=exclude,
+                limit=ask,
+            )
+            visible = [row for row in rows if grants.permits("presence", domain_of(row[0]))]
+            if len(visible) >= limit or len(rows) < ask:
+                return visible[:limit]
+            ask *= 4

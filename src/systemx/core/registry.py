@@ -210,10 +210,10 @@ class Registry:
         return "busy" if s.calls else s.status
 
     def touch(self, *sessions: Session | None) -> None:
-        """Refresh the presence status of each registered, open session given."""
+        """Refresh the presence status of each registered, open, local session given."""
         set_status = self._presence.set_status
         for s in sessions:
-            if s is not None and s.key is not None and not s.closed:
+            if s is not None and s.key is not None and not s.closed and s.trunk is None:
                 # effective_status, inline: this runs four times per call.
                 status = s.status
                 if s.calls and status != "dnd" and status != "away":

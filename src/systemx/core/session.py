@@ -28,9 +28,12 @@ from systemx.protocol import messages as m
 from systemx.quicklog import get_logger
 
 if TYPE_CHECKING:
+    from systemx.core.acl import Grants
     from systemx.core.calls import Call
     from systemx.core.parties import PartyLine
-    from systemx.core.timerkeys import IdleTimer, SleepTimer
+    from systemx.core.security import Window
+    from systemx.core.timerkeys import AuthTimer, IdleTimer, SleepTimer
+    from systemx.core.trunks import Trunk
 
 __all__ = ["ALLOWED", "NEEDS_REGISTRATION", "Sender", "Session", "SessionState", "warn"]
 
@@ -82,6 +85,9 @@ class Session:
     __slots__ = (
         "addr_json",
         "address",
+        "auth_expires",
+        "auth_timer",
+        "auth_warned",
         "auto_sleep",
         "calls",
         "closed",
@@ -89,7 +95,9 @@ class Session:
         "conn",
         "dial_count",
         "dial_window_start",
+        "grants",
         "idle_timer",
+        "join_window",
         "key",
         "last_activity",
         "last_heartbeat",
@@ -99,11 +107,14 @@ class Session:
         "parties",
         "presence_count",
         "presence_window_start",
+        "register_window",
         "remote",
         "session_id",
         "sleep_pending_at",
         "sleep_timer",
         "status",
+        "subject",
+        "trunk",
         "wake_profiles_created",
         "warned_at",
         "warnings_dropped",
@@ -137,10 +148,22 @@ class Session:
         # An endpoint held by another router process or behind a trunk: its
         # liveness is that node's business, never this one's heartbeat sweep.
         self.remote = False
+        # The trunk this session is (a trunk session) or is reached through (a
+        # party behind a trunk); None for a local endpoint. See core/trunks.py.
+        self.trunk: Trunk | None = None
         self.warned_at = -1.0
         self.warnings_dropped = 0
         # Wake profiles this session created (renames count; updates do not).
         self.wake_profiles_created = 0
+        # Set by the policy at REGISTER (systemx.core.security): who registered (None
+        # without authentication), what it may do (None: anything), until when.
+        self.subject: str | None = None
+        self.grants: Grants | None = None
+        self.auth_expires: float | None = None
+        self.auth_warned = False
+        self.auth_timer: AuthTimer | None = None
+        self.register_window: Window | None = None
+        self.join_window: Window | None = None
 
     def __repr__(self) -> str:
         return f"<Session {self.session_id} {self.address or '(unregistered)'}>"
@@ -192,9 +215,12 @@ class Sender:
         """BUSY for a call that existed (it timed out, its wake failed, ...): its record tells."""
         self._send_msg(s, m.Busy(to=to, reason=reason, call_id=call_id))
 
-    def _refuse_dial(self, s: Session, to: str, reason: str, now: float) -> None:
-        """A DIAL refused before it became a call: BUSY, and the recorder hears of it."""
-        self._send_msg(s, m.Busy(to=to, reason=reason))
+    def _refuse_dial(self, s: Session, to: str, reason: str, now: float, call_id: str | None = None) -> None:
+        """A DIAL refused before it became a call: BUSY, and the recorder hears of it.
+
+        ``call_id`` names the call of a DIAL_FORWARD (its caller is behind a trunk).
+        """
+        self._send_msg(s, m.Busy(to=to, reason=reason, call_id=call_id))
         self._recorder.refused("DIAL", reason, to, now)
 
     def _register_failed(

@@ -6,8 +6,9 @@ that owns the timer, and a key of any other type raises (a timer nobody owns is
 a bug, not something to drop quietly).
 
 Keys hash and compare by identity: each is made once by its owner and kept
-(:class:`RingTimer` on its call, :class:`IdleTimer`/:class:`SleepTimer` on their
-session, :class:`WakeTimer` with the wake, :data:`SWEEP` once), so starting and
+(:class:`RingTimer` on its call, :class:`IdleTimer`, :class:`SleepTimer` and
+:class:`AuthTimer` on their session, :class:`TrunkTimer` on its trunk,
+:class:`WakeTimer` with the wake, :data:`SWEEP` once), so starting and
 cancelling a timer costs a C-level hash and no allocation. Find one in a test by
 its type and field.
 """
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from systemx.core.session import Session
 
-__all__ = ["SWEEP", "IdleTimer", "RingTimer", "SleepTimer", "Sweep", "WakeTimer"]
+__all__ = ["SWEEP", "AuthTimer", "IdleTimer", "RingTimer", "SleepTimer", "Sweep", "TrunkTimer", "WakeTimer"]
 
 
 class RingTimer:
@@ -80,3 +81,27 @@ class Sweep:
 
 
 SWEEP: Final = Sweep()
+
+
+class AuthTimer:
+    """The credential of ``session`` is about to expire (AUTH_EXPIRING), or its grace is over."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def __repr__(self) -> str:
+        return f"AuthTimer({self.session!r})"
+
+
+class TrunkTimer:
+    """The trunk ``trunk_id`` has been down for its whole grace."""
+
+    __slots__ = ("trunk_id",)
+
+    def __init__(self, trunk_id: str) -> None:
+        self.trunk_id = trunk_id
+
+    def __repr__(self) -> str:
+        return f"TrunkTimer({self.trunk_id!r})"

@@ -68,6 +68,11 @@ class Wake(Sender):
 
     # ------------------------------------------------------------- accessors
 
+    def owner(self, key: str) -> str | None:
+        """The identity that owns ``key``'s wake profile (None: no profile, or no identity)."""
+        profile = self._profiles.get(key)
+        return profile.owner if profile is not None else None
+
     def profiles(self) -> dict[str, WakeProfile]:
         return dict(self._profiles)
 
@@ -143,8 +148,12 @@ class Wake(Sender):
         handler: StoredHandler | None,
         metadata_given: bool,
         meta: dict[str, Any],
+        owner: str | None = None,
     ) -> None:
-        """``key`` registered with ``mode``: create, update or delete its profile (and persist)."""
+        """``key`` registered with ``mode``: create, update or delete its profile (and persist).
+
+        ``owner`` is the identity that registered it (None without authentication).
+        """
         if mode == "normal":
             if self._profiles.pop(key, None) is not None:
                 self._actions.persist_profile(key, None)
@@ -152,12 +161,13 @@ class Wake(Sender):
         old = self._profiles.get(key)
         profile: WakeProfile | None = None
         if handler is not None:
-            profile = WakeProfile(address=address, handler=handler, metadata=meta)
+            profile = WakeProfile(address=address, handler=handler, metadata=meta, owner=owner)
         elif old is not None and metadata_given:
-            profile = WakeProfile(address=address, handler=old.handler, metadata=meta)
-        elif old is not None and old.address != address:
-            # The line re-registered with its domain in another case: wake it as now written.
-            profile = msgspec.structs.replace(old, address=address)
+            profile = WakeProfile(address=address, handler=old.handler, metadata=meta, owner=owner)
+        elif old is not None and (old.address != address or old.owner != owner):
+            # The line re-registered with its domain in another case, or by the identity
+            # now owning it: wake it as now written.
+            profile = msgspec.structs.replace(old, address=address, owner=owner)
         if profile is not None:
             self._profiles[key] = profile
             self._actions.persist_profile(key, profile)

@@ -41,6 +41,8 @@ class RegisterFailedReason(enum.StrEnum):
     WAKE_HANDLER_NOT_ALLOWED = "wake_handler_not_allowed"
     WAKE_PROFILE_LIMIT = "wake_profile_limit"
     INVALID_PAYLOAD = "invalid_payload"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
 
 
 class BusyReason(enum.StrEnum):
@@ -54,6 +56,11 @@ class BusyReason(enum.StrEnum):
     TIMEOUT = "timeout"
     WAKE_FAILED = "wake_failed"
     SHUTDOWN = "shutdown"
+    FORBIDDEN = "forbidden"
+    # The trunk that reaches the address is down.
+    UNAVAILABLE = "unavailable"
+    # A DIAL_FORWARD for a broadcast address (listeners do not cross a trunk).
+    UNSUPPORTED = "unsupported"
 
 
 class HangupReason(enum.StrEnum):
@@ -64,6 +71,7 @@ class HangupReason(enum.StrEnum):
     SLEEP = "sleep"
     RECONFIGURED = "reconfigured"
     SHUTDOWN = "shutdown"
+    AUTH_EXPIRED = "auth_expired"
 
 
 class ErrorReason(enum.StrEnum):
@@ -73,6 +81,7 @@ class ErrorReason(enum.StrEnum):
     NOT_IN_PARTY = "not_in_party"
     NOT_WAKE_ON_RING = "not_wake_on_ring"
     INTERNAL_ERROR = "internal_error"
+    FORBIDDEN = "forbidden"
 
 
 class JoinFailedReason(enum.StrEnum):
@@ -81,6 +90,7 @@ class JoinFailedReason(enum.StrEnum):
     ADDRESS_IN_USE = "address_in_use"
     PARTY_FULL = "party_full"
     TOO_MANY_PARTIES = "too_many_parties"
+    FORBIDDEN = "forbidden"
 
 
 class PartyLeftReason(enum.StrEnum):
@@ -104,6 +114,8 @@ class CloseReason(enum.StrEnum):
     TOO_BIG = "Message too big"
     SLOW_CONSUMER = "slow_consumer"
     SHUTDOWN = "shutdown"
+    AUTH_EXPIRED = "auth_expired"
+    RATE_LIMITED = "rate_limited"
 
 
 class CloseCode(enum.IntEnum):
@@ -115,3 +127,4 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     ROUTER = 4000
+    AUTH_EXPIRED = 4001

@@ -23,6 +23,7 @@ from msgspec import Meta, Raw, field
 
 __all__ = [
     "Answer",
+    "AuthExpiring",
     "AutoSleep",
     "Busy",
     "ClientMessage",
@@ -124,7 +125,8 @@ class PresenceEntry(msgspec.Struct):
 
 class Register(_Message, tag="REGISTER"):
     address: str
-    # Not checked yet, so any JSON value is accepted (kept undecoded), as the reference router does.
+    # A string or {"token": "..."}; checked only when SYSTEMX_AUTH is tokens or jwt,
+    # so any JSON value is accepted here, as the reference router does.
     auth: Any = None
     metadata: dict[str, Any] | None = None
     concurrency: Literal["single", "parallel", "broadcast"] | None = None
@@ -212,6 +214,10 @@ class DialForward(_Message, tag="DIAL_FORWARD"):
     to: str
     call_id: str
     metadata: dict[str, Any] | None = None
+    # Additive (the reference router ignores them): times the dial was sent on
+    # from exchange to exchange, and the ids of the exchanges it passed.
+    hops: Annotated[int, Meta(ge=0)] | None = None
+    via: list[str] | None = None
 
 
 # --------------------------------------------------------------------------
@@ -295,6 +301,12 @@ class SleepPending(_Message, tag="SLEEP_PENDING"):
     seconds_until_sleep: int
 
 
+class AuthExpiring(_Message, tag="AUTH_EXPIRING"):
+    # When the session's credential expires (epoch seconds) and how long that is from now.
+    expires_at: int
+    seconds_left: int
+
+
 class RegisteredPbx(_Message, tag="REGISTERED_PBX"):
     domain: str
 
@@ -344,6 +356,7 @@ ServerMessage = (
     | PartyMsg
     | PresenceResult
     | SleepPending
+    | AuthExpiring
     | DialForward
     | RegisteredPbx
     | Error

@@ -41,9 +41,12 @@ import socket
 import ssl as _ssl
 from collections.abc import Callable
 from http import HTTPStatus
+from time import time as _now
 from typing import TYPE_CHECKING, Any, cast
 
 from picows import WSAutoPingStrategy, WSUpgradeResponse, ws_create_server
+
+from systemx.server.limits import IpGate
 
 if TYPE_CHECKING:
     from multidict import CIMultiDict
@@ -232,15 +235,29 @@ class _ProtocolLog:
 if WSProtocol is not None:
 
     class _ServerProtocol(WSProtocol):  # type: ignore[misc]
-        __slots__ = ("_conn_log",)
+        __slots__ = ("_conn_log", "_gate", "_ip")
 
-        def __init__(self, *args: Any) -> None:
+        def __init__(self, *args: Any, gate: IpGate | None = None) -> None:
             conn_log = _ProtocolLog(args[_LOGGER_ARG])
             super().__init__(*args[:_LOGGER_ARG], conn_log, *args[_LOGGER_ARG + 1 :])
             conn_log.protocol = self
             self._conn_log = conn_log
+            self._gate = gate
+            self._ip: str | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            gate = self._gate
+            if gate is not None:
+                # Per-IP limits, before picows sees the connection: a refused one costs
+                # no HTTP parsing and gets no answer, only the closed TCP connection.
+                peer = transport.get_extra_info("peername")
+                ip = str(peer[0]) if peer else ""
+                refused = gate.admit(ip, _now())
+                if refused is not None:
+                    _log_refusal(ip, refused)
+                    transport.abort()  # type: ignore[attr-defined]
+                    return
+                self._ip = ip
             view = AcceptedTransport(transport)
             try:
                 super().connection_made(view)
@@ -256,10 +273,34 @@ if WSProtocol is not None:
             return view
 
         def connection_lost(self, exc: Exception | None) -> None:
+            ip = self._ip
+            if self._gate is not None:
+                if ip is None:
+                    return  # refused in connection_made: picows never had it
+                self._gate.release(ip)
             try:
                 super().connection_lost(exc)
             finally:
                 self._conn_log.protocol = None  # no cycle left behind
+
+
+# ip -> time of its last refusal logged (one line per address per 10 s).
+_refusals_logged: dict[str, float] = {}
+
+
+def _log_refusal(ip: str, why: str) -> None:
+    now = _now()
+    if now - _refusals_logged.get(ip, 0.0) < 10.0 and why != "flood":
+        return
+    if len(_refusals_logged) > 10_000:
+        _refusals_logged.clear()
+    _refusals_logged[ip] = now
+    if why == "flood":
+        log.warning("Connection flood from %s: banned (SYSTEMX_CONNECT_RATE_PER_IP)", ip)
+    elif why == "banned":
+        log.warning("Connection refused from %s: banned after a flood (SYSTEMX_BAN_SECONDS)", ip)
+    else:
+        log.warning("Connection refused from %s: SYSTEMX_MAX_CONNECTIONS_PER_IP reached", ip)
 
 
 async def create_server(
@@ -274,8 +315,13 @@ async def create_server(
     use_aiofastnet: bool = False,
     backlog: int,
     handshake_timeout: float,
+    gate: IpGate | None = None,
 ) -> tuple[asyncio.Server, bool]:
-    """Listen like ``ws_create_server``; the flag is True when the lean protocol is in use."""
+    """Listen like ``ws_create_server``; the flag is True when the lean protocol is in use.
+
+    ``gate`` (per-IP limits) is applied only by the lean protocol; without it the
+    limits are not enforced, and the log says so.
+    """
     if WSProtocol is not None and not use_aiofastnet:
         # The defaults of ws_create_server for everything not passed here.
         args: tuple[Any, ...] = (
@@ -302,9 +348,11 @@ async def create_server(
         else:
             loop = asyncio.get_running_loop()
             server = await loop.create_server(
-                lambda: _ServerProtocol(*args), host, port, ssl=ssl, backlog=backlog
+                lambda: _ServerProtocol(*args, gate=gate), host, port, ssl=ssl, backlog=backlog
             )
             return server, True
+    if gate is not None:
+        log.warning("Per-IP connection limits are not enforced: picows' own accept path is in use")
     server = await ws_create_server(
         listener_factory,
         host,

@@ -1,0 +1,7 @@
+"""Terminal tools built on :mod:`systemx.client`: ``systemx dial``, ``answer``,
+``presence`` and ``party``.
+
+Each connects to ``--url`` (default ``$SYSTEMX_URL`` or ``ws://127.0.0.1:8080``),
+REGISTERs an address (``--as``; ``--token`` is sent as REGISTER ``auth``) and
+exits with one of the statuses in :mod:`systemx.tools.common`.
+"""
