@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from systemx.config import Settings
-from systemx.core.actions import WakeRequest
+from systemx.core.actions import WakeProfile, WakeRequest
 from systemx.core.exchange import Exchange
 
 __all__ = ["CountingActions", "main", "measure"]
@@ -63,7 +63,7 @@ class CountingActions:
     def cancel_wake(self, address: str) -> None:
         pass
 
-    def persist_profile(self, key: str, profile: dict[str, Any] | None) -> None:
+    def persist_profile(self, key: str, profile: WakeProfile | None) -> None:
         pass
 
     def lookup(self, address: str) -> None:
@@ -73,7 +73,7 @@ class CountingActions:
 def _exchange() -> tuple[Exchange, CountingActions]:
     settings = dataclasses.replace(Settings(), dial_max_attempts=0)
     actions = CountingActions()
-    x = Exchange(settings, actions)
+    x = Exchange(settings.core_config(), actions)
     x.start(0.0)
     return x, actions
 
@@ -107,7 +107,7 @@ def bench_call(n: int) -> Callable[[], int]:
     a = _register(x, "a", "alice@example.com", 0.0)
     b = _register(x, "b", "bob@example.com", 0.0)
     dial = _enc({"type": "DIAL", "to": "bob@example.com"})
-    calls = x._calls
+    calls = x.book.by_id
     on_data = x.on_data
 
     def run() -> int:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from systemx.core.config import CoreConfig, SpawnHandler
+
 __all__ = [
     "ENV_VARS",
     "PLACEHOLDERS",
@@ -46,19 +48,6 @@ def _split(value: str) -> tuple[str, ...]:
 
 # argv elements a spawn handler may use; each is replaced by one whole argument.
 PLACEHOLDERS = ("{address}", "{call_id}", "{caller}")
-
-
-@dataclass(frozen=True, slots=True)
-class SpawnHandler:
-    """A program the operator lets wake-on-ring agents name (``SYSTEMX_SPAWN_HANDLERS``)."""
-
-    name: str
-    argv: tuple[str, ...]
-    cwd: str | None = None
-    env: tuple[tuple[str, str], ...] = ()
-    timeout_seconds: float = 30.0
-    # Address patterns (``*`` wildcard, any case) allowed to use it; empty: any address.
-    addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +126,45 @@ class Settings:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         scheme = "wss" if self.tls_enabled else "ws"
         return f"{scheme}://{host}:{self.port}"
+
+    def core_config(self) -> CoreConfig:
+        """The part of these settings the exchange core reads (durations in seconds)."""
+        return CoreConfig(
+            call_timeout=self.call_timeout_ms / 1000.0,
+            heartbeat_interval=self.heartbeat_interval_ms / 1000.0,
+            heartbeat_timeout=self.heartbeat_timeout_ms / 1000.0,
+            dial_max_attempts=self.dial_max_attempts,
+            dial_window=self.dial_window_ms / 1000.0,
+            presence_max_queries=self.presence_max_queries,
+            presence_window_ms=self.presence_window_ms,
+            presence_default_limit=self.presence_default_limit,
+            presence_max_limit=self.presence_max_limit,
+            presence_max_result_bytes=self.presence_max_result_bytes,
+            party_max_participants=self.party_max_participants,
+            party_max_per_session=self.party_max_per_session,
+            wake_max_profiles=self.wake_max_profiles,
+            wake_max_profiles_per_session=self.wake_max_profiles_per_session,
+            max_json_depth=self.max_json_depth,
+            max_value_bytes=self.max_value_bytes,
+            host=self.host,
+            port=self.port,
+            spawn_handlers=self.spawn_handlers,
+            webhook_allow=self.webhook_allow,
+            webhook_deny=self.webhook_deny,
+            register_max_renames=self.register_max_renames,
+            register_window_ms=self.register_window_ms,
+            join_max_attempts=self.join_max_attempts,
+            join_window_ms=self.join_window_ms,
+            auth=self.auth,
+            auth_tokens_file=self.auth_tokens_file,
+            jwt_secret=self.jwt_secret,
+            jwt_public_key=self.jwt_public_key,
+            jwt_audience=self.jwt_audience,
+            policy_file=self.policy_file,
+            auth_grace_ms=self.auth_grace_ms,
+            pbx_tokens=self.pbx_tokens,
+            trunk_grace_ms=self.trunk_grace_ms,
+        )
 
     def spawn_handler(self, name: str) -> SpawnHandler | None:
         for handler in self.spawn_handlers:
@@ -523,7 +551,7 @@ REMOVED_VARS: dict[str, str] = {
         "clients no longer choose the command; define named spawn handlers in SYSTEMX_SPAWN_HANDLERS"
     ),
     "SYSTEMX_SPAWN_ALLOW_ADDRESSES": (
-        "define named spawn handlers in SYSTEMX_SPAWN_HANDLERS and restrict each with its \"addresses\" list"
+        'define named spawn handlers in SYSTEMX_SPAWN_HANDLERS and restrict each with its "addresses" list'
     ),
 }
 
@@ -670,7 +698,7 @@ def _validate_security(s: Settings) -> None:
 
     var = {"tokens": "SYSTEMX_AUTH_TOKENS_FILE", "jwt": "SYSTEMX_JWT_SECRET/SYSTEMX_JWT_PUBLIC_KEY"}
     try:
-        authenticator_from_settings(s)
+        authenticator_from_settings(s.core_config())
     except ValueError as exc:
         raise ConfigError(f"{var.get(s.auth, 'SYSTEMX_AUTH')}: {exc}") from None
     if s.policy_file:

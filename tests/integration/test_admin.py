@@ -295,3 +295,42 @@ async def test_the_page_feed_pushes_a_change_to_every_viewer(
             assert [s["address"] for s in snap["sessions"]] == ["viewer@example.com"]
             assert snap["summary"]["registered"] == 1
     await server.stop()
+
+
+async def test_a_real_call_is_recorded_and_counted(
+    systemx_server: ServerFactory, http: ClientSession
+) -> None:
+    server, admin = await start_admin(systemx_server)
+    answered = 'systemx_calls_total{disposition="answered"}'
+    before = await get(http, admin + "/metrics")
+    assert answered not in before or metric(before, answered) == 0
+    alice = await server.connect()
+    bob = await server.connect()
+    await alice.register("alice@example.com")
+    await bob.register("bob@example.com")
+    alice.send_json({"type": "DIAL", "to": "bob@example.com"})
+    ring = await bob.expect("RING", from_="alice@example.com")
+    call_id = ring["call_id"]
+    await alice.expect("RINGING", call_id=call_id)
+    bob.send_json({"type": "ANSWER", "call_id": call_id})
+    await alice.expect("CONNECTED", call_id=call_id)
+    alice.send_json({"type": "HANGUP", "call_id": call_id})
+    await bob.expect("HANGUP", call_id=call_id)
+    # The metrics count the call when it ends, before HANGUP reaches the peer.
+    assert metric(await get(http, admin + "/metrics"), answered) == 1
+
+    async def recorded() -> list[dict[str, Any]]:
+        # Records are written in batches behind the calls (within a second).
+        while True:
+            items: list[dict[str, Any]] = (await get(http, admin + "/api/records"))["items"]
+            if items:
+                return items
+            await asyncio.sleep(0.05)
+
+    (record,) = await asyncio.wait_for(recorded(), TIMEOUT)
+    assert record["call_id"] == call_id
+    assert (record["caller"], record["callee"]) == ("alice@example.com", "bob@example.com")
+    assert (record["disposition"], record["ended_by"]) == ("answered", "caller")
+    await alice.close()
+    await bob.close()
+    await server.stop()

@@ -10,8 +10,13 @@ import msgspec
 
 from systemx.config import Settings, SpawnHandler
 from systemx.core import Exchange, RecordingActions, Session
+from systemx.core.actions import WakeProfile
 
 _dec = msgspec.json.Decoder()
+
+
+def _fields(key: Any) -> list[Any]:
+    return [getattr(key, name) for name in type(key).__slots__]
 
 
 class Harness:
@@ -22,7 +27,8 @@ class Harness:
         self.actions = RecordingActions()
         self.now = 1_000.0
         self.ids = 0
-        self.x = Exchange(self.settings, self.actions, new_id=self._id, profiles=profiles)
+        stored = {k: msgspec.convert(v, WakeProfile) for k, v in (profiles or {}).items()}
+        self.x = Exchange(self.settings.core_config(), self.actions, new_id=self._id, profiles=stored)
         self.x.start(self.now)
         self.sessions: dict[str, Session] = {}
         self.read: dict[str, int] = {}
@@ -68,7 +74,16 @@ class Harness:
     def close(self, name: str) -> None:
         self.x.on_close(self.sessions[name], self.now)
 
+    def timer(self, kind: type, arg: Any = None) -> Any:
+        """The running timer key of type ``kind`` whose field is ``arg`` (a call id, an
+        address key, a session), or None."""
+        for key in self.actions.timers:
+            if type(key) is kind and (arg is None or next(iter(_fields(key)), None) == arg):
+                return key
+        return None
+
     def fire(self, key: Hashable, advance: float | None = None) -> None:
+        assert key is not None, "no such timer running"
         delay = self.actions.timers.pop(key)
         self.now += delay if advance is None else advance
         self.x.on_timer(key, self.now)

@@ -8,10 +8,10 @@ full disk would, and the exchange must answer, count, log once and carry on.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import pytest
 
+from systemx.core.actions import WakeProfile
 from tests.unit.harness import Harness
 
 WAKE = {"mode": "wake_on_ring", "wake_handler": {"type": "webhook", "url": "https://hooks.example.com/wake"}}
@@ -27,7 +27,7 @@ def h() -> Harness:
 
 
 def failing_store(h: Harness) -> None:
-    def persist_profile(key: str, profile: dict[str, Any] | None) -> None:
+    def persist_profile(key: str, profile: WakeProfile | None) -> None:
         raise DiskFull("no space left on device")
 
     h.actions.persist_profile = persist_profile  # type: ignore[method-assign]

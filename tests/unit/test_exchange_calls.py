@@ -5,6 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
+from systemx.core import SWEEP, RingTimer
+from systemx.core.timerkeys import TrunkTimer
 from tests.unit.harness import Harness
 
 
@@ -139,12 +141,12 @@ def test_stale_session_swept(h: Harness) -> None:
     call_id = h.connect("A", "B")
     h.now += 45
     h.send("B", {"type": "HEARTBEAT"})
-    h.fire(("sweep",), advance=20)  # A's last heartbeat is 65 s old, B's 20 s
+    h.fire(SWEEP, advance=20)  # A's last heartbeat is 65 s old, B's 20 s
     assert h.closes("A") == [(4000, "timeout")]
     assert h.closes("B") == []
     assert {"type": "HANGUP", "call_id": call_id, "reason": "timeout"} in h.frames("B")
     assert h.x.session_for("alice@example.com") is None
-    assert ("sweep",) in h.actions.timers
+    assert SWEEP in h.actions.timers
 
 
 # ---------------------------------------------------------------------- calls
@@ -157,10 +159,10 @@ def test_full_call_flow(h: Harness) -> None:
     assert h.frames("B") == [
         {"type": "RING", "from": "alice@example.com", "call_id": "call-1", "metadata": {"subject": "hi"}}
     ]
-    assert h.actions.timers[("ring", "call-1")] == 30.0
+    assert h.actions.timers[h.timer(RingTimer, "call-1")] == 30.0
     h.send("B", {"type": "ANSWER", "call_id": "call-1"})
     assert h.frames("A") == [{"type": "CONNECTED", "call_id": "call-1", "to": "bob@example.com"}]
-    assert ("ring", "call-1") not in h.actions.timers
+    assert h.timer(RingTimer, "call-1") is None
     h.send("A", {"type": "MSG", "call_id": "call-1", "data": "hello", "from": "mallory@evil.com"})
     assert h.frames("B") == [
         {
@@ -239,7 +241,7 @@ def test_ring_timeout(h: Harness) -> None:
     h.send("A", {"type": "DIAL", "to": "bob@example.com"})
     cid = h.frames("A")[0]["call_id"]
     h.frames("B")
-    h.fire(("ring", cid))
+    h.fire(h.timer(RingTimer, cid))
     assert h.frames("A") == [{"type": "BUSY", "to": "bob@example.com", "reason": "timeout", "call_id": cid}]
     assert h.frames("B") == [{"type": "HANGUP", "call_id": cid, "reason": "timeout"}]
     assert h.x.call(cid) is None
@@ -492,7 +494,7 @@ def test_encoded_frames_are_valid_json(h: Harness) -> None:
 def test_generated_ids_are_random_version_4_uuids() -> None:
     import uuid
 
-    from systemx.core.exchange import _uuid4
+    from systemx.core.ids import uuid4 as _uuid4
 
     ids = [_uuid4() for _ in range(600)]  # crosses the 256-id entropy blocks
     assert len(set(ids)) == len(ids)
@@ -592,7 +594,7 @@ def test_local_dial_goes_down_a_trunk(h: Harness) -> None:
     assert h.frames("A") == [{"type": "CONNECTED", "call_id": call_id, "to": "carol@sub.example.com"}]
     h.close("P")
     assert h.frames("A") == []
-    h.fire(("trunk", "in:sub.example.com"))
+    h.fire(h.timer(TrunkTimer, "in:sub.example.com"))
     assert h.frames("A") == [{"type": "HANGUP", "call_id": call_id, "reason": "peer_disconnected"}]
 
 

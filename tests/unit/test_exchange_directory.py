@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from systemx.core import Exchange
+from systemx.core import SWEEP, Exchange, RingTimer
 from tests.unit.harness import Harness
 
 
 def directory_harness() -> Harness:
     h = Harness()
-    h.x = Exchange(h.settings, h.actions, new_id=h._id, directory=True)
+    h.x = Exchange(h.settings.core_config(), h.actions, new_id=h._id, directory=True)
     h.register("A", "a@example.com")
     return h
 
@@ -29,7 +29,7 @@ def test_unknown_address_is_looked_up_and_a_remote_holder_rings() -> None:
         {"type": "RINGING", "call_id": "call-1", "to": "far@elsewhere.example"},
         {"type": "CONNECTED", "call_id": "call-1", "to": "far@elsewhere.example"},
     ]
-    h.fire(("sweep",), advance=3600)
+    h.fire(SWEEP, advance=3600)
     assert h.closes("R") == []
 
 
@@ -48,7 +48,7 @@ def test_lookup_counts_towards_ring_timeout() -> None:
     h = directory_harness()
     h.send("A", {"type": "DIAL", "to": "far@elsewhere.example"})
     h.frames("A")
-    h.fire(("ring", "call-1"))
+    h.fire(h.timer(RingTimer, "call-1"))
     assert h.frames("A") == [
         {"type": "BUSY", "to": "far@elsewhere.example", "reason": "timeout", "call_id": "call-1"}
     ]
@@ -120,7 +120,7 @@ def test_remote_holder_with_queued_calls_stays_until_the_last_ends() -> None:
 def test_an_answer_after_the_waiting_calls_ended_binds_nothing() -> None:
     h = directory_harness()
     h.send("A", {"type": "DIAL", "to": "far@elsewhere.example"})
-    h.fire(("ring", "call-1"))
+    h.fire(h.timer(RingTimer, "call-1"))
     assert h.x.on_lookup_result("far@elsewhere.example", "R", h.now) is None
     assert h.x.session_for("far@elsewhere.example") is None
     assert h.x.health() == {**h.x.health(), "sessions": 1, "registered": 1}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from systemx.core import IdleTimer, SleepTimer, WakeTimer
 from tests.unit.harness import Harness
 
 HOOK = {"type": "webhook", "url": "http://hooks.example.net/wake", "timeout_seconds": 10}
@@ -45,13 +46,13 @@ def test_dial_sleeping_wakes_then_rings_with_original_call() -> None:
     ]
     (req,) = h.actions.wakes
     assert (req.address, req.call_id, req.caller) == ("agent@example.com", "call-1", "a@example.com")
-    assert h.actions.timers[("wake", "agent@example.com")] == 10.0
+    assert h.actions.timers[h.timer(WakeTimer, "agent@example.com")] == 10.0
     # The woken agent registers (without repeating its handler): the held RING arrives.
     assert h.register("S2", "agent@example.com")["type"] == "REGISTERED"
     assert h.frames("S2") == [
         {"type": "RING", "from": "a@example.com", "call_id": "call-1", "metadata": {"subject": "wake up"}}
     ]
-    assert ("wake", "agent@example.com") not in h.actions.timers
+    assert h.timer(WakeTimer, "agent@example.com") is None
     assert h.actions.cancelled_wakes == ["agent@example.com"]  # the wake is over
     h.send("S2", {"type": "ANSWER", "call_id": "call-1"})
     assert h.frames("A")[-1] == {"type": "CONNECTED", "call_id": "call-1", "to": "agent@example.com"}
@@ -64,7 +65,7 @@ def test_wake_timeout_busy_and_cancel() -> None:
     h.register("A", "a@example.com")
     h.send("A", {"type": "DIAL", "to": "agent@example.com"})
     h.frames("A")
-    h.fire(("wake", "agent@example.com"))
+    h.fire(h.timer(WakeTimer, "agent@example.com"))
     assert h.frames("A") == [
         {"type": "BUSY", "to": "agent@example.com", "reason": "timeout", "call_id": "call-1"}
     ]
@@ -83,7 +84,7 @@ def test_wake_failed_busy() -> None:
     assert h.frames("A") == [
         {"type": "BUSY", "to": "agent@example.com", "reason": "wake_failed", "call_id": "call-1"}
     ]
-    assert ("wake", "agent@example.com") not in h.actions.timers
+    assert h.timer(WakeTimer, "agent@example.com") is None
 
 
 def test_two_callers_one_wake_queued_in_order() -> None:
@@ -204,10 +205,10 @@ def test_auto_sleep_pending_then_sleep() -> None:
     h = Harness()
     sleeper(h)
     h.send("S", {"type": "STATUS", "auto_sleep": {"idle_timeout_seconds": 2, "wake_on_ring": True}})
-    assert h.actions.timers[("idle", h.sessions["S"])] == 2
-    h.fire(("idle", h.sessions["S"]))
+    assert h.actions.timers[h.timer(IdleTimer, h.sessions["S"])] == 2
+    h.fire(h.timer(IdleTimer, h.sessions["S"]))
     assert h.frames("S")[-1] == {"type": "SLEEP_PENDING", "reason": "idle_timeout", "seconds_until_sleep": 2}
-    h.fire(("sleep", h.sessions["S"]))
+    h.fire(h.timer(SleepTimer, h.sessions["S"]))
     assert h.closes("S") == [(4000, "sleep")]
     assert h.x.health()["asleep"] == 1
 
@@ -217,13 +218,13 @@ def test_auto_sleep_cancelled_by_activity() -> None:
     sleeper(h)
     s = h.sessions["S"]
     h.send("S", {"type": "STATUS", "auto_sleep": {"idle_timeout_seconds": 2}})
-    h.fire(("idle", s))
+    h.fire(h.timer(IdleTimer, s))
     assert h.frames("S")[-1]["type"] == "SLEEP_PENDING"
     h.now += 0.5
     h.send("S", {"type": "HEARTBEAT"})
-    h.fire(("sleep", s), advance=1.5)
+    h.fire(h.timer(SleepTimer, s), advance=1.5)
     assert h.closes("S") == []
-    assert ("idle", s) in h.actions.timers
+    assert h.timer(IdleTimer, s) is not None
 
 
 def test_auto_sleep_deferred_while_in_call() -> None:
@@ -233,9 +234,9 @@ def test_auto_sleep_deferred_while_in_call() -> None:
     s = h.sessions["S"]
     h.send("S", {"type": "STATUS", "auto_sleep": {"idle_timeout_seconds": 1}})
     h.connect("A", "S")
-    h.fire(("idle", s), advance=5)
+    h.fire(h.timer(IdleTimer, s), advance=5)
     assert all(f["type"] != "SLEEP_PENDING" for f in h.frames("S"))
-    assert ("idle", s) in h.actions.timers
+    assert h.timer(IdleTimer, s) is not None
 
 
 def test_a_call_from_a_trunk_wakes_a_sleeping_agent() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from systemx.core.exchange import _presence_result
+from systemx.core.presence import presence_result as _presence_result
 from systemx.protocol import messages as m
 from tests.unit.harness import Harness
 

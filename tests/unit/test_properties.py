@@ -8,7 +8,7 @@ import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from systemx.core import CallState, Exchange
+from systemx.core import CallState, Exchange, RingTimer, SessionState, Sweep, WakeTimer
 from tests.unit.harness import Harness
 
 json_values = st.recursive(
@@ -50,24 +50,50 @@ typed_objects = st.builds(
 
 
 def check_invariants(x: Exchange) -> None:
-    sessions = set(x.sessions)
-    for call in x.calls:
+    """Every index, read through its owner, agrees with every other."""
+    sessions = set(x.registry.sessions)
+    assert set(x.sessions) == sessions
+    # CallBook: calls, per-session call sets, listeners, waiting queues.
+    calls = list(x.book.calls)
+    assert {c.call_id for c in x.calls} == {c.call_id for c in calls}
+    for call in calls:
         assert call.state is not CallState.ENDED
+        assert x.call(call.call_id) is call
         for party in call.parties():
             assert party.calls.get(call.call_id) is call, "a live call missing from a party's index"
         if call.state is CallState.CONNECTED and call.listeners is None:
             assert call.routes is not None
-    live = {c.call_id for c in x.calls}
+        if call.state is CallState.WAITING:
+            assert call in x.book.waiting(call.callee_key), "a waiting call in no queue"
+    live = {c.call_id for c in calls}
+    for key in x.book.waiting_keys():
+        queue = x.book.waiting(key)
+        assert queue, "an empty queue survived"
+        for call in queue:
+            assert call.call_id in live and call.callee_key == key and call.state is CallState.WAITING
     for s in sessions:
         for call_id, call in s.calls.items():
             assert call_id in live, "a session holds an ended call"
             assert s in call.parties()
         for key, line in s.parties.items():
             assert s in line.members and x.party(line.name) is line and line.key == key
+        # Registry: a session's address fields and the address index agree.
+        assert (s.state is SessionState.REGISTERED) == (s.key is not None and not s.closed)
+        if s.key is not None and not s.closed:
+            assert x.registry.holder(s.key) is s, "a registered session missing from the address index"
+    for key, holder in x.registry.bound().items():
+        assert holder.key == key and holder in sessions, "the address index names a session that left"
+        assert x.session_for(holder.address or "") is holder
+        assert key not in x.lines, "an address and a party line share a key"
+    # PartyLines
     for line in x.parties:
         assert line.members, "an empty party line survived"
+        assert line.key in x.lines
         for member in line.members:
             assert member in sessions and member.parties.get(line.key) is line
+    # Wake: a key being woken has a profile and is not bound.
+    for key in x.wake.waking():
+        assert x.wake.has_profile(key) and key not in x.registry
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -128,7 +154,8 @@ def test_random_sequences_keep_indexes_consistent(sequence: list[tuple[str, Any,
                 )
             h.send(who, {"type": "REGISTER", "address": ADDRS[who], **extra})
         elif op == "timer":
-            keys = [k for k in h.actions.timers if isinstance(k, tuple) and k[0] == who]
+            kind = {"ring": RingTimer, "sweep": Sweep, "wake": WakeTimer}[who]
+            keys = [k for k in h.actions.timers if type(k) is kind]
             if keys:
                 h.fire(keys[arg % len(keys)], advance=0.0)
         elif who not in open_:

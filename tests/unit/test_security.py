@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from systemx.core.acl import Grants, compile_patterns, expand, parse_permissions, parse_policy
 from systemx.core.auth import AuthError, Identity, JwtVerifier, load_tokens, token_of
 from systemx.core.security import Admission, Refusal, Security, Window
+from systemx.core.timerkeys import AuthTimer
 from systemx.server.limits import CLOSE, REFUSED, WARN, IpGate, RateLimits
 from tests.unit.harness import Harness
 
@@ -260,7 +261,7 @@ def test_wake_profile_records_its_owner_and_refuses_others() -> None:
     owner = _hs({"sub": "agent@x.com", "exp": 5000})
     answer = h.register("a", "agent@x.com", auth=owner, mode="wake_on_ring", wake_handler=handler)
     assert answer["type"] == "REGISTERED"
-    assert h.x.profiles()["agent@x.com"]["owner"] == "agent@x.com"
+    assert h.x.profiles()["agent@x.com"].owner == "agent@x.com"
     persisted = h.actions.profiles["agent@x.com"]
     assert persisted is not None and persisted["owner"] == "agent@x.com"
     h.send("a", {"type": "SLEEP_ACK"})
@@ -275,25 +276,26 @@ def test_without_auth_profiles_have_no_owner() -> None:
     h = Harness(webhook_allow=("https://hooks.example.com/",))
     handler = {"type": "webhook", "url": "https://hooks.example.com/w"}
     h.register("a", "agent@x.com", mode="wake_on_ring", wake_handler=handler)
-    assert "owner" not in h.x.profiles()["agent@x.com"]
+    assert h.x.profiles()["agent@x.com"].owner is None
 
 
 def test_credential_timer_warns_then_closes_and_a_refresh_moves_it() -> None:
     h = Harness(auth="jwt", jwt_secret=SECRET, auth_grace_ms=1000)
     s = h.open("a")
     h.register("a", "a@x.com", auth=_hs({"sub": "a@x.com", "exp": 1100}))
-    assert h.actions.timers[("auth", s)] == 40.0  # 60 s before expiry
+    timer = h.timer(AuthTimer, s)
+    assert h.actions.timers[timer] == 40.0  # 60 s before expiry
     h.now = 1040.0
-    h.x.on_timer(("auth", s), h.now)
+    h.x.on_timer(timer, h.now)
     assert h.frames("a") == [{"type": "AUTH_EXPIRING", "expires_at": 1100, "seconds_left": 60}]
-    assert h.actions.timers[("auth", s)] == 61.0  # expiry + grace
+    assert h.actions.timers[timer] == 61.0  # expiry + grace
     assert h.register("a", "a@x.com", auth=_hs({"sub": "a@x.com", "exp": 1300}))["type"] == "REGISTERED"
-    assert h.actions.timers[("auth", s)] == 200.0
+    assert h.actions.timers[timer] == 200.0
     h.now = 1240.0
-    h.x.on_timer(("auth", s), h.now)
+    h.x.on_timer(timer, h.now)
     h.frames("a")
     h.now = 1301.0
-    h.x.on_timer(("auth", s), h.now)
+    h.x.on_timer(timer, h.now)
     assert h.actions.closed[-1] == ("a", 4001, "auth_expired")
 
 
@@ -302,4 +304,4 @@ def test_an_owner_recorded_earlier_is_not_enforced_without_authentication() -> N
     profile = {"address": "agent@x.com", "handler": handler, "metadata": {}, "owner": "agent@x.com"}
     h = Harness(profiles={"agent@x.com": profile}, webhook_allow=("https://hooks.example.com/",))
     assert h.register("a", "agent@x.com")["type"] == "REGISTERED"
-    assert "owner" not in h.x.profiles()["agent@x.com"]
+    assert h.x.profiles()["agent@x.com"].owner is None

@@ -325,7 +325,12 @@ def test_a_named_handler_is_accepted_and_stored_by_name() -> None:
     handler = WakeHandler(type="spawn", handler="agent", timeout_seconds=99, payload={"job": 1})
     assert check_wake_handler(handler, ADDRESS, s) is None
     stored = stored_handler(handler, ADDRESS, s)
-    assert stored == {"type": "spawn", "handler": "agent", "timeout_seconds": 12.0, "payload": {"job": 1}}
+    assert msgspec.to_builtins(stored) == {
+        "type": "spawn",
+        "handler": "agent",
+        "timeout_seconds": 12.0,
+        "payload": {"job": 1},
+    }
     assert wake_timeout(stored, s) == 12.0  # the operator's timeout, not the client's
 
 
@@ -353,7 +358,7 @@ def test_the_reference_command_form_is_stored_as_the_matching_handler() -> None:
     s = settings(spawn_handlers=(AGENT,))
     handler = spawn(["/usr/bin/agent", "--serve"])
     assert check_wake_handler(handler, ADDRESS, s) is None
-    assert stored_handler(handler, ADDRESS, s) == {
+    assert msgspec.to_builtins(stored_handler(handler, ADDRESS, s)) == {
         "type": "spawn",
         "handler": "agent",
         "timeout_seconds": 12.0,

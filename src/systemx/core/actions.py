@@ -16,7 +16,62 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Actions", "RecordingActions", "WakeRequest"]
+import msgspec
+
+__all__ = [
+    "Actions",
+    "RecordingActions",
+    "StoredHandler",
+    "StoredSpawn",
+    "StoredWebhook",
+    "WakeProfile",
+    "WakeRequest",
+]
+
+
+class StoredWebhook(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="webhook", tag_field="type"
+):
+    """A webhook wake handler as a profile keeps it (the URL was checked at REGISTER)."""
+
+    url: str
+    timeout_seconds: float
+    payload: Any = None
+
+
+class StoredSpawn(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="spawn", tag_field="type"
+):
+    """A spawn wake handler as a profile keeps it: the operator's handler by ``handler`` name,
+    with its timeout. ``command`` is only found in profiles stored by older versions."""
+
+    handler: str | None = None
+    command: list[str] | None = None
+    timeout_seconds: float
+    payload: Any = None
+
+
+#: A stored wake handler; encoded with its ``"type"``, as the client wrote it.
+StoredHandler = StoredWebhook | StoredSpawn
+
+
+class WakeProfile(msgspec.Struct, frozen=True, kw_only=True):
+    """What makes an address wake-on-ring: the address as last registered, its handler and
+    the metadata presence shows while it sleeps, and the identity that registered it (only
+    it may register the address again; None without authentication). Stored by the driver
+    (as JSON)."""
+
+    address: str
+    handler: StoredHandler
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    owner: str | None = None
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON form the driver stores (``owner`` only when there is one)."""
+        doc: dict[str, Any] = msgspec.to_builtins(self)
+        if doc.get("owner") is None:
+            doc.pop("owner", None)
+        return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +81,7 @@ class WakeRequest:
     address: str
     call_id: str
     caller: str
-    handler: dict[str, Any]
+    handler: StoredHandler
     payload: Any = None
     metadata: dict[str, Any] | None = None
 
@@ -57,7 +112,7 @@ class Actions(Protocol):
         (a woken agent that registered is never stopped).
         """
 
-    def persist_profile(self, key: str, profile: dict[str, Any] | None) -> None:
+    def persist_profile(self, key: str, profile: WakeProfile | None) -> None:
         """Store (or with ``None`` delete) the durable wake profile under ``key``
         (the address with its domain lower-cased; the profile holds the address as written)."""
 
@@ -70,7 +125,10 @@ class Actions(Protocol):
 
 @dataclass
 class RecordingActions:
-    """An :class:`Actions` that records every call, for tests and tools."""
+    """An :class:`Actions` that records every call, for tests and tools.
+
+    ``profiles`` keeps each persisted profile in its stored (JSON) form.
+    """
 
     sent: list[tuple[Any, bytes]] = field(default_factory=list)
     closed: list[tuple[Any, int, str]] = field(default_factory=list)
@@ -98,8 +156,8 @@ class RecordingActions:
     def cancel_wake(self, address: str) -> None:
         self.cancelled_wakes.append(address)
 
-    def persist_profile(self, key: str, profile: dict[str, Any] | None) -> None:
-        self.profiles[key] = profile
+    def persist_profile(self, key: str, profile: WakeProfile | None) -> None:
+        self.profiles[key] = None if profile is None else profile.stored()
 
     def lookup(self, address: str) -> None:
         self.lookups.append(address)

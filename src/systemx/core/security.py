@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from systemx.config import Settings
 from systemx.core.acl import Grants, Policy, Rule, load_policy, pattern_matches
 from systemx.core.auth import Authenticator, AuthError, JwtVerifier, TokenTable, load_tokens
+from systemx.core.config import CoreConfig
 from systemx.protocol.address import domain_of
 from systemx.protocol.codes import RegisterFailedReason
 
@@ -47,7 +47,7 @@ class Refusal:
     why: str
 
 
-def authenticator_from_settings(settings: Settings) -> Authenticator | None:
+def authenticator_from_settings(settings: CoreConfig) -> Authenticator | None:
     """The authenticator ``SYSTEMX_AUTH`` names (reads its files); raises ``ValueError``."""
     if settings.auth == "tokens":
         return load_tokens(settings.auth_tokens_file)
@@ -73,14 +73,14 @@ class Security:
         authenticator: Authenticator | None,
         policy: Policy | None,
         *,
-        settings: Settings | None = None,
+        settings: CoreConfig | None = None,
     ) -> None:
         self.authenticator = authenticator
         self.policy = policy
         self._settings = settings
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Security | None:
+    def from_settings(cls, settings: CoreConfig) -> Security | None:
         """None when nothing is to be checked (``SYSTEMX_AUTH=none``, no policy file)."""
         if settings.auth == "none" and not settings.policy_file:
             return None

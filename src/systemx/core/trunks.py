@@ -2,8 +2,10 @@
 
 :class:`Trunks` is the core component that owns every trunk, the trunk route
 table and the bookkeeping of the call legs that cross a trunk. The exchange
-calls it at a few marked hooks (``# trunk hook``) and it calls back into the
-exchange's call code; it does no I/O of its own.
+hands it a trunk session's frames, REGISTER_PBX, a dial no local session or
+sleeping profile takes, and a trunk session's end; the call book asks it for the
+trunk forms of RING and ANSWER. It changes calls only through the call book
+(:class:`~systemx.core.calls.CallBook`) and does no I/O of its own.
 
 **Trunks.** A trunk is a session that speaks for another exchange:
 
@@ -20,14 +22,14 @@ inbound domain, or the outbound peer reconnecting) within
 
 **Legs.** A party behind a trunk is a *proxy*: a :class:`Session` that is in no
 registry, holds the remote address, and whose ``conn`` is the trunk's, so the
-exchange's ordinary call code sends it frames that go down the trunk as they
-are (``HANGUP``, ``BUSY``, ``MSG``). The few frames whose trunk form differs
-are sent here: ``DIAL_FORWARD`` instead of ``RING`` to a remote callee, ``RING``
-instead of ``RINGING`` and ``ANSWER`` instead of ``CONNECTED`` to a remote
-caller. Every proxy of a trunk shares the trunk's ``calls`` dict, so the
-exchange's ``_add_call``/``_end_call`` keep the trunk's legs without knowing
-about trunks. A connected call's routes are keyed by the trunk *session*
-(frames arrive on it, not on the proxy), so a MSG from a trunk costs the
+call book sends it frames that go down the trunk as they are (``HANGUP``,
+``BUSY``, ``MSG``). The few frames whose trunk form differs are sent here:
+``DIAL_FORWARD`` instead of ``RING`` to a remote callee, ``RING`` instead of
+``RINGING`` and ``ANSWER`` instead of ``CONNECTED`` to a remote caller. Every
+proxy of a trunk shares the trunk's ``calls`` dict, so the call book's
+``_add``/``_end`` keep the trunk's legs without knowing about trunks. A
+connected call's routes are keyed by the trunk *session* (frames arrive on it,
+not on the proxy), so a MSG from a trunk costs the
 same as one from a local socket, and its ``from`` is the address this exchange
 knows for that leg, never what the far side wrote.
 
@@ -41,12 +43,18 @@ no_such_address``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from systemx.core.calls import CallEvent, CallState
+from systemx.core.actions import Actions
+from systemx.core.calls import TRUNK_RING_BACKSTOP, Call, CallBook, CallEvent, CallState, msg_prefix
+from systemx.core.config import CoreConfig
+from systemx.core.registry import Registry
 from systemx.core.routes import RouteTable
+from systemx.core.session import Sender, Session, warn
+from systemx.core.timerkeys import TrunkTimer
 from systemx.core.trunkauth import PbxTokens
 from systemx.protocol import messages as m
 from systemx.protocol.address import MAX_ADDRESS_LENGTH, address_key, is_valid_address
@@ -55,13 +63,9 @@ from systemx.protocol.link import MAX_HOPS
 from systemx.quicklog import get_logger
 
 if TYPE_CHECKING:
-    from systemx.core.exchange import Call, Exchange, Session
+    from systemx.core.exchange import Exchange
 
 __all__ = ["TRUNK_RING_BACKSTOP", "Trunk", "Trunks"]
-
-#: Seconds the callee's side of a call from a trunk lets it ring past the ring
-#: timeout, which the caller's side runs, before ending it itself.
-TRUNK_RING_BACKSTOP = 5.0
 
 log = get_logger("systemx.trunks")
 
@@ -75,7 +79,7 @@ _decode_trunk = msgspec.json.Decoder(_TrunkFrame).decode
 class Trunk:
     """One trunk: its routes, its current session (``None`` while down) and its call legs."""
 
-    __slots__ = ("calls", "id", "inbound", "label", "routes", "session")
+    __slots__ = ("calls", "id", "inbound", "label", "routes", "session", "timer")
 
     def __init__(self, trunk_id: str, label: str, routes: tuple[str, ...], *, inbound: bool) -> None:
         self.id = trunk_id
@@ -85,23 +89,38 @@ class Trunk:
         self.session: Session | None = None
         # call_id -> call, for every call with a leg on this trunk (shared with its proxies).
         self.calls: dict[str, Call] = {}
+        # The grace timer while the trunk is down.
+        self.timer = TrunkTimer(trunk_id)
 
     def __repr__(self) -> str:
         return f"<Trunk {self.id} {'up' if self.session is not None else 'down'}>"
 
 
-class Trunks:
+class Trunks(Sender):
     """Every trunk of one exchange (see the module docstring)."""
 
-    def __init__(self, exchange: Exchange, node_id: str) -> None:
+    def __init__(
+        self,
+        exchange: Exchange,
+        actions: Actions,
+        book: CallBook,
+        registry: Registry,
+        config: CoreConfig,
+        new_id: Callable[[], str],
+        node_id: str,
+    ) -> None:
+        super().__init__(actions.send)
         self._ex = exchange
+        self._actions = actions
+        self._book = book
+        self._registry = registry
+        self._new_id = new_id
         self.node_id = node_id
         self._table = RouteTable()
         self._trunks: dict[str, Trunk] = {}
-        settings = exchange.settings
-        text = settings.pbx_tokens.strip()
+        text = config.pbx_tokens.strip()
         self._tokens = PbxTokens.parse(text) if text else PbxTokens.open()
-        self._grace = settings.trunk_grace_ms / 1000.0
+        self._grace = config.trunk_grace_ms / 1000.0
 
     # ------------------------------------------------------------ inspection
 
@@ -140,7 +159,7 @@ class Trunks:
         old = trunk.session
         if old is s:
             return
-        self._ex._actions.cancel_timer(("trunk", trunk.id))
+        self._actions.cancel_timer(trunk.timer)
         if old is not None:
             # The same trunk from a new socket: the old one is replaced.
             old.trunk = None
@@ -161,7 +180,7 @@ class Trunks:
             log.info("Trunk %s is back: %d call(s) continue", trunk.label, len(trunk.calls))
 
     def session_closed(self, s: Session, now: float) -> None:
-        """Trunk hook: the trunk session ``s`` is gone (its calls are handled here, not by ``_release``)."""
+        """The trunk session ``s`` is gone (its calls are handled here, not by the call book)."""
         trunk = s.trunk
         s.trunk = None
         s.calls = {}
@@ -169,19 +188,18 @@ class Trunks:
             return
         trunk.session = None
         log.warning("Trunk %s down (%d call(s))", trunk.label, len(trunk.calls))
-        ex = self._ex
         for call in list(trunk.calls.values()):
             if call.state is CallState.CONNECTED:
                 continue
             self._end_leg(trunk, call, now)
         if trunk.calls and self._grace > 0:
-            ex._actions.start_timer(("trunk", trunk.id), self._grace)
+            self._actions.start_timer(trunk.timer, self._grace)
         else:
             self._expire(trunk, now)
 
-    def on_timer(self, key: tuple[Any, ...], now: float) -> None:
-        trunk = self._trunks.get(key[1])
-        if trunk is not None and trunk.session is None:
+    def on_timer(self, key: TrunkTimer, now: float) -> None:
+        trunk = self._trunks.get(key.trunk_id)
+        if trunk is not None and trunk.session is None and trunk.timer is key:
             self._expire(trunk, now)
 
     def _expire(self, trunk: Trunk, now: float) -> None:
@@ -195,18 +213,17 @@ class Trunks:
 
     def _end_leg(self, trunk: Trunk, call: Call, now: float) -> None:
         """End ``call`` because ``trunk`` is lost: the local side hears BUSY (ringing) or HANGUP."""
-        ex = self._ex
         caller, callee = call.caller, call.callee
         if callee is not None and callee.trunk is trunk and call.state is not CallState.CONNECTED:
             if caller is not None:
-                ex._busy(caller, call.to, BusyReason.UNAVAILABLE, call.call_id)
-            ex._end_call(call, CallEvent.DISCONNECT, BusyReason.UNAVAILABLE, now)
+                self._busy(caller, call.to, BusyReason.UNAVAILABLE, call.call_id)
+            self._book.end(call, CallEvent.DISCONNECT, BusyReason.UNAVAILABLE, now)
             return
         proxy = callee if callee is not None and callee.trunk is trunk else caller
         if proxy is None:
             return
         proxy.closed = True
-        ex._drop_party_from_call(proxy, call, HangupReason.PEER_DISCONNECTED, now)
+        self._book.leave(proxy, call, HangupReason.PEER_DISCONNECTED, now)
 
     # ------------------------------------------------------ inbound trunks
 
@@ -226,7 +243,7 @@ class Trunks:
         elif s.trunk is not None and not s.trunk.inbound:
             problem = "this connection is this exchange's own trunk to its parent"
         if problem is not None:
-            ex._error(s, ErrorReason.INVALID_PAYLOAD, "REGISTER_PBX", problem)
+            self._error(s, ErrorReason.INVALID_PAYLOAD, "REGISTER_PBX", problem)
             return
         routes = tuple(r.strip() for r in msg.routes)
         refusal = self._tokens.check(msg.auth, list(routes))
@@ -238,15 +255,15 @@ class Trunks:
                 refusal.reason,
                 refusal.detail,
             )
-            ex._send_msg(s, m.RegisterFailed(reason=refusal.reason, detail=refusal.detail))
+            self._send_msg(s, m.RegisterFailed(reason=refusal.reason, detail=refusal.detail))
             s.closed = True
-            ex._release(s, HangupReason.CLIENT_REQUESTED, now)
+            ex._end_session(s, HangupReason.CLIENT_REQUESTED, now)
             ex._close(s, CloseCode.POLICY_VIOLATION, refusal.reason)
             return
         trunk_id = "in:" + domain.lower()
         current = s.trunk
         if current is not None and current.id != trunk_id:
-            ex._error(
+            self._error(
                 s,
                 ErrorReason.INVALID_PAYLOAD,
                 "REGISTER_PBX",
@@ -261,13 +278,13 @@ class Trunks:
         self._table.add(trunk_id, routes)
         self._bind(trunk, s, now)
         s.last_heartbeat = now
-        ex._send_msg(s, m.RegisteredPbx(domain=domain))
+        self._send_msg(s, m.RegisteredPbx(domain=domain))
         log.info("Trunk registered: %s (session: %s, routes: %s)", domain, s.session_id, ", ".join(routes))
 
     # ---------------------------------------------------- frames from a trunk
 
     def on_message(self, s: Session, msg: Any, now: float) -> None:
-        """Trunk hook: a decoded frame (not MSG) from the trunk session ``s``."""
+        """A decoded frame (not MSG) from the trunk session ``s``."""
         kind = type(msg)
         if kind is m.Heartbeat:
             self._ex._on_heartbeat(s, msg, now)
@@ -281,23 +298,21 @@ class Trunks:
             self.register(s, msg, now)
         else:
             # Never answered with ERROR: two exchanges must not bounce errors between them.
-            self._ex._warn(s, now, "Trunk %s: %s ignored", _label(s), getattr(msg, "type", kind.__name__))
+            warn(s, now, "Trunk %s: %s ignored", _label(s), getattr(msg, "type", kind.__name__))
 
     def on_raw(self, s: Session, data: bytes, now: float) -> None:
-        """Trunk hook: a frame from ``s`` that is not an endpoint message (RING, BUSY, ERROR...)."""
+        """A frame from the trunk session ``s`` that is not an endpoint message (RING, BUSY, ERROR...)."""
         try:
             msg = _decode_trunk(data)
         except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
-            self._ex._warn(s, now, "Trunk %s: frame ignored (%s): %s", _label(s), exc, data[:200])
+            warn(s, now, "Trunk %s: frame ignored (%s): %s", _label(s), exc, data[:200])
             return
         if isinstance(msg, m.Ring):
             self._ring(s, msg, now)
         elif isinstance(msg, m.Busy):
-            self._busy(s, msg, now)
+            self._on_busy(s, msg, now)
         elif isinstance(msg, m.Error):
-            self._ex._warn(
-                s, now, "Trunk %s sent ERROR: %s %s: %s", _label(s), msg.reason, msg.context, msg.detail
-            )
+            warn(s, now, "Trunk %s sent ERROR: %s %s: %s", _label(s), msg.reason, msg.context, msg.detail)
 
     def _leg(self, s: Session, call_id: str, context: str, now: float) -> tuple[Call, Session] | None:
         """The call ``call_id`` and its party behind ``s``'s trunk, or ``None`` (warned)."""
@@ -307,7 +322,7 @@ class Trunks:
             for p in (call.callee, call.caller):
                 if p is not None and p.trunk is trunk and p is not s:
                     return call, p
-        self._ex._warn(s, now, "Trunk %s: %s ignored: no call %s on this trunk", _label(s), context, call_id)
+        warn(s, now, "Trunk %s: %s ignored: no call %s on this trunk", _label(s), context, call_id)
         return None
 
     def _ring(self, s: Session, msg: m.Ring, now: float) -> None:
@@ -321,7 +336,7 @@ class Trunks:
         assert caller is not None
         if caller.trunk is not None:
             # Passing through: the caller's exchange hears the RING in turn.
-            self._ex._send_msg(caller, m.Ring(from_=msg.from_ or call.to, call_id=call.call_id))
+            self._send_msg(caller, m.Ring(from_=msg.from_ or call.to, call_id=call.call_id))
         # A local caller was told RINGING when the dial went down the trunk.
 
     def _answer(self, s: Session, msg: m.Answer, now: float) -> None:
@@ -330,36 +345,33 @@ class Trunks:
             return
         call, proxy = found
         if proxy is call.callee and call.state is CallState.RINGING:
-            self._ex._on_answer(proxy, msg, now)
+            self._book.on_answer(proxy, msg, now)
 
-    def _busy(self, s: Session, msg: m.Busy, now: float) -> None:
+    def _on_busy(self, s: Session, msg: m.Busy, now: float) -> None:
         found = self._leg(s, msg.call_id or "", "BUSY", now)
         if found is None:
             return
         call, proxy = found
         if proxy is not call.callee or call.state is CallState.CONNECTED:
             return
-        ex = self._ex
         reason = msg.reason or BusyReason.UNAVAILABLE
         if call.caller is not None:
-            ex._busy(call.caller, call.to, reason, call.call_id)
-        ex._end_call(call, CallEvent.HANGUP, reason, now)
+            self._busy(call.caller, call.to, reason, call.call_id)
+        self._book.end(call, CallEvent.HANGUP, reason, now)
 
     def _hangup(self, s: Session, msg: m.Hangup, now: float) -> None:
         found = self._leg(s, msg.call_id, "HANGUP", now)
         if found is None:
             return
         call, proxy = found
-        self._ex._drop_party_from_call(proxy, call, msg.reason or HangupReason.NORMAL, now)
+        self._book.leave(proxy, call, msg.reason or HangupReason.NORMAL, now)
 
     # ------------------------------------------------------------- dialling
 
     def _proxy(self, trunk: Trunk, address: str, now: float) -> Session:
-        from systemx.core.exchange import Session
-
         session = trunk.session
         assert session is not None
-        p = Session(session.conn, self._ex._new_id(), now)
+        p = Session(session.conn, self._new_id(), now)
         p.remote = True
         p.trunk = trunk
         p.address = address
@@ -371,27 +383,26 @@ class Trunks:
     def _dial_forward(self, s: Session, msg: m.DialForward, now: float) -> None:
         trunk = s.trunk
         assert trunk is not None
-        ex = self._ex
         via = msg.via or []
         hops = msg.hops or 0
         call_id = msg.call_id
         if not call_id or len(call_id) > 256 or not msg.from_ or len(msg.from_) > MAX_ADDRESS_LENGTH:
-            ex._send_msg(
+            self._send_msg(
                 s,
                 m.Busy(to=msg.to[:MAX_ADDRESS_LENGTH], reason=BusyReason.NO_SUCH_ADDRESS, call_id=call_id),
             )
             return
-        if call_id in ex._calls or self.node_id in via:
+        if self._book.get(call_id) is not None or self.node_id in via:
             log.warning(
                 "Trunk %s: DIAL_FORWARD %s → %s refused: it has been here before (a routing loop)",
                 trunk.label,
                 call_id,
                 msg.to,
             )
-            ex._send_msg(s, m.Busy(to=msg.to, reason=BusyReason.NO_SUCH_ADDRESS, call_id=call_id))
+            self._send_msg(s, m.Busy(to=msg.to, reason=BusyReason.NO_SUCH_ADDRESS, call_id=call_id))
             return
         caller = self._proxy(trunk, msg.from_, now)
-        ex._place(caller, msg.to, msg.metadata, now, call_id=call_id, hops=hops, via=via)
+        self._ex._place(caller, msg.to, msg.metadata, now, call_id=call_id, hops=hops, via=via)
 
     def dial_out(
         self,
@@ -404,7 +415,7 @@ class Trunks:
         hops: int,
         via: list[str],
     ) -> bool:
-        """Trunk hook: send ``caller``'s dial of ``to`` down the trunk whose route matches.
+        """Send ``caller``'s dial of ``to`` down the trunk whose route matches.
 
         ``False`` when no trunk may take it (no route, the route is the trunk
         the dial came in on, or ``hops``/``via`` forbid sending it on); the
@@ -417,18 +428,16 @@ class Trunks:
         came_from = caller.trunk
         if came_from is not None and (trunk is came_from or hops >= MAX_HOPS or self.node_id in via):
             return False
-        ex = self._ex
         session = trunk.session
         if session is None:
             log.info("Dial %s → %s: trunk %s is down", caller.address, to, trunk.label)
-            ex._busy(caller, to, BusyReason.UNAVAILABLE, call_id)
+            self._refuse_dial(caller, to, BusyReason.UNAVAILABLE, now, call_id)
             return True
-        from systemx.core.exchange import Call
-
         callee = self._proxy(trunk, to, now)
-        call = Call(call_id or ex._new_id(), caller, callee, to, key, metadata, now, CallState.RINGING)
-        ex._add_call(call)
-        ex._send(
+        call = Call(call_id or self._new_id(), caller, callee, to, key, metadata, now, CallState.RINGING)
+        self._book.add(call)
+        self._recorder.call_started(call.call_id, caller.address or "", to, now)
+        self._send(
             session.conn,
             _encode(
                 m.DialForward(
@@ -444,24 +453,25 @@ class Trunks:
         if caller.trunk is None:
             # At once, as for a lookup: the caller knows its call id (to hang up), and a
             # BUSY naming the call always follows the RINGING that named it.
-            ex._send_msg(caller, m.Ringing(call_id=call.call_id, to=to))
-        ex._actions.start_timer(("ring", call.call_id), ex._call_timeout)
-        ex._touch_presence(caller)
+            self._send_msg(caller, m.Ringing(call_id=call.call_id, to=to))
+        call.rang_at = now
+        self._actions.start_timer(call.ring_timer, self._book.call_timeout)
+        self._registry.touch(caller)
         log.info(
             "Call forwarded: %s → %s over trunk %s (call: %s)", caller.address, to, trunk.label, call.call_id
         )
         return True
 
     def rang(self, call: Call) -> None:
-        """Trunk hook: a local callee rings for a caller behind a trunk; tell the far side (RING)."""
+        """A local callee rings for a caller behind a trunk; tell the far side (RING)."""
         caller, callee = call.caller, call.callee
         assert caller is not None and callee is not None
-        self._ex._send_msg(
+        self._send_msg(
             caller, m.Ring(from_=callee.address or call.to, call_id=call.call_id, metadata=call.metadata)
         )
 
     def answered(self, call: Call, answerer: Session) -> None:
-        """Trunk hook: ``call`` connected and a party is behind a trunk.
+        """``call`` connected and a party is behind a trunk.
 
         Routes are keyed by the trunk session (MSGs arrive on it); a caller
         behind a trunk is told ``ANSWER {call_id, from}``, the trunk form of
@@ -471,9 +481,9 @@ class Trunks:
         caller = call.caller
         assert caller is not None
         if caller.trunk is not None:
-            self._ex._send_msg(caller, m.Answer(call_id=call.call_id, from_=answerer.address))
+            self._send_msg(caller, m.Answer(call_id=call.call_id, from_=answerer.address))
         else:
-            self._ex._send_msg(caller, m.Connected(call_id=call.call_id, to=call.to))
+            self._send_msg(caller, m.Connected(call_id=call.call_id, to=call.to))
 
 
 def routes_for(call: Call) -> dict[Session, tuple[Any, bytes]]:
@@ -481,8 +491,6 @@ def routes_for(call: Call) -> dict[Session, tuple[Any, bytes]]:
 
     A party whose trunk is down (in its grace) has no route: nothing arrives from it.
     """
-    from systemx.core.exchange import _msg_prefix
-
     caller, callee = call.caller, call.callee
     assert caller is not None and callee is not None
     routes: dict[Session, tuple[Any, bytes]] = {}
@@ -490,7 +498,7 @@ def routes_for(call: Call) -> dict[Session, tuple[Any, bytes]]:
         trunk = sender.trunk
         key = sender if trunk is None else trunk.session
         if key is not None:
-            routes[key] = (peer.conn, _msg_prefix(call.call_id, sender))
+            routes[key] = (peer.conn, msg_prefix(call.call_id, sender))
     return routes
 
 

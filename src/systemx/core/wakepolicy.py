@@ -13,7 +13,7 @@ Each returns ``None`` when the handler is fine, or one sentence saying why not.
 
 Spawn
     A client never chooses what the exchange runs. The operator defines named
-    programs in ``SYSTEMX_SPAWN_HANDLERS`` (:class:`~systemx.config.SpawnHandler`)
+    programs in ``SYSTEMX_SPAWN_HANDLERS`` (:class:`~systemx.core.config.SpawnHandler`)
     and a REGISTER names one (``{"type": "spawn", "handler": "name"}``). The
     reference router's form, ``{"type": "spawn", "command": [...]}``, is accepted
     only when ``command`` equals a defined handler's ``argv`` exactly. A handler
@@ -53,14 +53,16 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from systemx.config import Settings, SpawnHandler
+from systemx.core.actions import StoredHandler, StoredSpawn, StoredWebhook
+from systemx.core.config import SpawnHandler
 from systemx.protocol.messages import WakeHandler
 
 __all__ = [
     "NormalisedURL",
+    "WakeSettings",
     "check_wake_handler",
     "check_webhook",
     "connect_problem",
@@ -75,6 +77,24 @@ __all__ = [
 ]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class WakeSettings(Protocol):
+    """What the policy reads: the core's :class:`~systemx.core.config.CoreConfig`, or the
+    server's ``Settings`` when a wake runs."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def spawn_handlers(self) -> tuple[SpawnHandler, ...]: ...
+    @property
+    def webhook_allow(self) -> tuple[str, ...]: ...
+    @property
+    def webhook_deny(self) -> tuple[str, ...]: ...
+    def spawn_handler(self, name: str) -> SpawnHandler | None: ...
+
 
 _SPAWN_DISABLED = (
     "spawn handlers are disabled on this exchange; the operator defines them in SYSTEMX_SPAWN_HANDLERS"
@@ -105,7 +125,7 @@ def validate_wake_handler(handler: WakeHandler) -> str | None:
     return f"wake_handler.type must be 'webhook' or 'spawn', got {kind!r}"
 
 
-def check_wake_handler(handler: WakeHandler, address: str, settings: Settings) -> str | None:
+def check_wake_handler(handler: WakeHandler, address: str, settings: WakeSettings) -> str | None:
     """Return why ``settings`` refuse ``handler`` for ``address``, or ``None`` if allowed."""
     problem = validate_wake_handler(handler)
     if problem is not None:
@@ -117,35 +137,30 @@ def check_wake_handler(handler: WakeHandler, address: str, settings: Settings) -
     return found if isinstance(found, str) else None
 
 
-def stored_handler(handler: WakeHandler, address: str, settings: Settings) -> dict[str, Any]:
+def stored_handler(handler: WakeHandler, address: str, settings: WakeSettings) -> StoredHandler:
     """The form of an accepted ``handler`` kept in the wake profile.
 
     A spawn handler is kept by name with the operator's timeout; the client's
     ``command``, if it sent one, is not kept.
     """
     if handler.type != "spawn":
-        stored: dict[str, Any] = {"type": handler.type, "url": handler.url}
-        stored["timeout_seconds"] = float(handler.timeout_seconds)
-        if handler.payload is not None:
-            stored["payload"] = handler.payload
-        return stored
+        assert handler.url is not None
+        return StoredWebhook(
+            url=handler.url, timeout_seconds=float(handler.timeout_seconds), payload=handler.payload
+        )
     found = resolve_spawn_handler({"handler": handler.handler, "command": handler.command}, address, settings)
     assert not isinstance(found, str), found
-    spawn: dict[str, Any] = {"type": "spawn", "handler": found.name, "timeout_seconds": found.timeout_seconds}
-    if handler.payload is not None:
-        spawn["payload"] = handler.payload
-    return spawn
+    return StoredSpawn(handler=found.name, timeout_seconds=found.timeout_seconds, payload=handler.payload)
 
 
-def wake_timeout(handler: Mapping[str, Any], settings: Settings) -> float:
+def wake_timeout(handler: StoredHandler, settings: WakeSettings) -> float:
     """Seconds a woken agent has to REGISTER (a named spawn handler's own timeout)."""
-    if handler.get("type") == "spawn":
-        name = handler.get("handler")
-        spawn = settings.spawn_handler(name) if isinstance(name, str) else None
+    if isinstance(handler, StoredSpawn) and handler.handler is not None:
+        spawn = settings.spawn_handler(handler.handler)
         if spawn is not None:
             return max(spawn.timeout_seconds, 0.1)
-    value = handler.get("timeout_seconds")
-    return max(float(value), 0.1) if isinstance(value, int | float) and value > 0 else 30.0
+    value = handler.timeout_seconds
+    return max(float(value), 0.1) if value > 0 else 30.0
 
 
 # --------------------------------------------------------------------------
@@ -168,7 +183,9 @@ def _validate_spawn(name: Any, command: Any) -> str | None:
     return None
 
 
-def resolve_spawn_handler(handler: Mapping[str, Any], address: str, settings: Settings) -> SpawnHandler | str:
+def resolve_spawn_handler(
+    handler: Mapping[str, Any], address: str, settings: WakeSettings
+) -> SpawnHandler | str:
     """The operator's handler that ``handler`` names for ``address``, or why there is none."""
     name = handler.get("handler")
     command = handler.get("command")
@@ -282,11 +299,11 @@ def _has_prefix(url: NormalisedURL, prefix: str) -> bool:
     return not isinstance(start, str) and str(url).startswith(str(start))
 
 
-def url_allow_listed(url: NormalisedURL, settings: Settings) -> bool:
+def url_allow_listed(url: NormalisedURL, settings: WakeSettings) -> bool:
     return any(_has_prefix(url, p) for p in settings.webhook_allow)
 
 
-def check_webhook(url: str, settings: Settings) -> str | None:
+def check_webhook(url: str, settings: WakeSettings) -> str | None:
     """The REGISTER-time check of a webhook ``url``: ``None`` if it may be stored."""
     parsed = normalise_url(url)
     if isinstance(parsed, str):
@@ -310,7 +327,7 @@ def check_webhook(url: str, settings: Settings) -> str | None:
     return None
 
 
-def _names_own_listener(url: NormalisedURL, settings: Settings) -> bool:
+def _names_own_listener(url: NormalisedURL, settings: WakeSettings) -> bool:
     if url.port != settings.port:
         return False
     if url.ip is not None:
@@ -319,7 +336,7 @@ def _names_own_listener(url: NormalisedURL, settings: Settings) -> bool:
     return url.host == own or url.host == "localhost" or url.host.endswith(".localhost")
 
 
-def connect_problem(address: str, port: int, settings: Settings, *, allow_listed: bool) -> str | None:
+def connect_problem(address: str, port: int, settings: WakeSettings, *, allow_listed: bool) -> str | None:
     """Why the exchange must not connect to ``address``:``port`` for a webhook, or ``None``.
 
     Called with each address a webhook host resolved to, just before the
@@ -364,7 +381,7 @@ def is_public(ip: IPAddress) -> bool:
     return True
 
 
-def _is_own_address(ip: IPAddress, settings: Settings, *, probe: bool = False) -> bool:
+def _is_own_address(ip: IPAddress, settings: WakeSettings, *, probe: bool = False) -> bool:
     """Whether a connection to ``ip`` on the exchange's port could reach the exchange."""
     ip = _embedded_ipv4(ip)
     if ip.is_loopback or ip.is_unspecified:

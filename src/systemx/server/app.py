@@ -43,13 +43,15 @@ import signal
 import ssl
 from pathlib import Path
 from time import time as _now
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+import msgspec
 from picows import WSUpgradeRequest, WSUpgradeResponseWithListener
 
 from systemx.config import ConfigError, Settings
+from systemx.core.actions import WakeProfile
 from systemx.core.exchange import Exchange
-from systemx.core.records import Recorder
+from systemx.core.records import FanoutRecorder, LogRecorder, Recorder
 from systemx.protocol.codes import CloseCode, CloseReason
 from systemx.server.accept import SwitchingProtocols, create_server
 from systemx.server.http import forbidden_origin, http_answer, is_upgrade, origin_allowed, shutting_down
@@ -203,12 +205,17 @@ class Server:
         # Built after binding so that it knows the real port (with --port 0) when it
         # refuses webhooks aimed at the exchange itself. No connection is handled
         # before this line: the loop has not run since the bind returned.
-        exchange = self._exchange = self._exchange_factory(self.settings, runtime, profiles=profiles)
+        exchange = self._exchange = self._exchange_factory(
+            self.settings.core_config(), runtime, profiles=profiles
+        )
         runtime.attach(exchange)
         hub.attach(exchange)
         exchange.start(_now())
         self.log_stream = start_log_stream(self)  # logs@system.local; ends with the exchange's shutdown
         await self.ops.start(exchange, hub)
+        if self.ops.recording:
+            # The exchange's INFO lines, and the call records and metrics.
+            exchange.use_recorder(FanoutRecorder(LogRecorder(), self.ops.recorder))
         # Federation hook: outbound trunks (server/federation.py).
         from systemx.server.federation import start_federation
 
@@ -278,19 +285,26 @@ class Server:
             ) from None
         return context
 
-    def _open_profiles(self) -> tuple[ProfileStore | None, dict[str, dict[str, Any]]]:
+    def _open_profiles(self) -> tuple[ProfileStore | None, dict[str, WakeProfile]]:
         path = Path(self.settings.data_dir) / _PROFILE_DB
         store: ProfileStore | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             store = self._profile_store_factory(path)
-            profiles = store.load_all()
+            stored = store.load_all()
         except ImportError as exc:
             log.warning("Wake profiles will not persist: no profile store (%s)", exc)
             return store, {}
         except Exception as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise ConfigError(f"SYSTEMX_DATA_DIR: cannot open {path}: {detail}") from exc
+        profiles: dict[str, WakeProfile] = {}
+        for key, doc in stored.items():
+            try:
+                profiles[key] = msgspec.convert(doc, WakeProfile)
+            except msgspec.ValidationError as exc:
+                # One damaged profile must not stop the exchange from starting.
+                log.error("Skipping unreadable wake profile of %s in %s: %s", key, path, exc)
         if profiles:
             log.info("Loaded %d wake profile(s) from %s", len(profiles), path)
         return store, profiles

@@ -54,6 +54,11 @@ class Operations:
             return self._recorders[0]
         return FanoutRecorder(*self._recorders)
 
+    @property
+    def recording(self) -> bool:
+        """Whether any recorder is on (call records or metrics)."""
+        return bool(self._recorders)
+
     async def start(self, exchange: Any, hub: Hub) -> None:
         settings = self.settings
         if settings.records_enabled:

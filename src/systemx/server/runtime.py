@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from time import time as _now
 from typing import Any, Protocol
 
 from systemx.config import Settings
-from systemx.core.actions import Actions, WakeRequest
+from systemx.core.actions import Actions, WakeProfile, WakeRequest
+from systemx.core.config import CoreConfig
 from systemx.core.endpoint import Endpoint
+from systemx.core.records import Recorder
 from systemx.server.timers import Timers
 from systemx.state.profiles import ProfileStore
 
@@ -54,13 +56,14 @@ class ExchangeLike(Protocol):
     def is_registered(self, address: str) -> bool: ...
     def shutdown(self, now: float) -> None: ...
     def health(self) -> dict[str, Any]: ...
+    def use_recorder(self, recorder: Recorder) -> None: ...
 
 
 class ExchangeFactory(Protocol):
     """Builds the exchange (``Exchange`` itself): the effects go to ``actions``."""
 
     def __call__(
-        self, settings: Settings, actions: Actions, *, profiles: dict[str, dict[str, Any]] | None = ...
+        self, config: CoreConfig, actions: Actions, *, profiles: Mapping[str, WakeProfile] | None = ...
     ) -> ExchangeLike: ...
 
 
@@ -163,7 +166,7 @@ class Runtime:
         if self._wake_runner is not None:
             self._wake_runner.cancel(address)
 
-    def persist_profile(self, key: str, profile: dict[str, Any] | None) -> None:
+    def persist_profile(self, key: str, profile: WakeProfile | None) -> None:
         store = self.profiles
         if store is None:
             if not self._profiles_missing_logged:
@@ -174,7 +177,7 @@ class Runtime:
             if profile is None:
                 store.delete(key)
             else:
-                store.put(key, profile)
+                store.put(key, profile.stored())
         except Exception:
             log.exception("Persisting the wake profile of %s failed", key)
 

@@ -56,7 +56,7 @@ import msgspec
 
 from systemx import __version__
 from systemx.config import Settings, SpawnHandler
-from systemx.core.actions import WakeRequest
+from systemx.core.actions import StoredSpawn, StoredWebhook, WakeRequest
 from systemx.core.wakepolicy import (
     check_webhook,
     connect_problem,
@@ -202,7 +202,7 @@ class WakeRunner:
         wake.cancelled = stop
         if self._current.get(wake.request.address) is wake:
             del self._current[wake.request.address]
-        if wake.task is not None and wake.request.handler.get("type") == "webhook":
+        if wake.task is not None and isinstance(wake.request.handler, StoredWebhook):
             wake.task.cancel()
 
     def _fail(self, wake: _Wake, detail: str) -> None:
@@ -222,14 +222,14 @@ class WakeRunner:
             del self._current[wake.request.address]
 
     async def _run(self, wake: _Wake) -> None:
-        kind = wake.request.handler.get("type")
+        handler = wake.request.handler
         try:
-            if kind == "webhook":
-                await self._run_webhook(wake)
-            elif kind == "spawn":
-                await self._run_spawn(wake)
+            if isinstance(handler, StoredWebhook):
+                await self._run_webhook(wake, handler)
+            elif isinstance(handler, StoredSpawn):
+                await self._run_spawn(wake, handler)
             else:
-                self._fail(wake, f"unknown wake handler type {kind!r}")
+                self._fail(wake, f"unknown wake handler {handler!r}")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -238,12 +238,9 @@ class WakeRunner:
 
     # ---------------------------------------------------------------- webhook
 
-    async def _run_webhook(self, wake: _Wake) -> None:
+    async def _run_webhook(self, wake: _Wake, handler: StoredWebhook) -> None:
         request = wake.request
-        url = request.handler.get("url")
-        if not isinstance(url, str):
-            self._fail(wake, "webhook handler has no url")
-            return
+        url = handler.url
         settings = self.settings
         # The policy may have changed since REGISTER (or the profile predates it).
         problem = check_webhook(url, settings)
@@ -309,10 +306,12 @@ class WakeRunner:
             env["SYSTEMX_WAKE_PAYLOAD"] = msgspec.json.encode(payload).decode()
         return env
 
-    async def _run_spawn(self, wake: _Wake) -> None:
+    async def _run_spawn(self, wake: _Wake, handler: StoredSpawn) -> None:
         request = wake.request
         address = request.address
-        spawn = resolve_spawn_handler(request.handler, address, self.settings)
+        spawn = resolve_spawn_handler(
+            {"handler": handler.handler, "command": handler.command}, address, self.settings
+        )
         if isinstance(spawn, str):
             self._fail(wake, spawn)
             return
@@ -412,7 +411,7 @@ class _ConnectGuard:
 
 
 def _payload(request: WakeRequest) -> Any:
-    return request.payload if request.payload is not None else request.handler.get("payload")
+    return request.payload if request.payload is not None else request.handler.payload
 
 
 def _describe(status: int) -> str:

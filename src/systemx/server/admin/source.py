@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from systemx.core.actions import WakeProfile
 from systemx.core.calls import CallState
 from systemx.protocol import messages as m
 from systemx.protocol.address import address_key, domain_of, is_valid_address
@@ -189,15 +190,15 @@ class ExchangeSource:
             if call.state is CallState.WAITING:
                 waiting[call.callee_key] = waiting.get(call.callee_key, 0) + 1
         out: list[dict[str, Any]] = []
-        for key, profile in self._exchange.profiles().items():
-            address = profile.get("address", key)
+        profiles: dict[str, WakeProfile] = self._exchange.profiles()
+        for key, profile in profiles.items():
+            address = profile.address
             if self._exchange.is_registered(address):
                 continue
-            handler = profile.get("handler") or {}
             out.append(
                 {
                     "address": address,
-                    "handler": handler.get("type") if isinstance(handler, dict) else None,
+                    "handler": type(profile.handler).__struct_config__.tag,
                     "calls_waiting": waiting.get(key, 0),
                 }
             )
@@ -242,7 +243,7 @@ class ExchangeSource:
             return Forget.INVALID_ADDRESS
         key = address_key(address)
         exchange = self._exchange
-        profile = exchange.profiles().get(key)
+        profile: WakeProfile | None = exchange.profiles().get(key)
         if profile is None:
             return Forget.NOT_FOUND
         if exchange.is_registered(address):
@@ -251,7 +252,7 @@ class ExchangeSource:
             return Forget.CALLS_WAITING
         session = exchange.on_open(_Blackhole(), now)
         try:
-            register = m.Register(address=profile.get("address", address), mode="normal")
+            register = m.Register(address=profile.address, mode="normal")
             exchange.on_data(session, _encode(register), now)
         finally:
             exchange.on_close(session, now)
