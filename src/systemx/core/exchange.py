@@ -472,9 +472,12 @@ class Exchange(Sender):
         policy = self.policy
         if key != s.key and not policy.register_rate(s, address, now):
             return
-        admission = policy.admit(s, msg, self.wake.owner(key), now)
-        if admission is False:
-            return
+        admission: Admission | None = None
+        if policy.security is not None:
+            verdict = policy.admit(s, msg, self.wake.owner(key), now)
+            if verdict is False:
+                return
+            admission = verdict
         concurrency = msg.concurrency or "single"
         problem = policy.register_options(msg, concurrency)
         if problem is not None:

@@ -222,12 +222,16 @@ class Policy(Sender):
         limit = self._register_max
         if limit <= 0:
             return True
-        window = s.register_window
-        if window is None:
-            window = s.register_window = Window()
-        retry_ms = window.hit(now, limit, self._register_window_ms / 1000)
-        if retry_ms is None:
+        # Window.hit, inline on the session's counters: this runs at every fresh REGISTER.
+        length = self._register_window_ms / 1000
+        if s.register_count == 0 or now - s.register_window_start >= length:
+            s.register_window_start = now
+            s.register_count = 1
             return True
+        s.register_count += 1
+        if s.register_count <= limit:
+            return True
+        retry_ms = max(1, math.ceil((s.register_window_start + length - now) * 1000))
         warn(s, now, "REGISTER rate limit: %s (session: %s)", s.address, s.session_id)
         detail = (
             f"Too many REGISTERs of a new address: at most {limit} per "

@@ -107,7 +107,8 @@ class Session:
         "parties",
         "presence_count",
         "presence_window_start",
-        "register_window",
+        "register_count",
+        "register_window_start",
         "remote",
         "session_id",
         "sleep_pending_at",
@@ -162,7 +163,9 @@ class Session:
         self.auth_expires: float | None = None
         self.auth_warned = False
         self.auth_timer: AuthTimer | None = None
-        self.register_window: Window | None = None
+        # The REGISTER-rename window, as counters (every session counts its first REGISTER).
+        self.register_window_start = 0.0
+        self.register_count = 0
         self.join_window: Window | None = None
 
     def __repr__(self) -> str:
