@@ -9,6 +9,9 @@ half or more of the CPU on a small VM and vary from run to run. This one drives
 part of every unit that is the exchange's own Python code:
 
 * ``msg``: one MSG relayed on a connected call (decode, route, splice);
+* ``msg_remote``: the same, to a party behind a federation trunk (the trunk's
+  endpoint only counts, as every endpoint here); the ratio to ``msg`` is printed
+  when both run;
 * ``call``: DIAL → RING + RINGING → ANSWER → CONNECTED → HANGUP, one whole call;
 * ``party``: one PARTY_MSG fanned out to 199 others (per delivery);
 * ``register``: open a session, REGISTER with presence metadata, close it.
@@ -102,6 +105,27 @@ def bench_msg(n: int) -> Callable[[], int]:
     return run
 
 
+def bench_msg_remote(n: int) -> Callable[[], int]:
+    x, _ = _exchange()
+    x.add_trunk("out:parent", "parent", ("*@remote.example.com",))
+    trunk = x.open_trunk("out:parent", "trunk", 0.0)
+    a = _register(x, "a", "alice@example.com", 0.0)
+    x.on_data(a, _enc({"type": "DIAL", "to": "bob@remote.example.com"}), 0.0)
+    call_id = next(iter(x.calls)).call_id
+    x.on_data(trunk, _enc({"type": "ANSWER", "call_id": call_id, "from": "bob@remote.example.com"}), 0.0)
+    call = x.call(call_id)
+    assert call is not None and call.routes is not None, "the call over the trunk is not connected"
+    frame = _enc({"type": "MSG", "call_id": call_id, "data": "x" * 100, "content_type": "text"})
+    on_data = x.on_data
+
+    def run() -> int:
+        for _ in range(n):
+            on_data(a, frame, 1.0)
+        return n
+
+    return run
+
+
 def bench_call(n: int) -> Callable[[], int]:
     x, _ = _exchange()
     a = _register(x, "a", "alice@example.com", 0.0)
@@ -168,6 +192,7 @@ def bench_register(n: int) -> Callable[[], int]:
 
 BENCHES: dict[str, tuple[Callable[[int], Callable[[], int]], int, str]] = {
     "msg": (bench_msg, 20_000, "MSG"),
+    "msg_remote": (bench_msg_remote, 20_000, "MSG to a party behind a trunk"),
     "call": (bench_call, 2_000, "call"),
     "party": (bench_party, 20_000, "delivery"),
     "register": (bench_register, 2_000, "registration (open + REGISTER + close)"),
@@ -204,9 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
     gc.collect()
+    figures: dict[str, float] = {}
     for name in args.only or BENCHES:
         unit = BENCHES[name][2]
-        print(f"{name:9s} {measure(name, args.rounds, args.seconds):8.3f} us CPU per {unit}", flush=True)
+        figures[name] = measure(name, args.rounds, args.seconds)
+        print(f"{name:10s} {figures[name]:8.3f} us CPU per {unit}", flush=True)
+    if "msg" in figures and "msg_remote" in figures:
+        print(f"msg_remote / msg: {figures['msg_remote'] / figures['msg']:.2f}x", flush=True)
     return 0
 
 
