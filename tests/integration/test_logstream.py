@@ -90,3 +90,17 @@ async def test_dial_tool_prints_the_log(server: SystemXProcess, tool: RunTool) -
     dial.close_stdin()  # end of input hangs up
     assert await dial.exit_status() == 0
     await client.close()
+
+
+async def test_healthz_counts_clients_not_the_log_stream(server: SystemXProcess) -> None:
+    from aiohttp import ClientSession
+
+    async def counts() -> tuple[int, int]:
+        async with ClientSession() as http, http.get(server.http_url + "/healthz") as response:
+            body: dict[str, Any] = await response.json()
+        return body["sessions"], body["registered"]
+
+    assert await counts() == (0, 0)
+    client = await server.connect()
+    await client.register("alice@example.com")
+    assert await counts() == (1, 1)

@@ -43,7 +43,7 @@ import signal
 import ssl
 from pathlib import Path
 from time import time as _now
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from picows import WSUpgradeRequest, WSUpgradeResponseWithListener
@@ -56,7 +56,7 @@ from systemx.protocol.codes import CloseCode, CloseReason
 from systemx.server.accept import SwitchingProtocols, create_server
 from systemx.server.http import forbidden_origin, http_answer, is_upgrade, origin_allowed, shutting_down
 from systemx.server.limits import IpGate, RateLimits
-from systemx.server.logstream import start_log_stream
+from systemx.server.logstream import LogStream, start_log_stream
 from systemx.server.ops import Operations
 from systemx.server.runtime import (
     ExchangeFactory,
@@ -120,6 +120,7 @@ class Server:
         self._federation: Federation | None = None
         self._stopping = False
         self.port = 0
+        self.log_stream: LogStream | None = None
         self.ops = Operations(settings)
         self._origins = frozenset(o.lower() for o in settings.allowed_origins)
         self.ip_gate: IpGate | None = None
@@ -270,6 +271,16 @@ class Server:
         if started:
             log.info("SystemX stopped")
 
+    def _health(self) -> dict[str, Any]:
+        """``/healthz``: the exchange's counts, without the log stream's internal session."""
+        health = self.exchange.health()
+        stream = self.log_stream
+        if stream is not None and not stream.closed:
+            health["sessions"] -= 1
+            if stream.holds_address:
+                health["registered"] -= 1
+        return health
+
     def _ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
@@ -311,7 +322,7 @@ class Server:
 
     def _accept(self, request: WSUpgradeRequest) -> WSUpgradeResponseWithListener:
         if not is_upgrade(request):
-            return WSUpgradeResponseWithListener(http_answer(request, self.exchange.health), None)
+            return WSUpgradeResponseWithListener(http_answer(request, self._health), None)
         if self._stopping:
             return WSUpgradeResponseWithListener(shutting_down(), None)
         if self._origins and not origin_allowed(request, self._origins):

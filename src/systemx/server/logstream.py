@@ -94,6 +94,15 @@ class LogStream:
         self.listeners = 0
         self.closed = False
 
+    @property
+    def holds_address(self) -> bool:
+        """Whether this stream's session holds ``logs@system.local``."""
+        return (
+            not self.closed
+            and self._session is not None
+            and self._exchange.session_for(ADDRESS) is self._session
+        )
+
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
