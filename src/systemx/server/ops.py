@@ -80,7 +80,14 @@ class Operations:
         try:
             await admin.start()
         except OSError as exc:
-            raise ConfigError(str(exc.strerror or exc)) from None
+            # The exchange itself still starts: several exchanges on one machine (a
+            # federation, a test run) must not stop each other over the admin port.
+            log.warning("Admin listener not started: %s", exc.strerror or exc)
+            lag.stop()
+            self._lag = None
+            self._recorders.remove(metrics)
+            self.metrics = None
+            return
         self.admin = admin
         log.info("Admin listening on %s", admin.url, extra={"admin_port": admin.port})
 
