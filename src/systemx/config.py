@@ -82,7 +82,7 @@ class Settings:
     wake_max_profiles: int = 10_000
     wake_max_profiles_per_session: int = 8
     presence_max_result_bytes: int = 262_144
-    presence_max_queries: int = 10
+    presence_max_queries: int = 100
     presence_window_ms: int = 10_000
     max_json_depth: int = 32
     max_value_bytes: int = 16_384

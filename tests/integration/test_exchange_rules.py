@@ -53,7 +53,8 @@ async def test_presence_result_is_bounded_in_bytes_and_says_truncated(systemx_se
     assert "truncated" not in small
 
 
-async def test_presence_is_rate_limited_per_session(server: SystemXProcess) -> None:
+async def test_presence_is_rate_limited_per_session(systemx_server: ServerFactory) -> None:
+    server = await systemx_server(env={"SYSTEMX_PRESENCE_MAX_QUERIES": "10"})
     asker = await registered(server, "asker@example.com")
     other = await registered(server, "other@example.com")
     for _ in range(10):

@@ -44,7 +44,7 @@ class CoreConfig:
     heartbeat_timeout: float = 60.0
     dial_max_attempts: int = 10
     dial_window: float = 60.0
-    presence_max_queries: int = 10
+    presence_max_queries: int = 100
     presence_window_ms: int = 10_000
     presence_default_limit: int = 100
     presence_max_limit: int = 1_000
