@@ -23,6 +23,7 @@ from pathlib import Path
 from time import time as _now
 from typing import TYPE_CHECKING, Any
 
+from systemx.config import read_env_file
 from systemx.federation import FederationConfig, PeerConfig
 from systemx.server.trunk_client import TrunkClient
 
@@ -138,12 +139,8 @@ def start_federation(server: Server) -> Federation | None:
             "SYSTEMX_PBX_TOKENS is not set: any connection may register a trunk (REGISTER_PBX) "
             "and take calls for the routes it announces"
         )
-    env: dict[str, str] = {}
-    if Path(".env").is_file():
-        # As the other settings: the environment wins over .env.
-        from dotenv import dotenv_values
-
-        env.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
+    # As the other settings: the environment wins over .env.
+    env: dict[str, str] = read_env_file(".env") if Path(".env").is_file() else {}
     env.update(os.environ)
     config = load_federation(env)
     if config is None:
