@@ -117,6 +117,10 @@ class Settings:
     records_max: int = 1_000_000
     records_retention_days: float = 90.0
     log_stream_enabled: bool = True
+    # Cluster (systemx.server.cluster): empty redis_url is the single process.
+    redis_url: str = ""
+    node_id: str = ""
+    node_ttl_ms: int = 10_000
 
     @property
     def url(self) -> str:
@@ -443,6 +447,21 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         "Run the admin listener (metrics, API, switchboard page); off disables",
     ),
     "SYSTEMX_ADMIN_HOST": ("admin_host", _str, "Interface of the admin listener"),
+    "SYSTEMX_REDIS_URL": (
+        "redis_url",
+        _str,
+        "redis://[user:password@]host[:port][/db]: join the cluster that shares this Redis",
+    ),
+    "SYSTEMX_NODE_ID": (
+        "node_id",
+        _str,
+        "This node's name in the cluster (default: host, port and a random part)",
+    ),
+    "SYSTEMX_NODE_TTL_MS": (
+        "node_ttl_ms",
+        _duration_ms,
+        "A cluster node silent this long (ms) is dead: its addresses are freed, its calls end",
+    ),
     "SYSTEMX_ADMIN_PORT": ("admin_port", _int, "TCP port of the admin listener (0: any free port)"),
     "SYSTEMX_ADMIN_TOKEN": (
         "admin_token",
@@ -634,6 +653,19 @@ def _validate(s: Settings) -> None:
             f"(SYSTEMX_ADMIN_HOST={s.admin_host!r}); set a token, bind it to 127.0.0.1 "
             "or set SYSTEMX_ADMIN=off"
         )
+    if s.redis_url:
+        from systemx.state.redis.url import parse_redis_url
+
+        try:
+            parse_redis_url(s.redis_url)
+        except ValueError as exc:
+            raise ConfigError(f"SYSTEMX_REDIS_URL: {exc}") from None
+    if s.node_id and (len(s.node_id) > 128 or any(c in s.node_id for c in "{}\n\r \t")):
+        raise ConfigError(
+            f"SYSTEMX_NODE_ID: at most 128 characters, no spaces or braces, got {s.node_id!r}"
+        )
+    if s.node_ttl_ms < 1000:
+        raise ConfigError(f"SYSTEMX_NODE_TTL_MS: must be at least 1000 (1s), got {s.node_ttl_ms}")
     if s.records_max < 0:
         raise ConfigError(f"SYSTEMX_RECORDS_MAX: must be 0 or more, got {s.records_max}")
     if s.records_retention_days < 0:

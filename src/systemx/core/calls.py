@@ -198,6 +198,7 @@ class Call:
         "routes",
         "state",
         "to",
+        "via",
         "woken",
     )
 
@@ -228,6 +229,8 @@ class Call:
         self.ring_timer = timer = _new(RingTimer)
         timer.call_id = call_id
         self.woken = False
+        # (hops, via) of a DIAL_FORWARD that waits for a directory answer (sent on later).
+        self.via: tuple[int, list[str]] | None = None
 
     def parties(self) -> list[Session]:
         out = [p for p in (self.caller, self.callee) if p is not None]
@@ -428,10 +431,15 @@ class CallBook(Sender):
         *,
         waking: bool,
         call_id: str | None = None,
+        via: tuple[int, list[str]] | None = None,
     ) -> Call:
-        """A call from ``s`` waiting for ``key`` (asleep: ``waking``; else being looked up)."""
+        """A call from ``s`` waiting for ``key`` (asleep: ``waking``; else being looked up).
+
+        ``via`` is the ``(hops, via)`` of a caller's DIAL_FORWARD, kept to send it on.
+        """
         call = Call(call_id or self._new_id(), s, None, to, key, metadata, now, WAITING)
         call.woken = waking
+        call.via = via
         self._add(call)
         self._queues.setdefault(key, deque()).append(call)
         if s.trunk is None:  # a caller behind a trunk hears RING once its callee rings
@@ -445,6 +453,17 @@ class CallBook(Sender):
     def first_waiting(self, key: str) -> Call | None:
         queue = self._queues.get(key)
         return queue[0] if queue else None
+
+    def take_waiting(self, key: str) -> list[Call]:
+        """The calls waiting for ``key``, taken out of its queue (to be sent to another node)."""
+        queue = self._queues.pop(key, None)
+        return list(queue) if queue else []
+
+    def attach(self, call: Call, callee: Session) -> None:
+        """Waiting ``call`` now rings ``callee``, a party behind a link (its node was found)."""
+        call.state = transition(call.state, _EV_RING)
+        call.callee = callee
+        callee.calls[call.call_id] = call
 
     def arm_waiting(self, key: str) -> None:
         """The agent woken for ``key`` registered: its waiting calls start their ring time."""

@@ -140,13 +140,16 @@ class Exchange(Sender):
         claims: Directory | None = None,
         recorder: Recorder | None = None,
         security: Security | None = None,
+        node_id: str | None = None,
     ) -> None:
         super().__init__(actions.send)
+        #: This exchange's id among the nodes of its cluster and the exchanges a dial crosses.
+        self.node_id = node_id = node_id or _uuid4()
         self.config = config
         self._actions = actions
         send = actions.send
         self.recorder: Recorder = recorder if recorder is not None else LogRecorder(log)
-        self.registry = Registry(presence if presence is not None else MemoryPresenceIndex(), claims)
+        self.registry = Registry(presence if presence is not None else MemoryPresenceIndex(), claims, node_id)
         self.book = CallBook(actions, self.registry, self.recorder, new_id or _uuid4, config.call_timeout)
         self.wake = Wake(actions, self.registry, self.book, self.recorder, config, self._sleep)
         self.lines = PartyLines(
@@ -163,7 +166,7 @@ class Exchange(Sender):
         new = new_id or _uuid4
         # Federation: every trunk, its routes and the legs that cross it.
         self.book.trunks = self._trunks = Trunks(
-            self, actions, self.book, self.registry, config, new, _uuid4()
+            self, actions, self.book, self.registry, config, new, node_id
         )
         self._parts: tuple[Sender, ...] = (
             self,
@@ -185,6 +188,7 @@ class Exchange(Sender):
         self._looking_up: set[str] = set()
         # Sessions whose REGISTER waits for the directory's answer (``on_claimed``).
         self._claiming: dict[Session, _Claim] = {}
+        self._claim_ids: dict[str, Session] = {}
         self._hb_timeout = config.heartbeat_timeout
         self._hb_interval = config.heartbeat_interval
         self._stopping = False
@@ -520,21 +524,39 @@ class Exchange(Sender):
         result = registry.claim(s, key, address, msg, concurrency, meta)
         if result is PENDING:
             self._claiming[s] = _Claim(msg, key, handler, concurrency, meta, admission)
+            self._claim_ids[s.session_id] = s
             return
         assert not isinstance(result, Pending)
         self._claimed(s, msg, key, handler, concurrency, meta, result, now, admission)
 
-    def on_claimed(self, s: Session, result: Claimed | InUse, now: float) -> None:
+    def on_claimed_id(self, session_id: str, result: Claimed | InUse | None, now: float) -> None:
+        """:meth:`on_claimed` for the session named by its id (as the directory knows it)."""
+        s = self._claim_ids.get(session_id)
+        if s is not None:
+            self.on_claimed(s, result, now)
+
+    def on_claimed(self, s: Session, result: Claimed | InUse | None, now: float) -> None:
         """The directory's later answer to the claim of ``s``'s REGISTER: complete it.
 
         A claim granted to a session that has gone meanwhile is given back.
+        ``None``: the directory could not be asked (REGISTER_FAILED unavailable).
         """
         claim = self._claiming.pop(s, None)
+        self._claim_ids.pop(s.session_id, None)
         if claim is None:
             return
         if s.closed:
             if isinstance(result, Claimed):
                 self.registry.release_claim(claim.key, s)
+            return
+        if result is None:
+            self._register_failed(
+                s,
+                RegisterFailedReason.UNAVAILABLE,
+                claim.msg.address,
+                "the cluster directory cannot be reached; try again",
+                now,
+            )
             return
         self._claimed(
             s,
@@ -628,6 +650,13 @@ class Exchange(Sender):
         if profiled or self.book.has_waiting(key):
             wake.unbound(key, asleep, now)
 
+    def evict(self, s: Session, now: float) -> None:
+        """``s``'s address was taken by another session while the directory was away: close it."""
+        log.warning("%s (session: %s) closed: another session holds its address now", s.address, s.session_id)
+        s.closed = True
+        self._end_session(s, HangupReason.RECONFIGURED, now)
+        self._close(s, CloseCode.ROUTER, RegisterFailedReason.ADDRESS_IN_USE)
+
     def _credential_expired(self, s: Session, now: float) -> None:
         s.closed = True
         self._end_session(s, HangupReason.AUTH_EXPIRED, now)
@@ -708,7 +737,8 @@ class Exchange(Sender):
             return
         # 4. held elsewhere: ask the directory
         if self._directory:
-            self.book.wait(s, to, key, metadata, now, waking=False, call_id=call_id)
+            link = (hops, via or []) if s.trunk is not None else None
+            self.book.wait(s, to, key, metadata, now, waking=False, call_id=call_id, via=link)
             if key not in self._looking_up:
                 self._looking_up.add(key)
                 self._actions.lookup(to)
@@ -741,6 +771,31 @@ class Exchange(Sender):
         endpoint = self.registry.bind_remote(conn, _uuid4(), address, key, now)
         self.book.ring_waiting(key, now)
         return endpoint
+
+    def on_located(self, address: str, node: str | None, now: float, *, failed: bool = False) -> None:
+        """The cluster directory's answer to ``Actions.lookup``: the node holding ``address``.
+
+        The calls waiting for it are sent to that node over its link; with no
+        holder they end with BUSY no_such_address, and with the directory out
+        of reach (``failed``) with BUSY unavailable. An address bound here
+        meanwhile rings here.
+        """
+        key = address_key(address)
+        if key not in self._looking_up:
+            return
+        self._looking_up.discard(key)
+        book = self.book
+        if self.registry.holder(key) is not None:
+            book.ring_waiting(key, now)
+        elif node is None or failed or node == self.node_id:
+            reason = BusyReason.UNAVAILABLE if failed else BusyReason.NO_SUCH_ADDRESS
+            book.fail_waiting(key, reason, CallEvent.UNREACHABLE, now, unless_bound=True)
+        else:
+            self._trunks.forward_waiting(key, node, now)
+
+    def open_node(self, node: str, conn: Any, now: float) -> Session:
+        """The link to cluster node ``node`` is up over ``conn``: its frames go to ``on_data``."""
+        return self._trunks.open_node(node, conn, now)
 
     # -------------------------------------------------------------- federation
 

@@ -119,6 +119,26 @@ class Registry:
             )
         )
 
+    def registrations(self) -> list[tuple[Session, Registration]]:
+        """Every address bound to a local session, as the directory stores it (to claim again)."""
+        return [
+            (
+                s,
+                Registration(
+                    address=s.address or key,
+                    key=key,
+                    node=self._node,
+                    session_id=s.session_id,
+                    concurrency=s.concurrency,  # type: ignore[arg-type]
+                    max_sessions=s.max_sessions,
+                    max_listeners=s.max_listeners,
+                    metadata=s.metadata,
+                ),
+            )
+            for key, s in self._by_key.items()
+            if not s.remote and not s.closed
+        ]
+
     def release_claim(self, key: str, s: Session) -> None:
         """Give back a claim that was granted but will not be bound (the session went meanwhile)."""
         if self._directory is not None:

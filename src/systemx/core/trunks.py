@@ -65,7 +65,10 @@ from systemx.quicklog import get_logger
 if TYPE_CHECKING:
     from systemx.core.exchange import Exchange
 
-__all__ = ["TRUNK_RING_BACKSTOP", "Trunk", "Trunks"]
+__all__ = ["NODE_TRUNK", "TRUNK_RING_BACKSTOP", "Trunk", "Trunks"]
+
+#: The id prefix of the trunk that links this exchange to another node of its cluster.
+NODE_TRUNK = "node:"
 
 log = get_logger("systemx.trunks")
 
@@ -79,13 +82,17 @@ _decode_trunk = msgspec.json.Decoder(_TrunkFrame).decode
 class Trunk:
     """One trunk: its routes, its current session (``None`` while down) and its call legs."""
 
-    __slots__ = ("calls", "id", "inbound", "label", "routes", "session", "timer")
+    __slots__ = ("calls", "id", "inbound", "label", "node", "routes", "session", "timer")
 
-    def __init__(self, trunk_id: str, label: str, routes: tuple[str, ...], *, inbound: bool) -> None:
+    def __init__(
+        self, trunk_id: str, label: str, routes: tuple[str, ...], *, inbound: bool, node: str | None = None
+    ) -> None:
         self.id = trunk_id
         self.label = label
         self.routes = routes
         self.inbound = inbound
+        # The cluster node at the far end of a node link (None for a federation trunk).
+        self.node = node
         self.session: Session | None = None
         # call_id -> call, for every call with a leg on this trunk (shared with its proxies).
         self.calls: dict[str, Call] = {}
@@ -130,7 +137,7 @@ class Trunks(Sender):
 
     def up(self) -> int:
         """The number of trunks with a session now."""
-        return sum(1 for t in self._trunks.values() if t.session is not None)
+        return sum(1 for t in self._trunks.values() if t.session is not None and t.node is None)
 
     def get(self, trunk_id: str) -> Trunk | None:
         return self._trunks.get(trunk_id)
@@ -152,6 +159,69 @@ class Trunks(Sender):
         s.remote = True
         self._bind(trunk, s, now)
         return s
+
+    # ------------------------------------------------------------ node links
+
+    def open_node(self, node: str, conn: Any, now: float) -> Session:
+        """A link to the cluster node ``node`` over ``conn``; its frames go to ``on_data`` of the result.
+
+        A node link is a trunk with no routes: a dial goes down it only when the
+        directory says the address is held on that node (:meth:`forward_waiting`).
+        """
+        trunk_id = NODE_TRUNK + node
+        trunk = self._trunks.get(trunk_id)
+        if trunk is None:
+            trunk = self._trunks[trunk_id] = Trunk(trunk_id, f"node {node}", (), inbound=False, node=node)
+        s = Session(conn, self._new_id(), now)
+        # The cluster watches the node's lease, not the heartbeat sweep.
+        s.remote = True
+        self._bind(trunk, s, now)
+        return s
+
+    def node_links(self) -> dict[str, int]:
+        """Each linked node and the number of calls with a leg on its link."""
+        return {t.node: len(t.calls) for t in self._trunks.values() if t.node is not None}
+
+    def forward_waiting(self, key: str, node: str, now: float) -> None:
+        """The directory says ``key`` is held on ``node``: the calls waiting for it are sent there.
+
+        Each becomes a leg on the node link (``DIAL_FORWARD``, as over a trunk);
+        its caller was told RINGING when it started waiting, and its ring timer
+        runs from then. A dial that came from that node, or has been there
+        before, is refused (BUSY no_such_address): the directory and the node
+        disagree, and sending it back would loop.
+        """
+        trunk = self._trunks.get(NODE_TRUNK + node)
+        session = trunk.session if trunk is not None else None
+        book = self._book
+        for call in book.take_waiting(key):
+            caller = call.caller
+            if caller is None:
+                continue
+            hops, via = call.via or (0, [])
+            if session is None or trunk is None:
+                self._busy(caller, call.to, BusyReason.UNAVAILABLE, call.call_id)
+                book.end(call, CallEvent.UNREACHABLE, BusyReason.UNAVAILABLE, now)
+                continue
+            if caller.trunk is trunk or hops >= MAX_HOPS or self.node_id in via:
+                self._busy(caller, call.to, BusyReason.NO_SUCH_ADDRESS, call.call_id)
+                book.end(call, CallEvent.UNREACHABLE, BusyReason.NO_SUCH_ADDRESS, now)
+                continue
+            book.attach(call, self._proxy(trunk, call.to, now))
+            call.rang_at = now
+            self._send(
+                session.conn,
+                _encode(
+                    m.DialForward(
+                        from_=caller.address or "",
+                        to=call.to,
+                        call_id=call.call_id,
+                        metadata=call.metadata,
+                        hops=hops + 1,
+                        via=[*via, self.node_id],
+                    )
+                ),
+            )
 
     # ------------------------------------------------------------ binding
 
@@ -187,6 +257,13 @@ class Trunks(Sender):
         if trunk is None or trunk.session is not s:
             return
         trunk.session = None
+        if trunk.node is not None:
+            # A node link goes down when the node is gone (its lease expired, it
+            # restarted or shut down): nothing can come back on it.
+            if trunk.calls:
+                log.warning("Cluster node %s is gone: %d call(s) end", trunk.node, len(trunk.calls))
+            self._expire(trunk, now)
+            return
         log.warning("Trunk %s down (%d call(s))", trunk.label, len(trunk.calls))
         for call in list(trunk.calls.values()):
             if call.state is CallState.CONNECTED:
@@ -206,10 +283,11 @@ class Trunks(Sender):
         """The grace is over and the trunk is still down: its calls end, an inbound trunk is forgotten."""
         for call in list(trunk.calls.values()):
             self._end_leg(trunk, call, now)
-        if trunk.inbound and self._trunks.get(trunk.id) is trunk:
+        if (trunk.inbound or trunk.node is not None) and self._trunks.get(trunk.id) is trunk:
             del self._trunks[trunk.id]
-            self._table.remove(trunk.id)
-            log.info("Trunk %s removed", trunk.label)
+            if trunk.node is None:
+                self._table.remove(trunk.id)
+                log.info("Trunk %s removed", trunk.label)
 
     def _end_leg(self, trunk: Trunk, call: Call, now: float) -> None:
         """End ``call`` because ``trunk`` is lost: the local side hears BUSY (ringing) or HANGUP."""

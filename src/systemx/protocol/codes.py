@@ -43,6 +43,8 @@ class RegisterFailedReason(enum.StrEnum):
     INVALID_PAYLOAD = "invalid_payload"
     FORBIDDEN = "forbidden"
     RATE_LIMITED = "rate_limited"
+    # A cluster node cannot reach the shared directory (Redis) to claim the address.
+    UNAVAILABLE = "unavailable"
 
 
 class BusyReason(enum.StrEnum):

@@ -71,6 +71,7 @@ from systemx.server.transport import Connection, Hub, PicowsLog
 from systemx.state.profiles import ProfileStore
 
 if TYPE_CHECKING:
+    from systemx.server.cluster import Cluster
     from systemx.server.federation import Federation
 
 try:
@@ -118,6 +119,8 @@ class Server:
         # True when connections are accepted by systemx.server.accept's lean protocol.
         self.lean_accept = False
         self._federation: Federation | None = None
+        #: This node's cluster membership (``SYSTEMX_REDIS_URL``), or None.
+        self.cluster: Cluster | None = None
         self._stopping = False
         self.port = 0
         self.log_stream: LogStream | None = None
@@ -206,9 +209,32 @@ class Server:
         # Built after binding so that it knows the real port (with --port 0) when it
         # refuses webhooks aimed at the exchange itself. No connection is handled
         # before this line: the loop has not run since the bind returned.
-        exchange = self._exchange = self._exchange_factory(
-            self.settings.core_config(), runtime, profiles=profiles
-        )
+        cluster = None
+        if settings.redis_url:
+            from systemx.server.cluster import Cluster, default_node_id
+            from systemx.state.redis.conn import RedisError
+
+            cluster = self.cluster = Cluster(self.settings, settings.node_id or default_node_id(self.port))
+            try:
+                await cluster.start()
+            except RedisError as exc:
+                self.cluster = None
+                await cluster.stop()
+                raise ConfigError(str(exc)) from None
+            exchange = self._exchange = self._exchange_factory(
+                self.settings.core_config(),
+                runtime,
+                profiles=profiles,
+                directory=True,
+                claims=cluster.claims,
+                node_id=cluster.node_id,
+            )
+            runtime.cluster = cluster
+            cluster.attach(exchange)  # type: ignore[arg-type]
+        else:
+            exchange = self._exchange = self._exchange_factory(
+                self.settings.core_config(), runtime, profiles=profiles
+            )
         runtime.attach(exchange)
         hub.attach(exchange)
         exchange.start(_now())
@@ -265,6 +291,8 @@ class Server:
             log.warning("Shutdown timeout: aborting %d connection(s)", len(hub.conns))
             hub.abort_all()
             await hub.wait_all_closed(1.0)
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self._runtime is not None:
             await self._runtime.stop()
         await self.ops.stop()
@@ -274,6 +302,8 @@ class Server:
     def _health(self) -> dict[str, Any]:
         """``/healthz``: the exchange's counts, without the log stream's internal session."""
         health = self.exchange.health()
+        if self.cluster is not None:
+            health["cluster"] = self.cluster.health()
         stream = self.log_stream
         if stream is not None and not stream.closed:
             health["sessions"] -= 1

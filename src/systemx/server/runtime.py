@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 from time import time as _now
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from systemx.config import Settings
 from systemx.core.actions import Actions, WakeProfile, WakeRequest
@@ -29,7 +29,11 @@ from systemx.core.config import CoreConfig
 from systemx.core.endpoint import Endpoint
 from systemx.core.records import Recorder
 from systemx.server.timers import Timers
+from systemx.state.ports import Directory
 from systemx.state.profiles import ProfileStore
+
+if TYPE_CHECKING:
+    from systemx.server.cluster import Cluster
 
 __all__ = [
     "ExchangeFactory",
@@ -63,7 +67,14 @@ class ExchangeFactory(Protocol):
     """Builds the exchange (``Exchange`` itself): the effects go to ``actions``."""
 
     def __call__(
-        self, config: CoreConfig, actions: Actions, *, profiles: Mapping[str, WakeProfile] | None = ...
+        self,
+        config: CoreConfig,
+        actions: Actions,
+        *,
+        profiles: Mapping[str, WakeProfile] | None = ...,
+        directory: bool = ...,
+        claims: Directory | None = ...,
+        node_id: str | None = ...,
     ) -> ExchangeLike: ...
 
 
@@ -113,6 +124,8 @@ class Runtime:
         self._profiles_missing_logged = False
         # Set once shutdown has begun: a wake failure is no longer reported to the core.
         self.stopping = False
+        #: This node's cluster (``SYSTEMX_REDIS_URL``), which answers lookups; None: one process.
+        self.cluster: Cluster | None = None
 
     def attach(self, exchange: ExchangeLike) -> None:
         self._exchange = exchange
@@ -182,8 +195,10 @@ class Runtime:
             log.exception("Persisting the wake profile of %s failed", key)
 
     def lookup(self, address: str) -> None:
-        # The embedded exchange has no directory beyond its own registry; a
-        # clustered or federated server answers from Redis or a trunk instead.
+        if self.cluster is not None:
+            self.cluster.lookup(address)
+            return
+        # The embedded exchange has no directory beyond its own registry.
         self.loop.call_soon(self._lookup_missed, address)
 
     # -- reports to the core -------------------------------------------------
