@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--call-timeout", type=_duration, metavar="DURATION", help="SYSTEMX_CALL_TIMEOUT")
     serve.add_argument("--data-dir", metavar="DIR", help="SYSTEMX_DATA_DIR")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N exchange processes sharing the port (SO_REUSEPORT) as one cluster; "
+        "needs SYSTEMX_REDIS_URL",
+    )
     serve.add_argument("--tls-cert", metavar="PEM", help="TLS_CERT_PATH (enables wss; needs --tls-key)")
     serve.add_argument("--tls-key", metavar="PEM", help="TLS_KEY_PATH (enables wss; needs --tls-cert)")
     serve.add_argument(
@@ -121,6 +129,19 @@ def _serve(args: argparse.Namespace) -> int:
     from systemx.server import run
 
     configure_logging(settings)
+    if args.workers != 1:
+        if args.workers < 1:
+            return _config_error(ConfigError(f"--workers: must be 1 or more, got {args.workers}"))
+        if not settings.redis_url:
+            return _config_error(
+                ConfigError(
+                    "--workers needs SYSTEMX_REDIS_URL: the workers share one address space through Redis"
+                )
+            )
+        from systemx.server.workers import supervise
+
+        argv = [a for a in _worker_argv(args)]
+        return supervise(settings, args.workers, argv)
     try:
         return run(settings)
     except ConfigError as exc:
@@ -129,6 +150,19 @@ def _serve(args: argparse.Namespace) -> int:
         detail = exc.strerror or str(exc)
         print(f"systemx: cannot listen on {settings.host}:{settings.port}: {detail}", file=sys.stderr)
         return 1
+
+
+def _worker_argv(args: argparse.Namespace) -> list[str]:
+    """The ``serve`` flags given, for each worker (the port and --workers are the parent's)."""
+    argv: list[str] = []
+    for dest in _SERVE_FLAGS:
+        value = getattr(args, dest)
+        if value is None or dest == "port":
+            continue
+        argv += [f"--{dest.replace('_', '-')}", str(value)]
+    for path in args.env_files:
+        argv += ["--env-file", path]
+    return argv
 
 
 def _tool(args: argparse.Namespace) -> int:

@@ -121,6 +121,7 @@ class Settings:
     redis_url: str = ""
     node_id: str = ""
     node_ttl_ms: int = 10_000
+    reuse_port: bool = False
 
     @property
     def url(self) -> str:
@@ -461,6 +462,11 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         "node_ttl_ms",
         _duration_ms,
         "A cluster node silent this long (ms) is dead: its addresses are freed, its calls end",
+    ),
+    "SYSTEMX_REUSE_PORT": (
+        "reuse_port",
+        _bool,
+        "Listen with SO_REUSEPORT, sharing the port with other processes (set by --workers)",
     ),
     "SYSTEMX_ADMIN_PORT": ("admin_port", _int, "TCP port of the admin listener (0: any free port)"),
     "SYSTEMX_ADMIN_TOKEN": (

@@ -316,6 +316,7 @@ async def create_server(
     backlog: int,
     handshake_timeout: float,
     gate: IpGate | None = None,
+    reuse_port: bool = False,
 ) -> tuple[asyncio.Server, bool]:
     """Listen like ``ws_create_server``; the flag is True when the lean protocol is in use.
 
@@ -348,7 +349,12 @@ async def create_server(
         else:
             loop = asyncio.get_running_loop()
             server = await loop.create_server(
-                lambda: _ServerProtocol(*args, gate=gate), host, port, ssl=ssl, backlog=backlog
+                lambda: _ServerProtocol(*args, gate=gate),
+                host,
+                port,
+                ssl=ssl,
+                backlog=backlog,
+                reuse_port=reuse_port or None,
             )
             return server, True
     if gate is not None:
@@ -365,5 +371,6 @@ async def create_server(
         use_aiofastnet=use_aiofastnet,
         backlog=backlog,
         websocket_handshake_timeout=handshake_timeout,
+        reuse_port=reuse_port or None,
     )
     return server, False

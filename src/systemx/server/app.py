@@ -202,6 +202,7 @@ class Server:
             logger=PicowsLog(logging.getLogger("picows.server"), {}),
             use_aiofastnet=self._use_aiofastnet,
             gate=self.ip_gate,
+            reuse_port=settings.reuse_port,
         )
         sockets = self._server.sockets
         self.port = sockets[0].getsockname()[1] if sockets else settings.port
