@@ -84,6 +84,7 @@ async def test_without_redis_local_calls_go_on_and_the_rest_answers_unavailable(
     cluster.redis.start()
     restarted = time.monotonic()
     await n0.wait_for_log(r"Claimed 2 address\(es\) again", scaled(10))
+    await n1.wait_for_log(r"Claimed 1 address\(es\) again", scaled(10))
     assert time.monotonic() - restarted < scaled(5)
     probe = await cluster.client(n1)
     probe.send_json({"type": "REGISTER", "address": "bob@example.com"})

@@ -375,6 +375,13 @@ class Cluster:
     async def _reclaim(self) -> None:
         """Claim every address bound here again (Redis lost them, or this node's lease lapsed)."""
         exchange = self.exchange
+        try:
+            # The lease first: a claim of a node without one may be taken over by any node.
+            await self.directory.renew()
+        except RedisError as exc:
+            log.warning("Re-claiming waits for Redis: %s", exc)
+            self._redis_down = True
+            return
         regs = exchange.registry.registrations()
         lost = 0
         for s, reg in regs:
