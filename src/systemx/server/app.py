@@ -240,6 +240,8 @@ class Server:
         hub.attach(exchange)
         exchange.start(_now())
         self.log_stream = start_log_stream(self)  # logs@system.local; ends with the exchange's shutdown
+        if cluster is not None:
+            self.ops.redis = cluster.cmd
         await self.ops.start(exchange, hub)
         if self.ops.recording:
             # The exchange's INFO lines, and the call records and metrics.

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from systemx.config import ConfigError, Settings
 from systemx.core.records import FanoutRecorder, NullRecorder, Recorder
 from systemx.server.callrecords import RECORDS_DB, RecordsRecorder
 from systemx.server.transport import Hub
+
+if TYPE_CHECKING:
+    from systemx.state.redis.conn import RedisConnection
 
 __all__ = ["Operations"]
 
@@ -40,6 +43,8 @@ class Operations:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.records: RecordsRecorder | None = None
+        #: A cluster node's Redis connection: call records go there instead of SQLite.
+        self.redis: RedisConnection | None = None
         self.metrics: Any = None
         self.admin: Any = None
         self._lag: Any = None
@@ -93,6 +98,18 @@ class Operations:
 
     async def _start_records(self) -> None:
         settings = self.settings
+        if self.redis is not None:
+            # A cluster node: the records of every node in one Redis stream.
+            from systemx.server.clusterrecords import CLUSTER_RECORDS_MAX, RedisRecordsRecorder
+
+            cap = min(settings.records_max or CLUSTER_RECORDS_MAX, CLUSTER_RECORDS_MAX)
+            cluster_records = RedisRecordsRecorder(
+                self.redis, max_records=cap, max_age=settings.records_retention_days * _DAY or None
+            )
+            await cluster_records.start()
+            self.records = cluster_records  # type: ignore[assignment]
+            self._recorders.append(cluster_records)
+            return
         path = Path(settings.data_dir) / RECORDS_DB
         max_records = settings.records_max or None
         max_age = settings.records_retention_days * _DAY or None

@@ -231,7 +231,14 @@ async def _records(request: web.Request) -> web.Response:
         since=_float_param(request, "since"),
         until=_float_param(request, "until"),
     )
-    rows = await records.query(filters, limit=limit, offset=offset)
+    try:
+        rows = await records.query(filters, limit=limit, offset=offset)
+    except Exception as exc:
+        from systemx.state.redis.conn import RedisError
+
+        if isinstance(exc, RedisError):  # a cluster's records live in Redis
+            return _error(503, f"call records unavailable: {exc}")
+        raise
     return _json({"offset": offset, "limit": limit, "items": [msgspec.to_builtins(r) for r in rows]})
 
 
