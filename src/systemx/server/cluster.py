@@ -81,20 +81,36 @@ def default_node_id(port: int) -> str:
 
 
 class NodeEndpoint:
-    """The far end of a node link: frames sent to it go to that node's inbox."""
+    """The far end of a node link: frames sent to it go to that node's inbox.
 
-    __slots__ = ("_bus", "_head", "node")
+    The frames of one loop pass go as one bus entry (one XADD), in order.
+    """
+
+    __slots__ = ("_bus", "_call_soon", "_head", "_pending", "node")
 
     def __init__(self, bus: RedisBus, node: str, head: bytes) -> None:
         self._bus = bus
         self.node = node
         self._head = head
+        self._pending: list[bytes] = []
+        self._call_soon = asyncio.get_running_loop().call_soon
 
     def __repr__(self) -> str:
         return f"<node link {self.node}>"
 
     def send(self, data: bytes) -> None:
-        self._bus.send(self.node, self._head + data)
+        pending = self._pending
+        if not pending:
+            self._call_soon(self._flush)
+        pending.append(self._head + data)
+
+    def _flush(self) -> None:
+        pending = self._pending
+        self._pending = []
+        if len(pending) == 1:
+            self._bus.send(self.node, pending[0])
+        elif pending:
+            self._bus.send_many(self.node, pending)
 
     def close(self, code: int, reason: str) -> None:
         # A node link ends when the node's lease does, never by a close from the core.

@@ -1,0 +1,247 @@
+"""Cluster costs side by side in one run: one process, a call local to a cluster node, a cross-node call.
+
+Starts a ``redis-server`` (free port, no persistence), one exchange without Redis
+(``single``) and two cluster nodes ``A`` and ``B`` sharing the Redis, then per
+round measures, in turn:
+
+* ``single``: caller and callee on the single process;
+* ``local``: caller and callee on node A (a cluster node, a call that stays on it);
+* ``cross``: caller on A, callee on B (two legs joined over Redis).
+
+For each: ``--calls`` sequential DIAL → CONNECTED → HANGUP set-ups, ``--msgs``
+MSGs relayed with ``--window`` in flight (the callee echoes each), and ``--trips``
+sequential MSG round trips. CPU is the sum of the exchange processes involved
+and Redis (``/proc/<pid>/stat``; for ``local``, node A and Redis), per call and per MSG; latency is the median
+and p99 of the round trips. Ratios per round cancel the machine's noise:
+local/single (target: within 1.1x) and cross/local per MSG (target: at most 3x).
+
+    .venv/bin/python -m benchmarks.cluster --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+from systemx.client import Call, Client, connect
+
+_TICK = os.sysconf("SC_CLK_TCK")
+args_verbose = bool(os.environ.get("BENCH_VERBOSE"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _cpu(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+async def _wait_port(port: int) -> None:
+    for _ in range(400):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+async def _echo_calls(client: Client) -> None:
+    async def echo(call: Call) -> None:
+        try:
+            while True:
+                message = await call.recv()
+                await call.send(message.data)
+        except Exception:
+            return
+
+    tasks: set[asyncio.Task[None]] = set()
+    while True:
+        incoming = await client.next_call()
+        task = asyncio.create_task(echo(await incoming.answer()))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
+def _p99(values: list[float]) -> float:
+    return sorted(values)[min(len(values) - 1, int(len(values) * 0.99))]
+
+
+@dataclass
+class Figures:
+    call_cpu_us: float
+    msg_cpu_us: float
+    rtt_p50_ms: float
+    rtt_p99_ms: float
+
+
+async def _measure(
+    name: str,
+    caller_url: str,
+    callee_url: str,
+    pids: list[int],
+    calls: int,
+    msgs: int,
+    window: int,
+    trips: int,
+) -> Figures:
+    tag = os.urandom(3).hex()
+    caller = await connect(caller_url, f"caller-{tag}@bench.test")
+    answering = await connect(callee_url, f"callee-{tag}@bench.test")
+    echo = asyncio.create_task(_echo_calls(answering))
+    target = answering.address or ""
+    cpu0 = _cpu(pids)
+    each0 = [_cpu([p]) for p in pids]
+    for _ in range(calls):
+        call = await caller.dial(target)
+        await call.hangup()
+    call_cpu = (_cpu(pids) - cpu0) / calls
+    split = [(_cpu([p]) - c) / calls * 1e6 for p, c in zip(pids, each0, strict=True)]
+    call = await caller.dial(target)
+    cpu0 = _cpu(pids)
+    sent = received = 0
+    while received < msgs:
+        while sent < msgs and sent - received < window:
+            await call.send("x" * 100)
+            sent += 1
+        await call.recv()
+        received += 1
+    msg_cpu = (_cpu(pids) - cpu0) / (2 * msgs)  # each MSG is relayed twice (there and echoed back)
+    if args_verbose:
+        print(f"        per process µs/call: {', '.join(f'{v:.0f}' for v in split)}")
+    rtts: list[float] = []
+    for i in range(trips):
+        started = time.perf_counter()
+        await call.send(f"m{i}")
+        await call.recv()
+        rtts.append(time.perf_counter() - started)
+    await call.hangup()
+    echo.cancel()
+    await caller.close()
+    await answering.close()
+    figures = Figures(call_cpu * 1e6, msg_cpu * 1e6, statistics.median(rtts) * 1e3, _p99(rtts) * 1e3)
+    print(
+        f"{name:>6}: CPU {figures.call_cpu_us:7.0f} µs/call, {figures.msg_cpu_us:6.1f} µs/MSG;"
+        f" MSG round trip p50 {figures.rtt_p50_ms:.3f} ms, p99 {figures.rtt_p99_ms:.3f} ms"
+    )
+    return figures
+
+
+async def _run(args: argparse.Namespace) -> None:
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        raise SystemExit("redis-server is not on PATH")
+    scratch = tempfile.mkdtemp(prefix="systemx-cluster-bench-")
+    redis_port, single_port, a_port, b_port = (_free_port() for _ in range(4))
+    quiet = subprocess.DEVNULL
+    redis = subprocess.Popen(
+        [redis_server, "--port", str(redis_port), "--save", "", "--appendonly", "no", "--dir", scratch],
+        stdout=quiet,
+        stderr=quiet,
+    )
+    env = dict(
+        os.environ,
+        SYSTEMX_LOG_LEVEL=args.log_level,
+        SYSTEMX_ADMIN="off",
+        SYSTEMX_RECORDS="off",
+        SYSTEMX_LOG_STREAM="off",
+        SYSTEMX_DIAL_MAX_ATTEMPTS="0",
+    )
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    command = [sys.executable, "-m", "systemx", "serve", "--port"]
+    procs = {
+        "single": subprocess.Popen(
+            [*command, str(single_port)],
+            env=dict(env, SYSTEMX_DATA_DIR=os.path.join(scratch, "s")),
+            stdout=quiet,
+            stderr=quiet,
+        )
+    }
+    try:
+        await _wait_port(redis_port)
+        for name, port in (("A", a_port), ("B", b_port)):
+            procs[name] = subprocess.Popen(
+                [*command, str(port)],
+                env=dict(
+                    env,
+                    SYSTEMX_DATA_DIR=os.path.join(scratch, name),
+                    SYSTEMX_REDIS_URL=url,
+                    SYSTEMX_NODE_ID=name,
+                ),
+                stdout=quiet,
+                stderr=quiet,
+            )
+        for port in (single_port, a_port, b_port):
+            await _wait_port(port)
+        urls = {n: f"ws://127.0.0.1:{p}" for n, p in (("single", single_port), ("A", a_port), ("B", b_port))}
+        pid = {n: p.pid for n, p in procs.items()}
+        rp = redis.pid
+        rows: list[tuple[Figures, Figures, Figures]] = []
+        for round_no in range(args.rounds):
+            print(f"round {round_no + 1}")
+            m = (args.calls, args.msgs, args.window, args.trips)
+            single = await _measure("single", urls["single"], urls["single"], [pid["single"]], *m)
+            # Node B takes no part in a call local to A: A and Redis are what the call costs.
+            local = await _measure("local", urls["A"], urls["A"], [pid["A"], rp], *m)
+            cross = await _measure("cross", urls["A"], urls["B"], [pid["A"], pid["B"], rp], *m)
+            rows.append((single, local, cross))
+        call_ratio = [b.call_cpu_us / a.call_cpu_us for a, b, _ in rows]
+        msg_local = [b.msg_cpu_us / a.msg_cpu_us for a, b, _ in rows]
+        msg_cross = [c.msg_cpu_us / b.msg_cpu_us for _, b, c in rows]
+        call_cross = [c.call_cpu_us / b.call_cpu_us for _, b, c in rows]
+        print("ratios per round (medians last):")
+        print(f"  local/single CPU per call: {_fmt(call_ratio)}")
+        print(f"  local/single CPU per MSG:  {_fmt(msg_local)}")
+        print(f"  cross/local CPU per MSG:   {_fmt(msg_cross)}")
+        print(f"  cross/local CPU per call:  {_fmt(call_cross)}")
+        print(f"  cross MSG round trip p50:  {statistics.median(c.rtt_p50_ms for _, _, c in rows):.3f} ms")
+    finally:
+        for process in procs.values():
+            process.terminate()
+            process.wait(10)
+        redis.terminate()
+        redis.wait(10)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fmt(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values) + f"  (median {statistics.median(values):.2f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.cluster", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--msgs", type=int, default=5000)
+    parser.add_argument("--window", type=int, default=32)
+    parser.add_argument("--trips", type=int, default=300)
+    parser.add_argument("--log-level", default="warn")
+    args = parser.parse_args(argv)
+    asyncio.run(_run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
