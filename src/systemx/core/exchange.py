@@ -735,8 +735,10 @@ class Exchange(Sender):
         # 3. behind a trunk whose route matches
         if self._trunks.dial_out(s, to, key, metadata, now, call_id, hops, via or []):
             return
-        # 4. held elsewhere: ask the directory
+        # 4. held elsewhere: behind a trunk of another node, or ask the directory
         if self._directory:
+            if self._trunks.dial_cluster(s, to, key, metadata, now, call_id, hops, via or []):
+                return
             link = (hops, via or []) if s.trunk is not None else None
             self.book.wait(s, to, key, metadata, now, waking=False, call_id=call_id, via=link)
             if key not in self._looking_up:

@@ -124,6 +124,8 @@ class Trunks(Sender):
         self._new_id = new_id
         self.node_id = node_id
         self._table = RouteTable()
+        # The routes of the trunks other cluster nodes hold, keyed by their node links.
+        self._cluster_table = RouteTable()
         self._trunks: dict[str, Trunk] = {}
         text = config.pbx_tokens.strip()
         self._tokens = PbxTokens.parse(text) if text else PbxTokens.open()
@@ -177,6 +179,47 @@ class Trunks(Sender):
         s.remote = True
         self._bind(trunk, s, now)
         return s
+
+    def local_routes(self) -> tuple[str, ...]:
+        """The route patterns of this exchange's own trunks (what other nodes may send here)."""
+        return tuple(
+            sorted({r for t in self._trunks.values() if t.node is None for r in self._table.routes(t.id)})
+        )
+
+    def set_cluster_routes(self, routes: dict[str, tuple[str, ...]]) -> None:
+        """The trunk routes the other nodes of the cluster hold, by node (replaces the last set)."""
+        table = RouteTable()
+        for node, patterns in routes.items():
+            if node != self.node_id and patterns:
+                table.add(NODE_TRUNK + node, patterns)
+        self._cluster_table = table
+
+    def dial_cluster(
+        self,
+        caller: Session,
+        to: str,
+        key: str,
+        metadata: dict[str, Any] | None,
+        now: float,
+        call_id: str | None,
+        hops: int,
+        via: list[str],
+    ) -> bool:
+        """Send ``caller``'s dial of ``to`` to the node whose trunk routes it; False if none does.
+
+        The node relays it down its trunk (a call through two legs here and
+        there); a dial that came from that node is not sent back.
+        """
+        link_id = self._cluster_table.match(to)
+        if link_id is None:
+            return False
+        trunk = self._trunks.get(link_id)
+        if trunk is None or trunk.session is None or trunk.node is None or caller.trunk is trunk:
+            return False
+        link = (hops, via) if caller.trunk is not None else None
+        self._book.wait(caller, to, key, metadata, now, waking=False, call_id=call_id, via=link)
+        self.forward_waiting(key, trunk.node, now)
+        return True
 
     def node_links(self) -> dict[str, int]:
         """Each linked node and the number of calls with a leg on its link."""

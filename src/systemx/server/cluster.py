@@ -144,6 +144,8 @@ class Cluster:
         self._reclaiming: asyncio.Task[None] | None = None
         self._stopped = False
         self._redis_down = False
+        self._published_routes: tuple[str, ...] = ()
+        self._cluster_routes: dict[str, tuple[str, ...]] = {}
         #: Frames from nodes the cluster knows to be gone (dropped).
         self.stale_frames = 0
         addr = self.address
@@ -226,6 +228,8 @@ class Cluster:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.later.drain(), 1.0)
         with contextlib.suppress(RedisError):
+            if self._published_routes:
+                await self.cmd.execute("HDEL", self.directory.keys.prefix + ":routes", self.node_id)
             # Answered after every frame queued before it: the HANGUPs of the shutdown are out.
             await self.cmd.execute("PING")
         await self.bus.stop()
@@ -366,6 +370,7 @@ class Cluster:
 
     async def _check_nodes(self) -> None:
         alive = await self.directory.live_nodes()
+        await self._share_routes(alive)
         for node, link in list(self._links.items()):
             epoch = alive.get(node)
             if epoch != link.epoch:
@@ -379,6 +384,40 @@ class Cluster:
             freed = await self.directory.sweep_dead(node)
             if freed:
                 log.info("Freed %d address(es) of dead node %s", freed, node)
+
+    # ------------------------------------------------------------ trunk routes
+
+    async def _share_routes(self, alive: dict[str, int]) -> None:
+        """Publish this node's trunk routes; learn the other live nodes'.
+
+        A trunk held by one node serves DIALs from every node: a node whose own
+        trunks do not route an address sends the dial to the node whose trunk
+        does, which relays it (``Trunks.dial_cluster``). Routes reach the other
+        nodes within one poll.
+        """
+        exchange = self.exchange
+        key = self.directory.keys.prefix + ":routes"
+        mine = exchange.trunks.local_routes()
+        if mine != self._published_routes:
+            if mine:
+                await self.cmd.execute("HSET", key, self.node_id, "\n".join(mine))
+            else:
+                await self.cmd.execute("HDEL", key, self.node_id)
+            self._published_routes = mine
+        table: dict[str, tuple[str, ...]] = {}
+        reply = await self.cmd.execute("HGETALL", key)
+        for name, blob in zip(reply[::2], reply[1::2], strict=True):
+            node = name.decode()
+            if node == self.node_id or node not in alive:
+                continue
+            routes = tuple(r for r in blob.decode().split("\n") if r)
+            if routes and self._link(node, alive[node]) is not None:
+                table[node] = routes
+        if table != self._cluster_routes:
+            self._cluster_routes = table
+            exchange.trunks.set_cluster_routes(table)
+            shown = "; ".join(f"{n}: {', '.join(r)}" for n, r in sorted(table.items())) or "none"
+            log.info("Trunk routes of other nodes: %s", shown)
 
     # ------------------------------------------------------------ re-claiming
 

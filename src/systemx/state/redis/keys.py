@@ -28,6 +28,7 @@ key                        type    content
 ``sx:pln:{N}``             SET     "R\\nmember" entries held by node N
 ``sx:rl:{K}``              HASH    token bucket K: tokens, ts
 ``sx:cdr``                 STREAM  call records
+``sx:routes``              HASH    node -> its trunks' route patterns (newline-separated)
 =========================  ======  ===============================================
 """
 
