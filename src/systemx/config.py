@@ -122,6 +122,7 @@ class Settings:
     node_id: str = ""
     node_ttl_ms: int = 10_000
     reuse_port: bool = False
+    cluster_register_limit: int = 60
 
     @property
     def url(self) -> str:
@@ -462,6 +463,11 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         "node_ttl_ms",
         _duration_ms,
         "A cluster node silent this long (ms) is dead: its addresses are freed, its calls end",
+    ),
+    "SYSTEMX_CLUSTER_REGISTER_LIMIT": (
+        "cluster_register_limit",
+        _int,
+        "In a cluster: REGISTERs of one address allowed per minute, counted on every node (0: no limit)",
     ),
     "SYSTEMX_REUSE_PORT": (
         "reuse_port",

@@ -163,3 +163,19 @@ async def test_workers_share_one_port_as_one_exchange(cluster: Cluster) -> None:
         await caller.expect("CONNECTED", call_id=call_id)
         callee.send_json({"type": "MSG", "call_id": call_id, "data": i})
         await caller.expect("MSG", call_id=call_id, data=i)
+
+
+async def test_registers_of_one_address_are_limited_across_the_cluster(cluster: Cluster) -> None:
+    n0, n1 = await cluster.start(2, env={"SYSTEMX_CLUSTER_REGISTER_LIMIT": "4"})
+    # Four REGISTERs of one address, alternating nodes and each from a new session: within the limit.
+    for i in range(4):
+        ws = await cluster.client((n0, n1)[i % 2])
+        await ws.register("hopper@example.com")
+        await ws.close()
+    # The fifth, on either node, is over the cluster-wide limit, though each session is new.
+    ws = await cluster.client(n1)
+    ws.send_json({"type": "REGISTER", "address": "hopper@example.com"})
+    failed = await ws.expect("REGISTER_FAILED", reason="rate_limited")
+    assert "retry in" in failed["detail"]
+    # Another address is not affected.
+    await ws.register("other@example.com")

@@ -535,6 +535,15 @@ class Exchange(Sender):
         if s is not None:
             self.on_claimed(s, result, now)
 
+    def on_claim_refused(self, session_id: str, reason: str, detail: str, now: float) -> None:
+        """The directory refused to claim for the session's REGISTER (a cluster-wide limit)."""
+        s = self._claim_ids.pop(session_id, None)
+        if s is None:
+            return
+        claim = self._claiming.pop(s, None)
+        if claim is not None and not s.closed:
+            self._register_failed(s, reason, claim.msg.address, detail, now)
+
     def on_claimed(self, s: Session, result: Claimed | InUse | None, now: float) -> None:
         """The directory's later answer to the claim of ``s``'s REGISTER: complete it.
 

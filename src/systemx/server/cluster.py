@@ -46,10 +46,12 @@ import logging
 import secrets
 import socket
 from time import time as _now
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from systemx.protocol.address import address_key
-from systemx.state.ports import Claimed, InUse, Registration
+from systemx.protocol.codes import RegisterFailedReason
+from systemx.state.ports import PENDING, Claimed, InUse, Pending, Registration
+from systemx.state.redis import scripts
 from systemx.state.redis.adapter import Later, PendingDirectory
 from systemx.state.redis.bus import RedisBus
 from systemx.state.redis.conn import RedisConnection, RedisError, RedisUnavailable
@@ -115,6 +117,11 @@ class NodeEndpoint:
     def close(self, code: int, reason: str) -> None:
         # A node link ends when the node's lease does, never by a close from the core.
         log.debug("Close of the link to %s ignored (%d %s)", self.node, code, reason)
+
+
+class _Limited(NamedTuple):
+    retry_after_ms: int
+    limit: int
 
 
 class _Link:
@@ -200,6 +207,8 @@ class Cluster:
         await self.bus.start()
         self.later = Later()
         self.claims = PendingDirectory(self.directory, self.later, self._claimed, self._looked_up)
+        if self.settings.cluster_register_limit > 0:
+            self.claims.claim = self._claim_limited  # type: ignore[method-assign]
         log.info(
             "Cluster node %s (epoch %d) on %s, node TTL %d ms",
             self.node_id,
@@ -254,7 +263,34 @@ class Cluster:
 
     # ------------------------------------------------------------ directory
 
-    def _claimed(self, reg: Registration, answer: Claimed | InUse | RedisError) -> None:
+    def _claim_limited(self, reg: Registration) -> Pending:
+        """A claim counted against the address's cluster-wide REGISTER limit first."""
+        assert self.later is not None
+        self.later.call(self._limit_then_claim(reg), lambda answer: self._claimed(reg, answer))
+        return PENDING
+
+    async def _limit_then_claim(self, reg: Registration) -> Claimed | InUse | _Limited:
+        limit = self.settings.cluster_register_limit
+        answer = await scripts.bucket(
+            self.cmd, self.directory.keys.bucket("register:" + reg.key), rate=limit / 60.0, burst=limit
+        )
+        if not answer.allowed:
+            return _Limited(answer.retry_after_ms, limit)
+        return await self.directory.claim(reg)
+
+    def _claimed(self, reg: Registration, answer: Claimed | InUse | _Limited | RedisError) -> None:
+        if isinstance(answer, _Limited):
+            log.warning(
+                "REGISTER %s refused: more than %d a minute across the cluster", reg.address, answer.limit
+            )
+            self.exchange.on_claim_refused(
+                reg.session_id,
+                RegisterFailedReason.RATE_LIMITED,
+                f"Too many REGISTERs of this address across the cluster: at most {answer.limit} "
+                f"a minute; retry in {answer.retry_after_ms} ms",
+                _now(),
+            )
+            return
         if isinstance(answer, RedisError):
             log.warning("REGISTER %s: the directory did not answer: %s", reg.address, answer)
             self.exchange.on_claimed_id(reg.session_id, None, _now())
