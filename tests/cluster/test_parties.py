@@ -125,6 +125,7 @@ async def test_a_killed_nodes_members_leave(cluster: Cluster) -> None:
         left.add((await ws.expect("PARTY_LEFT", budget, party=PARTY, reason="disconnected"))["address"])
         assert left == {"c@example.com", "d@example.com"}
     elapsed = loop.time() - killed
+    print(f"members of the killed node left after {elapsed:.2f} s (node TTL {NODE_TTL_MS} ms)")
     assert elapsed < scaled(NODE_TTL_MS / 1000 + 1 + 0.5), elapsed
     # The line goes on between the nodes left, and nothing is sent to the dead node any more.
     a.send_json({"type": "PARTY_MSG", "party": PARTY, "data": "still here"})
@@ -149,3 +150,17 @@ async def test_the_participant_limit_holds_across_nodes(cluster: Cluster) -> Non
     await late.expect(
         "JOINED", party=PARTY, participants=["m0@example.com", "m2@example.com", "later@example.com"]
     )
+
+
+async def test_a_stopping_nodes_members_leave(cluster: Cluster) -> None:
+    n0, n1 = await cluster.start(2)
+    members = [
+        (await cluster.client(n0, "a@example.com"), "a@example.com"),
+        (await cluster.client(n1, "b@example.com"), "b@example.com"),
+    ]
+    await join_all(PARTY, members)
+    await n1.stop()
+    a = members[0][0]
+    await a.expect("PARTY_LEFT", party=PARTY, address="b@example.com", reason="disconnected")
+    a.send_json({"type": "JOIN", "party": PARTY})
+    await a.expect("JOINED", party=PARTY, participants=["a@example.com"])
