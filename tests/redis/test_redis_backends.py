@@ -215,6 +215,40 @@ async def test_roster_names_the_nodes_interested_in_a_line(connect: Connections)
 # Adapter: the core's view
 
 
+async def test_roster_enter_checks_numbers_and_lists_every_node(connect: Connections) -> None:
+    conn = await connect()
+    roster = RedisPartyRoster(conn)
+    room = "room@x.com"
+    nobody = await roster.enter(room, "Room@X.com", "s1", "n1", 7, "a@x.com", create=False, max_members=2)
+    assert nobody.status == "no_such_party"
+    await conn.execute("SET", "sx:a:{x.com}:taken", "1")
+    claim = ("sx:a:{x.com}:taken",)
+    taken = await roster.enter(
+        "taken@x.com", "taken@x.com", "s", "n1", 7, "a@x.com", create=True, max_members=2, taken=claim
+    )
+    assert taken.status == "address_in_use"
+    first = await roster.enter(room, "Room@X.com", "s1", "n1", 7, "a@x.com", create=True, max_members=2)
+    second = await roster.enter(room, "room@x.com", "s2", "n2", 9, "b@x.com", create=False, max_members=2)
+    assert first.status == second.status == "joined"
+    assert second.seq > first.seq
+    assert second.name == "Room@X.com", "the creator's spelling"
+    assert [(e.member_id, e.node, e.epoch, e.address) for e in second.members] == [
+        ("s1", "n1", 7, "a@x.com"),
+        ("s2", "n2", 9, "b@x.com"),
+    ]
+    again = await roster.enter(room, "room@x.com", "s1", "n1", 7, "a@x.com", create=False, max_members=2)
+    assert (again.status, again.seq, len(again.members)) == ("again", first.seq, 2)
+    full = await roster.enter(room, "room@x.com", "s3", "n3", 1, "c@x.com", create=False, max_members=2)
+    assert full.status == "party_full"
+    quit = await roster.quit(room, "s1")
+    assert quit.left and quit.seq > second.seq and quit.nodes == ("n2",)
+    assert not (await roster.quit(room, "s1")).left
+    assert await roster.drop_node("n2") == 1
+    gone = await roster.enter(room, "room@x.com", "s3", "n3", 1, "c@x.com", create=False, max_members=2)
+    assert gone.status == "no_such_party", "an emptied line is gone"
+    assert await conn.execute("KEYS", "sx:pl:{room@x.com}*") == []
+
+
 async def test_the_adapter_answers_pending_then_calls_back(connect: Connections) -> None:
     conn = await connect()
     directory = RedisDirectory(conn, "n1")

@@ -93,6 +93,8 @@ class JoinFailedReason(enum.StrEnum):
     PARTY_FULL = "party_full"
     TOO_MANY_PARTIES = "too_many_parties"
     FORBIDDEN = "forbidden"
+    # A cluster node cannot reach the shared roster (Redis) to join the line.
+    UNAVAILABLE = "unavailable"
 
 
 class PartyLeftReason(enum.StrEnum):

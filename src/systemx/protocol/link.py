@@ -76,10 +76,13 @@ __all__ = [
     "LinkMessage",
     "LinkUp",
     "PartyDeliver",
+    "PartyJoin",
+    "PartyLeave",
     "decode",
     "deliver_prefix",
     "encode",
     "forwarded",
+    "party_deliver_prefix",
 ]
 
 #: The most times one dial may be sent on from exchange to exchange.
@@ -183,6 +186,30 @@ class PartyDeliver(_Op, tag="party", gc=False):
     frame: Raw
 
 
+class PartyJoin(_Op, tag="party_join"):
+    """Member ``member`` (``address``, on the sending node) joined line ``party`` (its key) as number ``seq``.
+
+    Sent by the member's node to every other node that held members of the
+    line when it joined; ``seq`` (from the roster) tells the receiver which of
+    its members heard of it already, in their JOINED.
+    """
+
+    party: Id
+    member: Id
+    address: Address
+    seq: Annotated[int, Meta(ge=0)]
+
+
+class PartyLeave(_Op, tag="party_leave"):
+    """Member ``member`` left line ``party`` (its key) as number ``seq``, for ``reason`` (PARTY_LEFT's)."""
+
+    party: Id
+    member: Id
+    address: Address
+    reason: Reason
+    seq: Annotated[int, Meta(ge=0)]
+
+
 # --------------------------------------------------------------------------
 # Addresses and links
 
@@ -223,7 +250,18 @@ LegMessage = LegDial | LegRing | LegAnswer | LegHangup | LegBusy
 """The messages that enter the receiving core as events."""
 
 LinkMessage = (
-    LegDial | LegRing | LegAnswer | LegHangup | LegBusy | Deliver | PartyDeliver | Gone | LinkUp | LinkDown
+    LegDial
+    | LegRing
+    | LegAnswer
+    | LegHangup
+    | LegBusy
+    | Deliver
+    | PartyDeliver
+    | PartyJoin
+    | PartyLeave
+    | Gone
+    | LinkUp
+    | LinkDown
 )
 
 
@@ -260,6 +298,11 @@ def deliver_prefix(session: str) -> bytes:
     relay does with its prefix.
     """
     return b'{"op":"deliver","session":' + _encoder.encode(session) + b',"frame":'
+
+
+def party_deliver_prefix(party: str) -> bytes:
+    """The bytes of a :class:`PartyDeliver` of line ``party`` before its frame; close with ``b"}"``."""
+    return b'{"op":"party","party":' + _encoder.encode(party) + b',"exclude":[],"frame":'
 
 
 def forwarded(dial: LegDial, via_id: str) -> LegDial | None:

@@ -30,6 +30,14 @@ ringing caller), and its addresses are freed in bounded batches under the
 janitor lock (one node sweeps at a time). A killed node's addresses are thus
 free within ``SYSTEMX_NODE_TTL_MS`` plus one poll.
 
+**Party lines** span nodes too (:mod:`systemx.server.partylinks`): the
+roster of each line is in Redis, a JOIN is checked and answered from it, and a
+PARTY_MSG goes once to each other node holding members, as a
+:class:`~systemx.protocol.link.PartyDeliver` on the bus. A bus payload that
+starts with ``{"op"`` is such a link envelope; anything else is a node link's
+trunk frame. A dead node's members leave (``PARTY_LEFT disconnected``) with the
+same poll that ends its calls.
+
 **Redis away.** Every request carries the connection's 500 ms timeout: a
 REGISTER then gets ``REGISTER_FAILED unavailable`` and a DIAL of an address not
 held here ``BUSY unavailable``; calls between sessions of this node go on.
@@ -56,12 +64,14 @@ from systemx.state.redis.adapter import Later, PendingDirectory
 from systemx.state.redis.bus import RedisBus
 from systemx.state.redis.conn import RedisConnection, RedisError, RedisUnavailable
 from systemx.state.redis.directory import RedisDirectory
+from systemx.state.redis.roster import RedisPartyRoster
 from systemx.state.redis.url import parse_redis_url
 
 if TYPE_CHECKING:
     from systemx.config import Settings
     from systemx.core.exchange import Exchange
     from systemx.core.session import Session
+    from systemx.server.partylinks import PartyLinks
 
 __all__ = ["Cluster", "NodeEndpoint", "default_node_id"]
 
@@ -182,6 +192,9 @@ class Cluster:
             on_data_lost=self._reclaim_soon,
         )
         self.bus = RedisBus(self.cmd, self.reader, node_id, self._deliver, block_ms=BUS_BLOCK_MS)
+        self.roster = RedisPartyRoster(self.cmd, keys=self.directory.keys)
+        #: The party lines' side of this node (made by :meth:`attach`).
+        self.parties: PartyLinks | None = None
         self._head = b""
         self.later: Later | None = None
         self.claims: PendingDirectory | None = None
@@ -204,6 +217,7 @@ class Cluster:
                     await asyncio.sleep(0.25)
         self.epoch = await self.directory.start()
         self._head = f"{self.node_id} {self.epoch}\n".encode()
+        await self._parties_start()
         await self.bus.start()
         self.later = Later()
         self.claims = PendingDirectory(self.directory, self.later, self._claimed, self._looked_up)
@@ -221,6 +235,7 @@ class Cluster:
     def attach(self, exchange: Exchange) -> None:
         """Give the node its exchange and start watching the other nodes."""
         self._exchange = exchange
+        self._parties_attach(exchange)
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
@@ -259,6 +274,7 @@ class Cluster:
             "epoch": self.epoch,
             "redis": "up" if self.cmd.connected else "down",
             "links": sorted(self._links),
+            **({"parties": self.parties.health()} if self.parties is not None else {}),
         }
 
     # ------------------------------------------------------------ directory
@@ -370,6 +386,9 @@ class Cluster:
         on_data = exchange.on_data
         for message in batch:
             head, _, frame = message.partition(b"\n")
+            if frame.startswith(b'{"op"'):
+                self._envelope(head, frame)
+                continue
             session = by_head.get(head)
             if session is None:
                 session = self._link_from(head)
@@ -405,8 +424,10 @@ class Cluster:
                 log.exception("Cluster watch failed")
 
     async def _check_nodes(self) -> None:
+        mark = self.parties.mark() if self.parties is not None else 0
         alive = await self.directory.live_nodes()
         await self._share_routes(alive)
+        self._parties_check(alive, mark)
         for node, link in list(self._links.items()):
             epoch = alive.get(node)
             if epoch != link.epoch:
@@ -417,6 +438,7 @@ class Cluster:
         for node in await self.directory.dead_nodes():
             if node == self.node_id:
                 continue
+            await self._parties_sweep(node)
             freed = await self.directory.sweep_dead(node)
             if freed:
                 log.info("Freed %d address(es) of dead node %s", freed, node)
@@ -454,6 +476,50 @@ class Cluster:
             exchange.trunks.set_cluster_routes(table)
             shown = "; ".join(f"{n}: {', '.join(r)}" for n, r in sorted(table.items())) or "none"
             log.info("Trunk routes of other nodes: %s", shown)
+
+    # ------------------------------------------------------------ party lines
+
+    async def _parties_start(self) -> None:
+        """Remove this node's party members of an earlier run (they went with it) from the roster."""
+        removed = await self.roster.drop_node(self.node_id)
+        if removed:
+            log.info("Removed %d party member(s) of this node's earlier run", removed)
+
+    def _parties_attach(self, exchange: Exchange) -> None:
+        from systemx.server.partylinks import PartyLinks
+
+        assert self.later is not None
+        self.parties = PartyLinks(
+            exchange.lines,
+            self.roster,
+            self.later,
+            self.bus,
+            self.directory.keys,
+            self.node_id,
+            self.epoch,
+            self.settings.party_max_participants,
+        )
+        exchange.lines.links = self.parties
+
+    def _envelope(self, head: bytes, payload: bytes) -> None:
+        """A link envelope on the bus (party lines): to :class:`PartyLinks`."""
+        if self.parties is None:
+            return
+        try:
+            node, epoch = head.decode().rsplit(" ", 1)
+            number = int(epoch)
+        except (UnicodeDecodeError, ValueError):
+            log.warning("Bus message with an unreadable head ignored: %r", head[:100])
+            return
+        self.parties.on_envelope(node, number, payload)
+
+    def _parties_check(self, alive: dict[str, int], mark: int) -> None:
+        if self.parties is not None:
+            self.parties.check(alive, mark)
+
+    async def _parties_sweep(self, node: str) -> None:
+        if self.parties is not None:
+            await self.parties.drop_node(node)
 
     # ------------------------------------------------------------ re-claiming
 

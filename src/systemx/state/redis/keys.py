@@ -25,6 +25,8 @@ key                        type    content
 ``sx:sleepers``            SET     addresses with a wake profile
 ``sx:wake:{D}:L``          STRING  wake lock (``NX PX``): one wake cluster-wide
 ``sx:pl:{R}`` (+ o, s, n)  HASH..  party line R: member -> node, order, counts per node
+``sx:pl:{R}:i`` (+ name)   HASH..  party line R: member -> "node epoch address"; its name
+``sx:plseq``               STRING  numbers every cluster JOIN and LEAVE of every line
 ``sx:pln:{N}``             SET     "R\\nmember" entries held by node N
 ``sx:rl:{K}``              HASH    token bucket K: tokens, ts
 ``sx:cdr``                 STREAM  call records

@@ -10,16 +10,60 @@ line. Each operation is one atomic script call (~10 µs Redis CPU).
 Presented to the core through :class:`systemx.state.redis.adapter.PendingRoster`:
 ``join``, ``leave`` and ``drop_node`` are fire-and-forget, in order;
 ``members`` answers :data:`~systemx.state.ports.PENDING` and arrives later.
+
+**The cluster's party lines** use :meth:`RedisPartyRoster.enter` and
+:meth:`RedisPartyRoster.quit` instead: an enter checks and joins in one script
+call (the line exists or may be created, its name is no address, it is not
+full cluster-wide) and answers the whole roster with the member's sequence
+number; a quit answers its own sequence number and the nodes still holding
+members. Enters and quits of every line share one counter, so a node compares
+a change's number with the number its own member joined at to know whether
+that member already heard of the change (see ``systemx.server.partylinks``).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from systemx.state.ports import RosterMember
 from systemx.state.redis import scripts
 from systemx.state.redis.conn import RedisConnection
 from systemx.state.redis.keys import Keys
 
-__all__ = ["RedisPartyRoster"]
+__all__ = ["Entered", "Quit", "RedisPartyRoster", "RosterEntry"]
+
+
+class RosterEntry(NamedTuple):
+    """One member of a line as :meth:`RedisPartyRoster.enter` lists it."""
+
+    member_id: str
+    node: str
+    epoch: int
+    address: str
+    seq: int
+
+
+class Entered(NamedTuple):
+    """The answer of :meth:`RedisPartyRoster.enter`.
+
+    ``status``: ``joined`` (added now), ``again`` (was a member already), or the
+    refusal: ``address_in_use``, ``no_such_party``, ``party_full``. For the first
+    two, ``seq`` is the member's join number, ``name`` the line's name as its
+    creator wrote it and ``members`` every member in join order.
+    """
+
+    status: str
+    seq: int = 0
+    name: str = ""
+    members: tuple[RosterEntry, ...] = ()
+
+
+class Quit(NamedTuple):
+    """The answer of :meth:`RedisPartyRoster.quit`: ``left`` false when the member was not there."""
+
+    left: bool
+    seq: int = 0
+    nodes: tuple[str, ...] = ()
 
 
 class RedisPartyRoster:
@@ -48,6 +92,58 @@ class RedisPartyRoster:
         """The nodes holding at least one member of ``party_key``."""
         counts = await self.conn.execute("HKEYS", f"{self.keys.prefix}:pl:{{{party_key}}}:n")
         return {node.decode() for node in counts}
+
+    async def enter(
+        self,
+        party_key: str,
+        name: str,
+        member_id: str,
+        node: str,
+        epoch: int,
+        address: str,
+        *,
+        create: bool,
+        max_members: int,
+        taken: tuple[str, ...] = (),
+    ) -> Entered:
+        """Join ``member_id`` (``address`` on ``node`` at ``epoch``) to ``party_key``, checked.
+
+        A line that does not exist is created only with ``create``, and only
+        when none of the keys ``taken`` exists (the name's claim, its sleeper
+        profile); a line with ``max_members`` members refuses.
+        """
+        reply = await self.conn.evalsha(
+            scripts.ROSTER,
+            (),
+            (
+                "enter",
+                self.keys.prefix,
+                party_key,
+                member_id,
+                node,
+                epoch,
+                address,
+                name,
+                "1" if create else "0",
+                max_members,
+                *taken,
+            ),
+        )
+        status = reply[0].decode()
+        if len(reply) == 1:
+            return Entered(status)
+        entries = []
+        for i in range(3, len(reply), 3):
+            where, nepoch, addr = reply[i + 1].decode().split(" ", 2)
+            entries.append(RosterEntry(reply[i].decode(), where, int(nepoch), addr, int(reply[i + 2])))
+        return Entered(status, int(reply[1]), reply[2].decode(), tuple(entries))
+
+    async def quit(self, party_key: str, member_id: str) -> Quit:
+        """Remove ``member_id`` from ``party_key``, numbered as enters are."""
+        reply = await self.conn.evalsha(scripts.ROSTER, (), ("quit", self.keys.prefix, party_key, member_id))
+        if reply[0] == 0:
+            return Quit(False)
+        return Quit(True, int(reply[1]), tuple(n.decode() for n in reply[2:]))
 
     async def drop_node(self, node: str) -> int:
         """Remove every member held by ``node``, in batches; the number removed."""
