@@ -268,6 +268,8 @@ class CallBook(Sender):
         self.has_waiting: Callable[[str], bool] = self._queues.__contains__
         #: The exchange's trunks (set once by the facade): the trunk forms of RING and ANSWER.
         self.trunks: Trunks | None = None
+        #: This node's id in a cluster (call records name the nodes); None in a single process.
+        self.node_id: str | None = None
 
     @property
     def call_timeout(self) -> float:
@@ -356,6 +358,20 @@ class CallBook(Sender):
         else:
             ended_by = _BY_CALLER if by is caller else _BY_CALLEE
         rang = call.rang_at
+        # Where the parties are: a node of the cluster, a trunk (None in a single process).
+        caller_node = callee_node = trunk_label = None
+        for party in (caller, callee):
+            link = party.trunk if party is not None else None
+            if link is not None:
+                if link.node is None:
+                    trunk_label = link.label
+                elif party is caller:
+                    caller_node = link.node
+                else:
+                    callee_node = link.node
+        if self.node_id is not None:
+            caller_node = caller_node or self.node_id
+            callee_node = callee_node or self.node_id
         self._recorder.call_ended(
             CallRecord(
                 call_id=call_id,
@@ -374,6 +390,9 @@ class CallBook(Sender):
                 talk_seconds=0.0 if answered is None else max(now - answered, 0.0),
                 woken=call.woken,
                 wake_seconds=(rang - call.created) if call.woken and rang is not None else None,
+                caller_node=caller_node,
+                callee_node=callee_node,
+                trunk=trunk_label,
             )
         )
         if callee is not None and not callee.closed and key in self._queues:

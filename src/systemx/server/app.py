@@ -242,6 +242,7 @@ class Server:
         self.log_stream = start_log_stream(self)  # logs@system.local; ends with the exchange's shutdown
         if cluster is not None:
             self.ops.redis = cluster.cmd
+            self.ops.node_id = cluster.node_id
         await self.ops.start(exchange, hub)
         if self.ops.recording:
             # The exchange's INFO lines, and the call records and metrics.

@@ -235,6 +235,7 @@ class Cluster:
     def attach(self, exchange: Exchange) -> None:
         """Give the node its exchange and start watching the other nodes."""
         self._exchange = exchange
+        exchange.book.node_id = self.node_id
         self._parties_attach(exchange)
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
 

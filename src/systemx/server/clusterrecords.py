@@ -10,6 +10,8 @@ It behaves as the SQLite recorder does (:mod:`systemx.server.callrecords`):
   first, so the call path never waits for Redis;
 * while Redis is unreachable the queue keeps up to ``max_queue`` records and
   tries again each interval; records past that are dropped and counted;
+* a call across nodes is recorded once, by the caller's node (the record names
+  both nodes); the callee's node skips its leg's record;
 * the stream is capped at ``max_records`` entries (``XADD MAXLEN ~``) and
   records older than the retention are deleted every ``prune_interval``;
 * :meth:`close` writes what is queued (bounded by the command timeout).
@@ -49,7 +51,9 @@ class RedisRecordsRecorder(NullRecorder):
         batch_size: int = 500,
         max_queue: int = 100_000,
         prune_interval: float = 3600.0,
+        node_id: str | None = None,
     ) -> None:
+        self.node_id = node_id
         self.store = RedisRecordStore(conn, max_records=max_records, max_age=max_age)
         self.flush_interval = flush_interval
         self.batch_size = batch_size
@@ -117,6 +121,9 @@ class RedisRecordsRecorder(NullRecorder):
         self.written += len(batch)
 
     def call_ended(self, record: CallRecord) -> None:
+        if record.caller_node is not None and record.caller_node != self.node_id:
+            # The callee's leg of a call across nodes: the caller's node records the call.
+            return
         if len(self._queue) >= self.max_queue or self._closed:
             self.dropped += 1
             return

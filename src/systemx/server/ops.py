@@ -45,6 +45,7 @@ class Operations:
         self.records: RecordsRecorder | None = None
         #: A cluster node's Redis connection: call records go there instead of SQLite.
         self.redis: RedisConnection | None = None
+        self.node_id: str | None = None
         self.metrics: Any = None
         self.admin: Any = None
         self._lag: Any = None
@@ -104,7 +105,10 @@ class Operations:
 
             cap = min(settings.records_max or CLUSTER_RECORDS_MAX, CLUSTER_RECORDS_MAX)
             cluster_records = RedisRecordsRecorder(
-                self.redis, max_records=cap, max_age=settings.records_retention_days * _DAY or None
+                self.redis,
+                max_records=cap,
+                max_age=settings.records_retention_days * _DAY or None,
+                node_id=self.node_id,
             )
             await cluster_records.start()
             self.records = cluster_records  # type: ignore[assignment]
