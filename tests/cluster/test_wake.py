@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from systemx.state.redis.conn import RedisConnection
+from systemx.state.redis.profiles import RedisProfileStore
 from tests.cluster.conftest import Cluster
 from tests.conftest import SystemXProcess
 from tests.wsclient import TIMEOUT, WSClient, scaled
@@ -195,3 +197,29 @@ async def test_profiles_are_put_back_when_redis_comes_back_empty(cluster: Cluste
     agent = await cluster.client(n0)
     await agent.register(AGENT)
     await agent.expect("RING", call_id=call_id)
+
+
+async def test_a_node_that_never_heard_of_a_sleeper_finds_it_in_redis(cluster: Cluster, hooks: Hooks) -> None:
+    n0, n1 = await cluster.start(2, hooks.env)
+    # A node started after the agent went to sleep reads it at start...
+    n2 = await cluster.add(hooks.env)
+    await _sleep(cluster, n0, hooks.handler())
+    late = await cluster.add(hooks.env)
+    watcher = await cluster.client(late, "watcher@example.com")
+    assert (await _presence(watcher))[AGENT] == "asleep"
+    # ... and one that missed its profile (written straight to Redis here) finds it on a dial.
+    conn = RedisConnection("127.0.0.1", cluster.redis.port)
+    await conn.connect()
+    try:
+        profile = {"address": "other@example.com", "handler": hooks.handler()}
+        await RedisProfileStore(conn).put("other@example.com", profile)
+    finally:
+        await conn.close()
+    caller = await cluster.client(n1, "caller@example.com")
+    caller.send_json({"type": "DIAL", "to": "other@example.com"})
+    call_id = (await caller.expect("RINGING", to="other@example.com"))["call_id"]
+    body = await asyncio.wait_for(hooks.calls.get(), TIMEOUT)
+    assert (body["address"], body["call_id"]) == ("other@example.com", call_id)
+    other = await cluster.client(n2)
+    await other.register("other@example.com")
+    await other.expect("RING", call_id=call_id, from_="caller@example.com")

@@ -340,7 +340,7 @@ class Cluster:
     def lookup(self, address: str) -> None:
         """Ask which node holds ``address``; the answer goes to ``Exchange.on_located``."""
         assert self.later is not None
-        self.later.call(self._locate(address_key(address)), lambda answer: self._located(address, answer))
+        self.later.call(self._locate_any(address_key(address)), lambda answer: self._located(address, answer))
 
     async def _locate(self, key: str) -> tuple[str, int] | None:
         keys = self.directory.keys
@@ -355,9 +355,15 @@ class Cluster:
             return None  # its node is gone: the claim waits for the sweep
         return name, int(lease)
 
-    def _located(self, address: str, answer: tuple[str, int] | RedisError | None) -> None:
+    def _located(self, address: str, answer: tuple[str, int] | WakeProfile | RedisError | None) -> None:
         exchange = self.exchange
         now = _now()
+        if isinstance(answer, WakeProfile):
+            # A sleeper this node had not heard of (a message lost with Redis): known from
+            # now on, told to the other nodes (which may lack it too), and woken.
+            exchange.wake.load(answer)
+            self._send_all(envelopes.ProfileSet(key=address_key(address), profile=answer.stored()))
+            answer = None
         if isinstance(answer, RedisError):
             log.warning("DIAL %s: the directory did not answer: %s", address, answer)
             exchange.on_located(address, None, now, failed=True)
@@ -541,6 +547,20 @@ class Cluster:
             log.info("Loaded %d wake profile(s) from Redis", len(profiles))
         return profiles
 
+    async def _locate_any(self, key: str) -> tuple[str, int] | WakeProfile | None:
+        """:meth:`_locate`; with no holder, the sleeper's profile if Redis has one this node lacks."""
+        found = await self._locate(key)
+        if found is not None or self.exchange.wake.has_profile(key):
+            return found
+        doc = await self.cmd.execute("GET", self.directory.keys.sleeper(key))
+        if doc is None:
+            return None
+        try:
+            return msgspec.json.decode(doc, type=WakeProfile)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("Skipping unreadable wake profile of %s in Redis: %s", key, exc)
+            return None
+
     def persist_profile(self, key: str, profile: WakeProfile | None) -> None:
         """Store (``None``: delete) ``key``'s profile in Redis and tell every other node."""
         assert self.later is not None
@@ -704,6 +724,10 @@ class Cluster:
                 log.warning("Unreadable wake profile of %s from %r ignored: %s", message.key, head[:100], exc)
                 return
             exchange.wake.load(profile)
+            holder = exchange.session_for(profile.address)
+            if holder is not None and not holder.remote:
+                # Registered here before this node heard of its profile: calls may wait for it.
+                self.woke(profile.address)
         elif type(message) is envelopes.Woken:
             if not is_valid_address(message.address):
                 return
