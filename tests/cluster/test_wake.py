@@ -16,7 +16,7 @@ from aiohttp import web
 
 from systemx.state.redis.conn import RedisConnection
 from systemx.state.redis.profiles import RedisProfileStore
-from tests.cluster.conftest import Cluster
+from tests.cluster.conftest import NODE_TTL_MS, Cluster
 from tests.conftest import SystemXProcess
 from tests.wsclient import TIMEOUT, WSClient, scaled
 
@@ -33,7 +33,11 @@ class Hooks:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"SYSTEMX_WEBHOOK_ALLOW": f"http://127.0.0.1:{self.port}/wake/"}
+        """Settings that let a node POST here; PRESENCE unlimited, for the tests that watch it."""
+        return {
+            "SYSTEMX_WEBHOOK_ALLOW": f"http://127.0.0.1:{self.port}/wake/",
+            "SYSTEMX_PRESENCE_MAX_QUERIES": "0",
+        }
 
     def handler(self, timeout: float = 10) -> dict[str, Any]:
         url = f"http://127.0.0.1:{self.port}/wake/agent"
@@ -223,3 +227,26 @@ async def test_a_node_that_never_heard_of_a_sleeper_finds_it_in_redis(cluster: C
     other = await cluster.client(n2)
     await other.register("other@example.com")
     await other.expect("RING", call_id=call_id, from_="caller@example.com")
+
+
+async def test_an_agent_on_a_killed_node_sleeps_and_is_woken_from_another(
+    cluster: Cluster, hooks: Hooks
+) -> None:
+    n0, n1 = await cluster.start(2, hooks.env)
+    agent = await cluster.client(n0)
+    await agent.register(AGENT, mode="wake_on_ring", wake_handler=hooks.handler())
+    caller = await cluster.client(n1, "caller@example.com")
+    # n1 heard it registered on n0 (the first message from n0 links the nodes): not shown asleep.
+    await n1.wait_for_log(r"Linked to cluster node n0")
+    assert AGENT not in await _presence(caller)
+    await n0.kill()
+    # Shown asleep once the node's lease is gone, and woken from the surviving node.
+    await n1.wait_for_log(r"Cluster node n0 is gone", scaled(NODE_TTL_MS / 1000 + 5))
+    assert (await _presence(caller))[AGENT] == "asleep"
+    caller.send_json({"type": "DIAL", "to": AGENT})
+    call_id = (await caller.expect("RINGING", to=AGENT, waking=True))["call_id"]
+    body = await asyncio.wait_for(hooks.calls.get(), TIMEOUT)
+    assert body["call_id"] == call_id
+    back = await cluster.client(n1)
+    await back.register(AGENT)
+    await back.expect("RING", call_id=call_id)

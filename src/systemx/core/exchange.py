@@ -836,7 +836,7 @@ class Exchange(Sender):
         """
         key = address_key(address)
         wake = self.wake
-        wake.awake_elsewhere(key, True)
+        wake.awake_elsewhere(key, node)
         if self.registry.holder(key) is not None or not wake.is_waking(key):
             return
         wake.woken(key)

@@ -61,8 +61,8 @@ class Wake(Sender):
         self._profiles: dict[str, WakeProfile] = {}
         # key -> (the address a running wake handler was asked to wake, as the profile wrote it; its timer)
         self._waking: dict[str, tuple[str, WakeTimer]] = {}
-        # Keys registered on another node of a cluster, as last told (shown awake there).
-        self._elsewhere: set[str] = set()
+        # Keys registered on another node of a cluster, as last told, and that node (shown awake there).
+        self._elsewhere: dict[str, str] = {}
         #: Whether an address key has a wake profile / is being woken (C-level: asked on
         #: every REGISTER and session end).
         self.has_profile: Callable[[str], bool] = self._profiles.__contains__
@@ -94,13 +94,14 @@ class Wake(Sender):
         if key not in self._registry and key not in self._elsewhere:
             self._registry.publish(key, address, profile.metadata, Status.ASLEEP)
 
-    def awake_elsewhere(self, key: str, awake: bool) -> None:
-        """Another node of the cluster holds ``key`` now (``awake``) or it went to sleep there:
+    def awake_elsewhere(self, key: str, node: str | None) -> None:
+        """Node ``node`` of the cluster holds ``key`` now, or (None) it went to sleep there:
         presence here shows it asleep only while it sleeps (its holder's node shows it awake)."""
-        if awake:
-            self._elsewhere.add(key)
+        awake = node is not None
+        if node is not None:
+            self._elsewhere[key] = node
         else:
-            self._elsewhere.discard(key)
+            self._elsewhere.pop(key, None)
         profile = self._profiles.get(key)
         if profile is None or key in self._registry:
             return
@@ -108,6 +109,11 @@ class Wake(Sender):
             self._registry.unpublish(key)
         else:
             self.load(profile)
+
+    def node_gone(self, node: str) -> None:
+        """Node ``node`` of the cluster is gone: what was registered there sleeps."""
+        for key in [k for k, n in self._elsewhere.items() if n == node]:
+            self.awake_elsewhere(key, None)
 
     def forget(self, key: str) -> None:
         """Another node of the cluster deleted ``key``'s profile: it no longer sleeps here either."""
@@ -176,7 +182,7 @@ class Wake(Sender):
 
         ``owner`` is the identity that registered it (None without authentication).
         """
-        self._elsewhere.discard(key)
+        self._elsewhere.pop(key, None)
         if mode == "normal":
             if self._profiles.pop(key, None) is not None:
                 self._actions.persist_profile(key, None)

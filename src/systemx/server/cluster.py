@@ -401,6 +401,7 @@ class Cluster:
             return
         self._by_head.pop(f"{node} {link.epoch}".encode(), None)
         self.exchange.on_close(link.session, _now())
+        self.exchange.wake.node_gone(node)  # its wake-on-ring agents sleep
 
     def _deliver(self, batch: list[bytes]) -> None:
         """Frames from other nodes, in inbox order: each to its link's session."""
@@ -741,7 +742,7 @@ class Cluster:
                 exchange.on_woken(message.address, node, _now())
         elif type(message) is envelopes.Slept:
             if is_valid_address(message.address):
-                exchange.wake.awake_elsewhere(address_key(message.address), False)
+                exchange.wake.awake_elsewhere(address_key(message.address), None)
         elif type(message) is envelopes.WakeEnded:
             exchange.on_wake_failed(message.address, message.detail, _now())
         else:
