@@ -69,6 +69,12 @@ class CountingActions:
     def persist_profile(self, key: str, profile: WakeProfile | None) -> None:
         pass
 
+    def woke(self, address: str) -> None:
+        pass
+
+    def slept(self, address: str) -> None:
+        pass
+
     def lookup(self, address: str) -> None:
         pass
 

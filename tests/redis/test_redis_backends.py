@@ -181,6 +181,19 @@ async def test_wake_lock_has_a_single_winner(connect: Connections) -> None:
     assert (await stores[2].wake("agent@example.com", "c2@n2", 5000)).won is True
 
 
+async def test_wake_lock_is_not_taken_for_a_claimed_address(connect: Connections) -> None:
+    conn = await connect("n0")
+    store = RedisProfileStore(conn)
+    await store.put("agent@example.com", {"handler": {"type": "webhook"}})
+    await conn.execute("HSET", KEYS.address("agent@example.com"), "node", "n2", "nepoch", "7")
+    answer = await store.wake("agent@example.com", "c1@n0", 5000, unless_claimed=True)
+    assert (answer.won, answer.node, answer.nepoch) == (False, b"n2", b"7")
+    assert await conn.execute("EXISTS", KEYS.wake_lock("agent@example.com")) == 0
+    assert (await store.wake("agent@example.com", "c1@n0", 5000)).won is True, "without the claim check"
+    await conn.execute("DEL", KEYS.address("agent@example.com"), KEYS.wake_lock("agent@example.com"))
+    assert (await store.wake("agent@example.com", "c2@n0", 5000, unless_claimed=True)).won is True
+
+
 async def test_token_bucket_is_shared_by_every_node(connect: Connections) -> None:
     a, b = await connect("a"), await connect("b")
     key = KEYS.bucket("dial:tenant-1")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from systemx.core import SWEEP, Exchange, RingTimer
+from systemx.core.actions import WakeProfile
 from tests.unit.harness import Harness
 
 
@@ -124,3 +126,84 @@ def test_an_answer_after_the_waiting_calls_ended_binds_nothing() -> None:
     assert h.x.on_lookup_result("far@elsewhere.example", "R", h.now) is None
     assert h.x.session_for("far@elsewhere.example") is None
     assert h.x.health() == {**h.x.health(), "sessions": 1, "registered": 1}
+
+
+# --------------------------------------------------------------------------
+# Wake-on-ring in a cluster (the directory decides whether a sleeper is awake on another node)
+
+HOOK = {"type": "webhook", "url": "https://hooks.example.com/wake", "timeout_seconds": 10}
+
+
+def sleeper_harness() -> Harness:
+    h = directory_harness()
+    h.x.wake.load(msgspec.convert({"address": "agent@example.com", "handler": HOOK}, WakeProfile))
+    h.register("B", "b@example.com")
+    return h
+
+
+def test_a_dial_to_a_sleeper_asks_the_directory_before_ringing_or_waking() -> None:
+    h = sleeper_harness()
+    h.send("A", {"type": "DIAL", "to": "agent@example.com"})
+    h.send("B", {"type": "DIAL", "to": "agent@example.com"})
+    assert h.frames("A") == [] and h.frames("B") == []
+    assert h.actions.lookups == ["agent@example.com"] and h.actions.wakes == []
+    h.x.on_located("agent@example.com", None, h.now)
+    ringing = {"type": "RINGING", "to": "agent@example.com", "waking": True}
+    assert h.frames("A") == [{**ringing, "call_id": "call-1"}]
+    assert h.frames("B") == [{**ringing, "call_id": "call-2"}]
+    assert [w.call_id for w in h.actions.wakes] == ["call-1"]
+    assert h.timer(RingTimer, "call-1") is None, "the wake timeout runs, not the ring timeout"
+    # Dialled again while the wake runs: RINGING at once, no second lookup or wake.
+    h.register("C", "c@example.com")
+    h.send("C", {"type": "DIAL", "to": "agent@example.com"})
+    assert h.frames("C") == [{**ringing, "call_id": "call-3"}]
+    assert len(h.actions.lookups) == 1 and len(h.actions.wakes) == 1
+
+
+def test_a_sleeper_awake_on_another_node_is_dialled_there_without_a_wake() -> None:
+    h = sleeper_harness()
+    h.sessions["L"] = h.x.open_node("n2", "L", h.now)
+    h.send("A", {"type": "DIAL", "to": "agent@example.com"})
+    h.x.on_located("agent@example.com", "n2", h.now)
+    (ringing,) = h.frames("A")
+    assert (ringing["type"], "waking" in ringing) == ("RINGING", False)
+    call_id = ringing["call_id"]
+    forward = [(f["type"], f["to"], f["call_id"]) for f in h.frames("L")]
+    assert forward == [("DIAL_FORWARD", "agent@example.com", call_id)]
+    assert h.actions.wakes == []
+    assert h.timer(RingTimer, call_id) is not None
+
+
+def test_woken_on_another_node_the_held_calls_go_there() -> None:
+    h = sleeper_harness()
+    h.sessions["L"] = h.x.open_node("n2", "L", h.now)
+    h.send("A", {"type": "DIAL", "to": "agent@example.com"})
+    h.x.on_located("agent@example.com", None, h.now)
+    call_id = h.frames("A")[0]["call_id"]
+    assert h.x.health()["asleep"] == 1
+    h.x.on_woken("agent@example.com", "n2", h.now)
+    assert [(f["type"], f["call_id"]) for f in h.frames("L")] == [("DIAL_FORWARD", call_id)]
+    assert h.actions.cancelled_wakes == ["agent@example.com"]
+    assert not h.x.wake.is_waking("agent@example.com")
+    assert h.timer(RingTimer, call_id) is not None
+    # Shown awake there: not asleep here.
+    assert h.x.health()["asleep"] == 0
+
+
+def test_a_sleeper_registering_and_sleeping_here_is_told_to_the_cluster() -> None:
+    h = sleeper_harness()
+    h.register("S", "agent@example.com")
+    assert h.actions.woken == ["agent@example.com"]
+    h.send("S", {"type": "SLEEP_ACK"})
+    assert h.actions.slept_ == ["agent@example.com"]
+
+
+def test_a_failed_wake_elsewhere_is_busy_wake_failed_here() -> None:
+    h = sleeper_harness()
+    h.send("A", {"type": "DIAL", "to": "agent@example.com"})
+    h.x.on_located("agent@example.com", None, h.now)
+    h.frames("A")
+    h.x.on_wake_failed("agent@example.com", "HTTP 500", h.now)
+    assert h.frames("A") == [
+        {"type": "BUSY", "to": "agent@example.com", "reason": "wake_failed", "call_id": "call-1"}
+    ]

@@ -57,6 +57,11 @@ EVERY_MESSAGE: list[link.LinkMessage] = [
     Gone(key="b@y.com", session="s-b"),
     LinkUp(node="node-2", started_at=1700000000.25),
     LinkDown(node="node-2", reason="shutdown"),
+    link.ProfileSet(key="agent@y.com", profile={"address": "Agent@y.com", "handler": {"type": "webhook"}}),
+    link.ProfileSet(key="agent@y.com"),
+    link.Woken(address="agent@y.com"),
+    link.Slept(address="agent@y.com"),
+    link.WakeEnded(address="agent@y.com", reason="wake_failed", detail="HTTP 500"),
 ]
 
 
@@ -78,7 +83,22 @@ def test_round_trip(msg: link.LinkMessage) -> None:
 def test_each_message_has_its_own_short_op() -> None:
     ops = [msgspec.json.decode(encode(m))["op"] for m in EVERY_MESSAGE]
     distinct = set(ops)
-    assert distinct == {"dial", "ring", "answer", "hangup", "busy", "deliver", "party", "gone", "up", "down"}
+    assert distinct == {
+        "dial",
+        "ring",
+        "answer",
+        "hangup",
+        "busy",
+        "deliver",
+        "party",
+        "gone",
+        "up",
+        "down",
+        "profile",
+        "woken",
+        "slept",
+        "wakefail",
+    }
     assert all(op.islower() and len(op) <= 8 for op in distinct)
 
 

@@ -116,6 +116,15 @@ class Actions(Protocol):
         """Store (or with ``None`` delete) the durable wake profile under ``key``
         (the address with its domain lower-cased; the profile holds the address as written)."""
 
+    def woke(self, address: str) -> None:
+        """``address``, which has a wake profile, registered here. A cluster tells its other
+        nodes, which send the calls they hold for it here. Only asked when the exchange
+        was built with ``directory=True``."""
+
+    def slept(self, address: str) -> None:
+        """``address``, which has a wake profile, went to sleep here. A cluster tells its
+        other nodes (presence shows it asleep there again). Only asked with ``directory=True``."""
+
     def lookup(self, address: str) -> None:
         """Ask the directory who holds ``address`` elsewhere (another router process,
         a federation trunk); answer with ``Exchange.on_lookup_result``. Only asked
@@ -137,6 +146,8 @@ class RecordingActions:
     cancelled_wakes: list[str] = field(default_factory=list)
     profiles: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     lookups: list[str] = field(default_factory=list)
+    woken: list[str] = field(default_factory=list)
+    slept_: list[str] = field(default_factory=list)
 
     def send(self, conn: Any, data: bytes) -> None:
         self.sent.append((conn, data))
@@ -158,6 +169,12 @@ class RecordingActions:
 
     def persist_profile(self, key: str, profile: WakeProfile | None) -> None:
         self.profiles[key] = None if profile is None else profile.stored()
+
+    def woke(self, address: str) -> None:
+        self.woken.append(address)
+
+    def slept(self, address: str) -> None:
+        self.slept_.append(address)
 
     def lookup(self, address: str) -> None:
         self.lookups.append(address)

@@ -193,6 +193,7 @@ class Call:
         "created",
         "listeners",
         "metadata",
+        "quiet",
         "rang_at",
         "ring_timer",
         "routes",
@@ -231,6 +232,8 @@ class Call:
         self.woken = False
         # (hops, via) of a DIAL_FORWARD that waits for a directory answer (sent on later).
         self.via: tuple[int, list[str]] | None = None
+        # Waiting without RINGING yet: the cluster is asked whether its callee is asleep.
+        self.quiet = False
 
     def parties(self) -> list[Session]:
         out = [p for p in (self.caller, self.callee) if p is not None]
@@ -451,23 +454,41 @@ class CallBook(Sender):
         waking: bool,
         call_id: str | None = None,
         via: tuple[int, list[str]] | None = None,
+        quiet: bool = False,
     ) -> Call:
         """A call from ``s`` waiting for ``key`` (asleep: ``waking``; else being looked up).
 
         ``via`` is the ``(hops, via)`` of a caller's DIAL_FORWARD, kept to send it on.
+        ``quiet``: the caller hears RINGING only at :meth:`announce_waiting` (a cluster
+        first asks whether the sleeper is awake on another node).
         """
         call = Call(call_id or self._new_id(), s, None, to, key, metadata, now, WAITING)
         call.woken = waking
         call.via = via
+        call.quiet = quiet
         self._add(call)
         self._queues.setdefault(key, deque()).append(call)
-        if s.trunk is None:  # a caller behind a trunk hears RING once its callee rings
+        if s.trunk is None and not quiet:  # a caller behind a trunk hears RING once its callee rings
             self._send_msg(s, m.Ringing(call_id=call.call_id, to=to, waking=waking))
         if not waking:
             # A lookup counts towards the ring time; a wake has its own timeout.
             self._actions.start_timer(call.ring_timer, self._call_timeout)
         self._recorder.call_started(call.call_id, s.address or "", to, now)
         return call
+
+    def announce_waiting(self, key: str, waking: bool) -> None:
+        """The quiet calls waiting for ``key`` are told RINGING: ``waking`` (its wake starts or
+        is under way), or not (it is awake elsewhere: their ring time starts now)."""
+        for call in self._queues.get(key, ()):
+            if not call.quiet:
+                continue
+            call.quiet = False
+            call.woken = waking
+            caller = call.caller
+            if caller is not None and caller.trunk is None:
+                self._send_msg(caller, m.Ringing(call_id=call.call_id, to=call.to, waking=waking))
+            if not waking:
+                self._actions.start_timer(call.ring_timer, self._call_timeout)
 
     def first_waiting(self, key: str) -> Call | None:
         queue = self._queues.get(key)

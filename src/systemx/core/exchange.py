@@ -615,6 +615,9 @@ class Exchange(Sender):
             wake.registered(key, address, msg.mode, handler, msg.metadata is not None, meta, s.subject)
         fresh = registry.bind(s, key, address, msg, concurrency, meta, now)
         self._send_msg(s, m.Registered(address=address, session_id=s.session_id))
+        if fresh and self._directory and wake.has_profile(key):
+            # Other nodes of a cluster may hold calls for it (they wait for this).
+            self._actions.woke(address)
         woken = wake.is_waking(key) and wake.woken(key)
         if fresh or woken:
             self.recorder.bound(address, s.session_id, now, woken=woken)
@@ -656,6 +659,8 @@ class Exchange(Sender):
         assert address is not None
         why = "disconnected" if reason == _PEER_DISCONNECTED else reason
         self.recorder.unbound(address, s.session_id, why, now, asleep=asleep)
+        if asleep and self._directory:
+            self._actions.slept(address)
         if profiled or self.book.has_waiting(key):
             wake.unbound(key, asleep, now)
 
@@ -737,6 +742,15 @@ class Exchange(Sender):
             return
         # 2. asleep here: wake it
         if self.wake.has_profile(key):
+            if self._directory and not self.wake.is_waking(key):
+                # A cluster: the agent may be awake on another node. The caller hears
+                # RINGING once the directory has said (``on_located``).
+                link = (hops, via or []) if s.trunk is not None else None
+                self.book.wait(s, to, key, metadata, now, waking=True, call_id=call_id, via=link, quiet=True)
+                if key not in self._looking_up:
+                    self._looking_up.add(key)
+                    self._actions.lookup(to)
+                return
             call = self.book.wait(s, to, key, metadata, now, waking=True, call_id=call_id)
             if not self.wake.is_waking(key):
                 self.wake.start(key, call, now)
@@ -798,11 +812,36 @@ class Exchange(Sender):
         book = self.book
         if self.registry.holder(key) is not None:
             book.ring_waiting(key, now)
+        elif not failed and (node is None or node == self.node_id) and self.wake.has_profile(key):
+            # Asleep: wake it. The driver takes the cluster's wake lock, so of all the
+            # nodes holding calls for it one runs the wake; the others wait for ``on_woken``.
+            first = book.first_waiting(key)
+            if first is not None:
+                book.announce_waiting(key, waking=True)
+                if not self.wake.is_waking(key):
+                    self.wake.start(key, first, now)
         elif node is None or failed or node == self.node_id:
             reason = BusyReason.UNAVAILABLE if failed else BusyReason.NO_SUCH_ADDRESS
             book.fail_waiting(key, reason, CallEvent.UNREACHABLE, now, unless_bound=True)
         else:
+            book.announce_waiting(key, waking=False)
             self._trunks.forward_waiting(key, node, now)
+
+    def on_woken(self, address: str, node: str, now: float) -> None:
+        """Cluster: ``address``, which has a wake profile, registered on node ``node``.
+
+        A wake of it under way here is over, and the calls held here for it are
+        sent to ``node`` over its link, where they ring. Calls still waiting for
+        the directory's answer are left to it (it finds ``node``).
+        """
+        key = address_key(address)
+        wake = self.wake
+        wake.awake_elsewhere(key, node)
+        if self.registry.holder(key) is not None or not wake.is_waking(key):
+            return
+        wake.woken(key)
+        self.book.arm_waiting(key)
+        self._trunks.forward_waiting(key, node, now)
 
     def open_node(self, node: str, conn: Any, now: float) -> Session:
         """The link to cluster node ``node`` is up over ``conn``: its frames go to ``on_data``."""

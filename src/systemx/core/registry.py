@@ -240,6 +240,11 @@ class Registry:
                     status = "busy"
                 set_status(s.key, status)
 
+    def unpublish(self, key: str) -> None:
+        """Remove ``key``'s presence entry unless a session here holds it (a sleeper that is gone)."""
+        if key not in self._by_key:
+            self._presence.remove(key)
+
     def publish(self, key: str, address: str, meta: dict[str, Any], status: str) -> None:
         """Put ``address`` in the presence index under ``key`` with its (validated) metadata."""
         lat, lon = _location(meta)

@@ -61,6 +61,8 @@ class Wake(Sender):
         self._profiles: dict[str, WakeProfile] = {}
         # key -> (the address a running wake handler was asked to wake, as the profile wrote it; its timer)
         self._waking: dict[str, tuple[str, WakeTimer]] = {}
+        # Keys registered on another node of a cluster, as last told, and that node (shown awake there).
+        self._elsewhere: dict[str, str] = {}
         #: Whether an address key has a wake profile / is being woken (C-level: asked on
         #: every REGISTER and session end).
         self.has_profile: Callable[[str], bool] = self._profiles.__contains__
@@ -80,7 +82,7 @@ class Wake(Sender):
         return list(self._waking)
 
     def asleep(self) -> int:
-        return sum(1 for k in self._profiles if k not in self._registry)
+        return sum(1 for k in self._profiles if k not in self._registry and k not in self._elsewhere)
 
     # -------------------------------------------------------------- profiles
 
@@ -89,8 +91,34 @@ class Wake(Sender):
         address = profile.address
         key = address_key(address)
         self._profiles[key] = profile
-        if key not in self._registry:
+        if key not in self._registry and key not in self._elsewhere:
             self._registry.publish(key, address, profile.metadata, Status.ASLEEP)
+
+    def awake_elsewhere(self, key: str, node: str | None) -> None:
+        """Node ``node`` of the cluster holds ``key`` now, or (None) it went to sleep there:
+        presence here shows it asleep only while it sleeps (its holder's node shows it awake)."""
+        awake = node is not None
+        if node is not None:
+            self._elsewhere[key] = node
+        else:
+            self._elsewhere.pop(key, None)
+        profile = self._profiles.get(key)
+        if profile is None or key in self._registry:
+            return
+        if awake:
+            self._registry.unpublish(key)
+        else:
+            self.load(profile)
+
+    def node_gone(self, node: str) -> None:
+        """Node ``node`` of the cluster is gone: what was registered there sleeps."""
+        for key in [k for k, n in self._elsewhere.items() if n == node]:
+            self.awake_elsewhere(key, None)
+
+    def forget(self, key: str) -> None:
+        """Another node of the cluster deleted ``key``'s profile: it no longer sleeps here either."""
+        if self._profiles.pop(key, None) is not None:
+            self._registry.unpublish(key)
 
     def accept_handler(
         self, s: Session, msg: m.Register, key: str, address: str, now: float
@@ -154,6 +182,7 @@ class Wake(Sender):
 
         ``owner`` is the identity that registered it (None without authentication).
         """
+        self._elsewhere.pop(key, None)
         if mode == "normal":
             if self._profiles.pop(key, None) is not None:
                 self._actions.persist_profile(key, None)

@@ -78,6 +78,10 @@ __all__ = [
     "PartyDeliver",
     "PartyJoin",
     "PartyLeave",
+    "ProfileSet",
+    "Slept",
+    "WakeEnded",
+    "Woken",
     "decode",
     "deliver_prefix",
     "encode",
@@ -246,6 +250,41 @@ class LinkDown(_Op, tag="down"):
     reason: Reason
 
 
+# --------------------------------------------------------------------------
+# Wake-on-ring across the nodes of a cluster
+
+
+class ProfileSet(_Op, tag="profile"):
+    """The wake profile of address key ``key`` is now ``profile`` (its stored JSON form);
+    ``None``: the address has no profile any more."""
+
+    key: Address
+    profile: dict[str, Any] | None = None
+
+
+class Woken(_Op, tag="woken"):
+    """``address``, which has a wake profile, is registered on the sending node: the calls
+    held for it elsewhere go there, and a wake under way for it is over."""
+
+    address: Address
+
+
+class Slept(_Op, tag="slept"):
+    """``address``, which has a wake profile, went to sleep on the sending node: it is shown
+    asleep everywhere again."""
+
+    address: Address
+
+
+class WakeEnded(_Op, tag="wakefail"):
+    """The wake of ``address`` that the sending node ran failed (``reason`` is BUSY's reason,
+    ``wake_failed``): every node answers the calls it holds for ``address`` the same way."""
+
+    address: Address
+    reason: Reason
+    detail: Reason = ""
+
+
 LegMessage = LegDial | LegRing | LegAnswer | LegHangup | LegBusy
 """The messages that enter the receiving core as events."""
 
@@ -262,6 +301,10 @@ LinkMessage = (
     | Gone
     | LinkUp
     | LinkDown
+    | ProfileSet
+    | Woken
+    | Slept
+    | WakeEnded
 )
 
 

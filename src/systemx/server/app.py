@@ -186,7 +186,8 @@ class Server:
             settings.max_frames_per_second, settings.max_bytes_per_second, settings.rate_burst_seconds
         )
         ssl_context = self._ssl_context() if settings.tls_enabled else None
-        store, profiles = self._open_profiles()
+        # A cluster's wake profiles live in Redis (read once the node has joined, below).
+        store, profiles = (None, {}) if settings.redis_url else self._open_profiles()
         runtime = self._runtime = Runtime(
             settings, loop, profiles=store, wake_runner_factory=self._wake_runner_factory
         )
@@ -218,6 +219,7 @@ class Server:
             cluster = self.cluster = Cluster(self.settings, settings.node_id or default_node_id(self.port))
             try:
                 await cluster.start()
+                profiles = await cluster.load_profiles()
             except RedisError as exc:
                 self.cluster = None
                 await cluster.stop()

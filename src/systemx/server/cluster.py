@@ -38,12 +38,29 @@ starts with ``{"op"`` is such a link envelope; anything else is a node link's
 trunk frame. A dead node's members leave (``PARTY_LEFT disconnected``) with the
 same poll that ends its calls.
 
+**Wake-on-ring.** Wake profiles live in Redis
+(:class:`~systemx.state.redis.profiles.RedisProfileStore`). Each node loads them
+all at start and keeps them current from the ``profile`` link messages a node
+sends every other node when it stores or deletes one, so any node can take a
+DIAL for a sleeping address. Such a DIAL first asks the directory whether the
+address is awake on some node (the caller hears RINGING once it is known:
+``waking`` or not); if asleep, the node takes the address's wake lock
+(``wake.lua``, which also refuses when the address is claimed): of any number
+of nodes holding calls for it, the one that wins runs the wake handler, the
+others only hold their calls. When the agent registers, on any node, that node
+sends ``woken`` to every node, and each sends the calls it holds over its link
+to that node, where they ring. A failed wake is sent as ``wakefail``, so every
+node answers its callers the same BUSY; a wake timeout runs on each node as in
+one process. The lock lives for the wake timeout and is released as soon as the
+wake is over.
+
 **Redis away.** Every request carries the connection's 500 ms timeout: a
 REGISTER then gets ``REGISTER_FAILED unavailable`` and a DIAL of an address not
 held here ``BUSY unavailable``; calls between sessions of this node go on.
 When Redis is back (or this node's lease was lost, or Redis came back empty),
 every session still connected here is claimed again; one whose address another
-session took meanwhile is closed (4000 ``address_in_use``).
+session took meanwhile is closed (4000 ``address_in_use``), and the wake profiles
+this node knows are put back.
 """
 
 from __future__ import annotations
@@ -53,22 +70,30 @@ import contextlib
 import logging
 import secrets
 import socket
+from collections.abc import Callable
 from time import time as _now
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from systemx.protocol.address import address_key
-from systemx.protocol.codes import RegisterFailedReason
+import msgspec
+
+from systemx.core.actions import WakeProfile, WakeRequest
+from systemx.core.wakepolicy import wake_timeout
+from systemx.protocol import link as envelopes
+from systemx.protocol.address import address_key, is_valid_address
+from systemx.protocol.codes import BusyReason, RegisterFailedReason
 from systemx.state.ports import PENDING, Claimed, InUse, Pending, Registration
 from systemx.state.redis import scripts
 from systemx.state.redis.adapter import Later, PendingDirectory
 from systemx.state.redis.bus import RedisBus
 from systemx.state.redis.conn import RedisConnection, RedisError, RedisUnavailable
 from systemx.state.redis.directory import RedisDirectory
+from systemx.state.redis.profiles import RedisProfileStore
 from systemx.state.redis.roster import RedisPartyRoster
 from systemx.state.redis.url import parse_redis_url
 
 if TYPE_CHECKING:
     from systemx.config import Settings
+    from systemx.core.config import CoreConfig
     from systemx.core.exchange import Exchange
     from systemx.core.session import Session
     from systemx.server.partylinks import PartyLinks
@@ -195,6 +220,17 @@ class Cluster:
         self.roster = RedisPartyRoster(self.cmd, keys=self.directory.keys)
         #: The party lines' side of this node (made by :meth:`attach`).
         self.parties: PartyLinks | None = None
+        #: Wake profiles, shared by every node.
+        self.profiles = RedisProfileStore(self.cmd, keys=self.directory.keys)
+        # address key -> the token of the wake lock this node holds (it runs that wake).
+        self._wake_tokens: dict[str, str] = {}
+        self._core_config: CoreConfig | None = None
+        # Wake link messages to every other node, in order, and the task sending them.
+        self._outbox: list[bytes] = []
+        self._sending: asyncio.Task[None] | None = None
+        #: Wakes this node ran (it won the lock) / left to another node (lost it).
+        self.wakes_run = 0
+        self.wakes_left = 0
         self._head = b""
         self.later: Later | None = None
         self.claims: PendingDirectory | None = None
@@ -244,7 +280,7 @@ class Cluster:
         if self._stopped:
             return
         self._stopped = True
-        for task in (self._watcher, self._reclaiming):
+        for task in (self._watcher, self._reclaiming, self._sending):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -321,7 +357,7 @@ class Cluster:
     def lookup(self, address: str) -> None:
         """Ask which node holds ``address``; the answer goes to ``Exchange.on_located``."""
         assert self.later is not None
-        self.later.call(self._locate(address_key(address)), lambda answer: self._located(address, answer))
+        self.later.call(self._locate_any(address_key(address)), lambda answer: self._located(address, answer))
 
     async def _locate(self, key: str) -> tuple[str, int] | None:
         keys = self.directory.keys
@@ -336,9 +372,15 @@ class Cluster:
             return None  # its node is gone: the claim waits for the sweep
         return name, int(lease)
 
-    def _located(self, address: str, answer: tuple[str, int] | RedisError | None) -> None:
+    def _located(self, address: str, answer: tuple[str, int] | WakeProfile | RedisError | None) -> None:
         exchange = self.exchange
         now = _now()
+        if isinstance(answer, WakeProfile):
+            # A sleeper this node had not heard of (a message lost with Redis): known from
+            # now on, told to the other nodes (which may lack it too), and woken.
+            exchange.wake.load(answer)
+            self._send_all(envelopes.ProfileSet(key=address_key(address), profile=answer.stored()))
+            answer = None
         if isinstance(answer, RedisError):
             log.warning("DIAL %s: the directory did not answer: %s", address, answer)
             exchange.on_located(address, None, now, failed=True)
@@ -376,6 +418,7 @@ class Cluster:
             return
         self._by_head.pop(f"{node} {link.epoch}".encode(), None)
         self.exchange.on_close(link.session, _now())
+        self.exchange.wake.node_gone(node)  # its wake-on-ring agents sleep
 
     def _deliver(self, batch: list[bytes]) -> None:
         """Frames from other nodes, in inbox order: each to its link's session."""
@@ -387,7 +430,7 @@ class Cluster:
         on_data = exchange.on_data
         for message in batch:
             head, _, frame = message.partition(b"\n")
-            if frame.startswith(b'{"op"'):
+            if frame[:5] == b'{"op"':
                 self._envelope(head, frame)
                 continue
             session = by_head.get(head)
@@ -502,7 +545,7 @@ class Cluster:
         )
         exchange.lines.links = self.parties
 
-    def _envelope(self, head: bytes, payload: bytes) -> None:
+    def _party_envelope(self, head: bytes, payload: bytes) -> None:
         """A link envelope on the bus (party lines): to :class:`PartyLinks`."""
         if self.parties is None:
             return
@@ -553,3 +596,225 @@ class Cluster:
                 lost += 1
                 exchange.evict(s, _now())
         log.info("Claimed %d address(es) again; %d taken meanwhile by other sessions", len(regs) - lost, lost)
+        await self._restore_profiles()
+
+    # ------------------------------------------------------------ wake-on-ring
+
+    async def load_profiles(self) -> dict[str, WakeProfile]:
+        """Every wake profile of the cluster, by address key (read once, at start)."""
+        profiles: dict[str, WakeProfile] = {}
+        for key, doc in (await self.profiles.load_all()).items():
+            try:
+                profiles[key] = msgspec.convert(doc, WakeProfile)
+            except msgspec.ValidationError as exc:
+                log.error("Skipping unreadable wake profile of %s in Redis: %s", key, exc)
+        if profiles:
+            log.info("Loaded %d wake profile(s) from Redis", len(profiles))
+        return profiles
+
+    async def _locate_any(self, key: str) -> tuple[str, int] | WakeProfile | None:
+        """:meth:`_locate`; with no holder, the sleeper's profile if Redis has one this node lacks."""
+        found = await self._locate(key)
+        if found is not None or self.exchange.wake.has_profile(key):
+            return found
+        doc = await self.cmd.execute("GET", self.directory.keys.sleeper(key))
+        if doc is None:
+            return None
+        try:
+            return msgspec.json.decode(doc, type=WakeProfile)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.error("Skipping unreadable wake profile of %s in Redis: %s", key, exc)
+            return None
+
+    def persist_profile(self, key: str, profile: WakeProfile | None) -> None:
+        """Store (``None``: delete) ``key``'s profile in Redis and tell every other node."""
+        assert self.later is not None
+        doc = None if profile is None else profile.stored()
+        self.later.call(self._persist(key, doc), lambda answer: self._persisted(key, answer))
+        # Sent now, so that it goes before the ``woken`` of the REGISTER that set it.
+        self._send_all(envelopes.ProfileSet(key=key, profile=doc))
+
+    async def _persist(self, key: str, doc: dict[str, Any] | None) -> None:
+        if doc is None:
+            await self.profiles.delete(key)
+        else:
+            await self.profiles.put(key, doc)
+
+    def _persisted(self, key: str, answer: RedisError | None) -> None:
+        if isinstance(answer, RedisError):
+            log.warning("Wake profile of %s not stored in Redis (%s): put back when it answers", key, answer)
+
+    async def _restore_profiles(self) -> None:
+        """Put every profile this node knows back in Redis (it lost them, or missed a write)."""
+        profiles = self.exchange.profiles()
+        if not profiles:
+            return
+        try:
+            await asyncio.gather(*(self.profiles.put(key, p.stored()) for key, p in profiles.items()))
+        except RedisError as exc:
+            log.warning("Putting the wake profiles back failed: %s; retried when Redis answers", exc)
+            self._redis_down = True
+            return
+        log.info("Put %d wake profile(s) back in Redis", len(profiles))
+
+    def _send_all(self, message: envelopes.LinkMessage) -> None:
+        """Send a link message to every other live node, after those sent before it."""
+        self._outbox.append(envelopes.encode(message))
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.get_running_loop().create_task(self._drain_outbox())
+
+    async def _drain_outbox(self) -> None:
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            try:
+                alive = await self.directory.live_nodes()
+            except RedisError as exc:
+                log.warning("%d wake message(s) to the other nodes not sent: %s", len(batch), exc)
+                continue
+            for node in alive:
+                if node != self.node_id:
+                    for data in batch:
+                        self.bus.send(node, self._head + data)
+
+    def wake(self, request: WakeRequest, run: Callable[[WakeRequest], None]) -> None:
+        """Wake ``request.address`` if this node wins its wake lock (``run`` runs the handler).
+
+        Lost: another node's wake is under way; the calls held here wait for its
+        ``woken`` (or ``wakefail``), or their own wake timeout. Awake on a node
+        after all: the calls go there.
+        """
+        assert self.later is not None
+        key = address_key(request.address)
+        token = f"{request.call_id}@{self.node_id}"
+        if self._core_config is None:
+            self._core_config = self.settings.core_config()
+        ttl_ms = max(int(wake_timeout(request.handler, self._core_config) * 1000), 100)
+        self.later.call(
+            self._take_wake(key, token, ttl_ms),
+            lambda answer: self._wake_taken(request, key, token, answer, run),
+        )
+
+    async def _take_wake(self, key: str, token: str, ttl_ms: int) -> tuple[str, str, int]:
+        """``("won"|"held"|"awake"|"none", holder token or node, node epoch)``."""
+        answer = await self.profiles.wake(key, token, ttl_ms, unless_claimed=True)
+        if answer.node is not None:
+            node = answer.node.decode()
+            lease = await self.cmd.execute("HGET", self.directory.keys.node(node), "epoch")
+            if lease is not None and lease == answer.nepoch:
+                return "awake", node, int(lease)
+            # Claimed by a node that is gone: the claim waits for the sweep; wake it.
+            answer = await self.profiles.wake(key, token, ttl_ms)
+        if answer.won:
+            return "won", "", 0
+        if answer.holder is not None:
+            return "held", answer.holder.decode(errors="replace"), 0
+        return "none", "", 0
+
+    def _wake_taken(
+        self,
+        request: WakeRequest,
+        key: str,
+        token: str,
+        answer: tuple[str, str, int] | RedisError,
+        run: Callable[[WakeRequest], None],
+    ) -> None:
+        exchange = self.exchange
+        address = request.address
+        if isinstance(answer, RedisError):
+            log.warning("Wake of %s: the cluster's wake lock did not answer: %s", address, answer)
+            exchange.on_wake_failed(address, f"the cluster's wake lock cannot be taken: {answer}", _now())
+            return
+        what, who, epoch = answer
+        if what == "won":
+            if not exchange.wake.is_waking(key):
+                # Over meanwhile (the agent registered, or the wake timed out).
+                self._unlock(key, token)
+                return
+            self._wake_tokens[key] = token
+            self.wakes_run += 1
+            run(request)
+        elif what == "held":
+            self.wakes_left += 1
+            log.info("Wake of %s already under way (%s): the calls here wait for it", address, who)
+        elif what == "awake":
+            if who != self.node_id and self._link(who, epoch) is not None:
+                exchange.on_woken(address, who, _now())
+            # Claimed here: the REGISTER completing now rings the calls.
+        else:
+            exchange.on_wake_failed(address, "the address has no wake profile in the cluster", _now())
+
+    def _unlock(self, key: str, token: str) -> None:
+        assert self.later is not None
+        self.later.call(self.profiles.wake_done(key, token), lambda answer: None)
+
+    def wake_over(self, address: str) -> None:
+        """The wake of ``address`` ended here (registered, timed out, failed): release its lock."""
+        if not is_valid_address(address):
+            return
+        key = address_key(address)
+        token = self._wake_tokens.pop(key, None)
+        if token is not None:
+            self._unlock(key, token)
+
+    def wake_failed(self, address: str, detail: str) -> None:
+        """The wake this node ran failed: the other nodes fail the calls they hold for it too."""
+        self.wake_over(address)
+        if is_valid_address(address):
+            ended = envelopes.WakeEnded(address=address, reason=BusyReason.WAKE_FAILED, detail=detail[:256])
+            self._send_all(ended)
+
+    def woke(self, address: str) -> None:
+        """``address`` (with a wake profile) registered here: the other nodes send its held calls."""
+        self._send_all(envelopes.Woken(address=address))
+
+    def slept(self, address: str) -> None:
+        """``address`` (with a wake profile) went to sleep here: the other nodes show it asleep."""
+        self._send_all(envelopes.Slept(address=address))
+
+    def _envelope(self, head: bytes, frame: bytes) -> None:
+        """A link message from another node (not a frame of a node link): party lines or wakes."""
+        if frame.startswith(b'{"op":"party'):
+            self._party_envelope(head, frame)
+        else:
+            self._wake_envelope(head, frame)
+
+    def _wake_envelope(self, head: bytes, frame: bytes) -> None:
+        """A wake link message: a profile stored or deleted, an agent woken or asleep, a failed wake."""
+        try:
+            message = envelopes.decode(frame)
+        except envelopes.InvalidLinkMessage as exc:
+            log.warning("Unreadable link message from %r ignored: %s", head[:100], exc.detail)
+            return
+        exchange = self.exchange
+        if type(message) is envelopes.ProfileSet:
+            if message.profile is None:
+                exchange.wake.forget(message.key)
+                return
+            try:
+                profile = msgspec.convert(message.profile, WakeProfile)
+            except msgspec.ValidationError as exc:
+                log.warning("Unreadable wake profile of %s from %r ignored: %s", message.key, head[:100], exc)
+                return
+            exchange.wake.load(profile)
+            holder = exchange.session_for(profile.address)
+            if holder is not None and not holder.remote:
+                # Registered here before this node heard of its profile: calls may wait for it.
+                self.woke(profile.address)
+        elif type(message) is envelopes.Woken:
+            if not is_valid_address(message.address):
+                return
+            try:
+                node, epoch = head.decode().rsplit(" ", 1)
+                session = self._link(node, int(epoch))
+            except (UnicodeDecodeError, ValueError):
+                log.warning("Link message with an unreadable head ignored: %r", head[:100])
+                return
+            if session is not None:
+                exchange.on_woken(message.address, node, _now())
+        elif type(message) is envelopes.Slept:
+            if is_valid_address(message.address):
+                exchange.wake.awake_elsewhere(address_key(message.address), None)
+        elif type(message) is envelopes.WakeEnded:
+            exchange.on_wake_failed(message.address, message.detail, _now())
+        else:
+            log.debug("Link message %s from %r ignored", type(message).__name__, head[:100])

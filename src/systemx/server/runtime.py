@@ -6,8 +6,8 @@ that port in the server: frames and closes go to the session's
 :class:`~systemx.core.endpoint.Endpoint` (a :class:`~systemx.server.transport.Connection`),
 timers to :class:`~systemx.server.timers.Timers`, wakes to the wake runner
 (``systemx.server.wake``, built on first use), wake profiles to the profile
-store, and directory lookups are answered (the embedded exchange has no
-directory beyond its own registry).
+store (Redis in a cluster), and directory lookups are answered (the embedded
+exchange has no directory beyond its own registry).
 
 :class:`ExchangeFactory` is the exchange's constructor as the server calls it,
 so the type checker holds :class:`Runtime` to the ``Actions`` port: a missing or
@@ -167,6 +167,13 @@ class Runtime:
         self.timers.cancel(key)
 
     def wake(self, request: WakeRequest) -> None:
+        if self.cluster is not None:
+            # One wake cluster-wide: the handler runs here only if this node wins the wake lock.
+            self.cluster.wake(request, self._run_wake)
+            return
+        self._run_wake(request)
+
+    def _run_wake(self, request: WakeRequest) -> None:
         try:
             runner = self._runner()
             runner.wake(request)
@@ -178,8 +185,22 @@ class Runtime:
     def cancel_wake(self, address: str) -> None:
         if self._wake_runner is not None:
             self._wake_runner.cancel(address)
+        if self.cluster is not None:
+            self.cluster.wake_over(address)
+
+    def woke(self, address: str) -> None:
+        if self.cluster is not None:
+            self.cluster.woke(address)
+
+    def slept(self, address: str) -> None:
+        if self.cluster is not None:
+            self.cluster.slept(address)
 
     def persist_profile(self, key: str, profile: WakeProfile | None) -> None:
+        if self.cluster is not None:
+            # A cluster keeps its profiles in Redis, shared by every node.
+            self.cluster.persist_profile(key, profile)
+            return
         store = self.profiles
         if store is None:
             if not self._profiles_missing_logged:
@@ -222,4 +243,6 @@ class Runtime:
     def _wake_failed(self, address: str, detail: str) -> None:
         if self.stopping:
             return
+        if self.cluster is not None:
+            self.cluster.wake_failed(address, detail)
         self.exchange.on_wake_failed(address, detail, _now())

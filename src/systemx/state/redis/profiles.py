@@ -75,10 +75,18 @@ class RedisProfileStore:
         self.conn.send_nowait("DEL", self.keys.sleeper(address))
         await self.conn.execute("SREM", self.keys.sleepers, address)
 
-    async def wake(self, address: str, token: str, ttl_ms: int) -> scripts.WakeAnswer:
-        """Take ``address``'s wake lock for ``ttl_ms`` with ``token`` (``call_id@node``); see ``wake.lua``."""
+    async def wake(
+        self, address: str, token: str, ttl_ms: int, *, unless_claimed: bool = False
+    ) -> scripts.WakeAnswer:
+        """Take ``address``'s wake lock for ``ttl_ms`` with ``token`` (``call_id@node``); see ``wake.lua``.
+
+        ``unless_claimed``: an address claimed in the directory (awake on a node) is
+        not locked; the answer names the claim's node and node epoch.
+        """
+        keys = self.keys
+        claim = keys.address(address) if unless_claimed else None
         return await scripts.wake(
-            self.conn, self.keys.sleeper(address), self.keys.wake_lock(address), token, ttl_ms
+            self.conn, keys.sleeper(address), keys.wake_lock(address), token, ttl_ms, claim
         )
 
     async def wake_done(self, address: str, token: str) -> bool:

@@ -49,21 +49,39 @@ class WakeAnswer(NamedTuple):
     """``won``: this caller holds the wake lock and ``profile`` is the sleeper's profile (JSON).
 
     Not won: ``holder`` is the token of the wake already under way, or ``None``
-    when the address has no sleeper profile at all.
+    when the address has no sleeper profile at all. Asked with its claim key,
+    ``node`` and ``nepoch`` name the node whose claim holds the address (awake
+    there: no lock taken).
     """
 
     won: bool
     profile: bytes | None
     holder: bytes | None
+    node: bytes | None = None
+    nepoch: bytes | None = None
 
 
-async def wake(conn: RedisConnection, sleeper_key: str, lock_key: str, token: str, ttl_ms: int) -> WakeAnswer:
-    """Take the wake lock of a sleeper for ``ttl_ms``; only one caller cluster-wide wins it."""
-    reply = await conn.evalsha(WAKE, (sleeper_key, lock_key), (token, ttl_ms))
+async def wake(
+    conn: RedisConnection,
+    sleeper_key: str,
+    lock_key: str,
+    token: str,
+    ttl_ms: int,
+    claim_key: str | None = None,
+) -> WakeAnswer:
+    """Take the wake lock of a sleeper for ``ttl_ms``; only one caller cluster-wide wins it.
+
+    With ``claim_key`` (the address's claim, in the same slot) an address that is
+    claimed is not locked: the answer names its node instead.
+    """
+    keys = (sleeper_key, lock_key) if claim_key is None else (sleeper_key, lock_key, claim_key)
+    reply = await conn.evalsha(WAKE, keys, (token, ttl_ms))
     if reply[0] == 1:
         return WakeAnswer(True, reply[1], None)
     if reply[0] == 0:
         return WakeAnswer(False, None, reply[1])
+    if reply[0] == 2:
+        return WakeAnswer(False, None, None, reply[1], reply[2])
     return WakeAnswer(False, None, None)
 
 
