@@ -36,6 +36,13 @@ held here ``BUSY unavailable``; calls between sessions of this node go on.
 When Redis is back (or this node's lease was lost, or Redis came back empty),
 every session still connected here is claimed again; one whose address another
 session took meanwhile is closed (4000 ``address_in_use``).
+
+**Presence** (:class:`~systemx.state.redis.presence.RedisPresence`): the node's
+registry writes its presence entries to memory and, coalesced once per loop
+pass, to the node's hash ``sx:p:{N}``; a PRESENCE reads every live node's hash
+and is answered from their merge (``Exchange.on_presence_gathered``). A dead
+node's hash is deleted when it is swept; when Redis lost this node's hash (data
+lost, a flush not confirmed) the node writes it again.
 """
 
 from __future__ import annotations
@@ -54,12 +61,14 @@ from systemx.state.redis.adapter import Later, PendingDirectory
 from systemx.state.redis.bus import RedisBus
 from systemx.state.redis.conn import RedisConnection, RedisError, RedisUnavailable
 from systemx.state.redis.directory import RedisDirectory
+from systemx.state.redis.presence import RedisPresence
 from systemx.state.redis.url import parse_redis_url
 
 if TYPE_CHECKING:
     from systemx.config import Settings
     from systemx.core.exchange import Exchange
     from systemx.core.session import Session
+    from systemx.state.presence import PresenceIndex
 
 __all__ = ["Cluster", "NodeEndpoint", "default_node_id"]
 
@@ -160,6 +169,8 @@ class Cluster:
         self._head = b""
         self.later: Later | None = None
         self.claims: PendingDirectory | None = None
+        #: This node's presence index, mirrored in Redis; set by :meth:`start`.
+        self.presence: RedisPresence | None = None
 
     # ------------------------------------------------------------ life cycle
 
@@ -182,6 +193,7 @@ class Cluster:
         await self.bus.start()
         self.later = Later()
         self.claims = PendingDirectory(self.directory, self.later, self._claimed, self._looked_up)
+        await self._presence_start()
         log.info(
             "Cluster node %s (epoch %d) on %s, node TTL %d ms",
             self.node_id,
@@ -212,6 +224,7 @@ class Cluster:
         with contextlib.suppress(RedisError):
             # Answered after every frame queued before it: the HANGUPs of the shutdown are out.
             await self.cmd.execute("PING")
+        await self._presence_stop()
         await self.bus.stop()
         await self.directory.stop()
         await self.cmd.close()
@@ -337,6 +350,7 @@ class Cluster:
             await asyncio.sleep(self.poll)
             try:
                 await self._check_nodes()
+                await self._presence_repair()
                 if self._redis_down:
                     self._redis_down = False
                     log.warning("Redis is reachable again: claiming this node's addresses again")
@@ -360,6 +374,7 @@ class Cluster:
         for node in await self.directory.dead_nodes():
             if node == self.node_id:
                 continue
+            await self._presence_drop(node)
             freed = await self.directory.sweep_dead(node)
             if freed:
                 log.info("Freed %d address(es) of dead node %s", freed, node)
@@ -375,6 +390,7 @@ class Cluster:
     async def _reclaim(self) -> None:
         """Claim every address bound here again (Redis lost them, or this node's lease lapsed)."""
         exchange = self.exchange
+        await self._presence_republish()
         regs = exchange.registry.registrations()
         lost = 0
         for s, reg in regs:
@@ -388,3 +404,41 @@ class Cluster:
                 lost += 1
                 exchange.evict(s, _now())
         log.info("Claimed %d address(es) again; %d taken meanwhile by other sessions", len(regs) - lost, lost)
+
+    # ------------------------------------------------------------ presence
+
+    async def _presence_start(self) -> None:
+        assert self.later is not None
+        self.presence = RedisPresence(self.cmd, self.node_id, self.later, self._presence_gathered)
+        await self.presence.clear()  # entries of an earlier run of this node
+
+    async def _presence_stop(self) -> None:
+        if self.presence is not None:
+            with contextlib.suppress(RedisError):
+                await self.presence.clear()
+
+    def _presence_gathered(self, tickets: list[int], index: PresenceIndex | None) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            return
+        now = _now()
+        for ticket in tickets:
+            exchange.on_presence_gathered(ticket, index, now)
+
+    async def _presence_drop(self, node: str) -> None:
+        """A dead node's presence goes with it (before its addresses are swept)."""
+        if self.presence is not None and await self.presence.drop_node(node):
+            log.info("Dropped the presence of dead node %s", node)
+
+    async def _presence_repair(self) -> None:
+        """A flush Redis did not confirm: write this node's presence again."""
+        if self.presence is not None and self.presence.lost:
+            await self.presence.republish()
+
+    async def _presence_republish(self) -> None:
+        if self.presence is None:
+            return
+        try:
+            await self.presence.republish()
+        except RedisError as exc:
+            log.warning("Writing this node's presence again failed: %s; retried when Redis answers", exc)
