@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from systemx.state.redis.conn import RedisConnection
@@ -221,3 +223,19 @@ async def test_redis_out_of_reach_answers_unavailable_then_presence_comes_back(c
     # Redis comes back empty: every node writes its entries again.
     cluster.redis.start()
     await until(watcher, lambda r: addresses(r) == ["far@example.com"], timeout=scaled(15.0))
+
+
+async def test_visibility_rules_apply_to_every_nodes_entries(cluster: Cluster, tmp_path: Path) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text(json.dumps({"domains": {"example.com": {"presence": ["{domain}"]}}}))
+    n0, n1, n2 = await cluster.start(3, {**UNLIMITED, "SYSTEMX_POLICY_FILE": str(policy)})
+    alice = await cluster.client(n0, "alice@example.com")
+    await cluster.client(n1, "guest@example.org")
+    await cluster.client(n2, "ceo@example.com")
+    guest_view = await until(alice, lambda r: len(r["addresses"]) >= 1)
+    assert addresses(guest_view) == ["ceo@example.com"]
+    alice.send_json({"type": "PRESENCE", "query": {"domain": "example.org"}})
+    await alice.expect("ERROR", reason="forbidden", context="PRESENCE")
+    other = await cluster.client(n2, "other@example.org")
+    seen = await until(other, lambda r: len(r["addresses"]) == 3)
+    assert addresses(seen) == ["alice@example.com", "guest@example.org", "ceo@example.com"]

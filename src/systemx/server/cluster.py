@@ -39,10 +39,12 @@ session took meanwhile is closed (4000 ``address_in_use``).
 
 **Presence** (:class:`~systemx.state.redis.presence.RedisPresence`): the node's
 registry writes its presence entries to memory and, coalesced once per loop
-pass, to the node's hash ``sx:p:{N}``; a PRESENCE reads every live node's hash
-and is answered from their merge (``Exchange.on_presence_gathered``). A dead
-node's hash is deleted when it is swept; when Redis lost this node's hash (data
-lost, a flush not confirmed) the node writes it again.
+pass, to the node's hash ``sx:p:{N}`` and change stream ``sx:pc:{N}``; a
+PRESENCE reads what changed on every live node since this node last read, and
+is answered from this node's replica of the cluster's entries
+(``Exchange.on_presence_gathered``). A dead node's keys are deleted when it is
+swept; when Redis lost this node's entries (data lost, a write not confirmed)
+the node writes them anew.
 """
 
 from __future__ import annotations
@@ -415,7 +417,7 @@ class Cluster:
     async def _presence_stop(self) -> None:
         if self.presence is not None:
             with contextlib.suppress(RedisError):
-                await self.presence.clear()
+                await self.presence.leave()
 
     def _presence_gathered(self, tickets: list[int], index: PresenceIndex | None) -> None:
         exchange = self._exchange

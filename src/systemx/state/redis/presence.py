@@ -3,15 +3,16 @@
 :class:`RedisPresence` is the :class:`~systemx.state.presence.PresenceIndex`
 the registry of a cluster node writes. It keeps the node's own entries in a
 :class:`~systemx.state.presence.MemoryPresenceIndex`, as a single process does,
-and mirrors them into one Redis hash per node, ``sx:p:{N}``:
+and mirrors them into Redis, in two keys per node N:
 
-=================  ==========================================================
-field              value
-=================  ==========================================================
-``m:<key>``        msgpack ``[address, domain, capabilities, lat, lon,
-                   metadata, t]``: what the entry shows and filters on
-``s:<key>``        its status
-=================  ==========================================================
+* ``sx:p:{N}`` (HASH): the node's entries. ``m:<key>`` is msgpack ``[address,
+  domain, capabilities, lat, lon, metadata, t]``, ``s:<key>`` the status;
+  ``g`` is the hash's *generation*, a token written when the node starts or
+  writes the hash anew, and ``n`` the number of the last change written;
+* ``sx:pc:{N}`` (STREAM, ``MAXLEN ~ 10000``): the node's changes, one entry per
+  flush, numbered from 1 in each generation (change n has the id ``1-n``, so a
+  reader can tell whether it missed one), whose fields are those the flush
+  wrote (``m:``, ``s:``) and ``d:<key>`` for an entry removed.
 
 ``t`` is the entry's registration time (µs since the epoch, strictly
 increasing on one node), which orders entries across nodes as the sequence
@@ -22,42 +23,48 @@ would cost the bytes of the metadata.
 
 **Writes are coalesced per loop pass.** ``put``, ``set_status`` and ``remove``
 update the memory index at once and mark the key dirty; the first mark of a pass
-schedules one flush (``call_soon``) that sends at most one ``HDEL`` and one
-``HSET`` carrying every field that changed, corked with whatever else the pass
-sends on the connection. Each key's fields change in one command, so a reader
-never sees an entry half written. Nothing here runs per MSG. A flush Redis did
-not confirm marks the mirror *lost*; :meth:`RedisPresence.republish` (run by the
-cluster when Redis answers again, when its data was lost, and after a lost
-flush) rewrites the whole hash: ``DEL`` and ``HSET`` in batches of 1000 entries.
+schedules one flush (``call_soon``) that sends at most one ``HDEL``, one
+``HSET`` (with ``n``) and one ``XADD`` carrying every field that changed, corked with
+whatever else the pass sends on the connection. Nothing here runs per MSG. A
+write Redis did not confirm marks the mirror *lost*;
+:meth:`RedisPresence.republish` (run by the cluster when Redis answers again,
+when its data was lost, and after a lost write) writes hash and stream anew
+under a new generation, ``HSET`` in batches of 1000 entries, the generation last.
 
-**Queries read every live node.** :meth:`RedisPresence.gather` takes a ticket
-and answers it later through ``deliver(tickets, index)``: one ``ZRANGE`` of the
-node set, then, in one pipeline, ``EXISTS`` of each other node's lease and
-``HGETALL`` of its hash; a node without a lease is left out (it is dead and its
-hash awaits the sweep). This node's entries come from memory. The entries are
-merged in ``(t, node)`` order into a fresh :class:`MemoryPresenceIndex`, so a
-cluster query filters, orders and limits exactly as one process does. Tickets
-that arrive while a read is under way wait for the next read, which starts when
-it ends and serves them all: a node never has more than one read in flight,
-however many queries its clients send, and every read starts after the queries
-it serves arrived. With Redis out of reach the answer is ``None`` within
-500 ms (the caller answers ``ERROR unavailable``).
+**Queries read what changed.** :meth:`RedisPresence.gather` takes a ticket and
+answers it later through ``deliver(tickets, index)``. A read is one ``ZRANGE``
+of the node set, then one ``presence_read.lua`` call per other node, pipelined:
+a node without a lease is left out (it is dead; its keys await the sweep); for a
+live one the script returns the changes after the last one this node applied
+(``XRANGE``), or, for a reader that is new, has missed a change (trimmed, or
+never written), or faces another generation, the whole hash (``HGETALL``). The reader
+applies them to its *replica*: every node's entries, and one
+:class:`MemoryPresenceIndex` over them kept in the cluster's registration
+order (``(t, node)``), so a cluster query filters, orders and limits exactly as
+one process does. Entries arrive in that order nearly always (they are newer
+than everything read before); one that does not (it was flushed a pass late)
+makes the replica rebuild its index once with :func:`merge`.
 
-**Decoding** is cached per node by the bytes of each ``m:`` field: an entry
-whose fields did not change since the last read is not decoded again.
+Tickets that arrive while a read is under way wait for the next read, which
+starts when it ends and serves them all: a node never has more than one read in
+flight, however many queries its clients send, and every read starts after the
+queries it serves arrived. With Redis out of reach the answer is ``None``
+within 500 ms (the caller answers ``ERROR unavailable``).
 
-**Dead nodes.** :meth:`RedisPresence.drop_node` deletes a node's hash if its
-lease is gone (one script call, so a node that restarted meanwhile keeps its
-new hash); the cluster calls it for every dead node it sweeps. A node deletes
-its own hash when it starts (entries of an earlier run) and when it stops.
+**Dead nodes.** :meth:`RedisPresence.drop_node` deletes a node's keys if its
+lease is gone (``presence_drop.lua``, so a node that restarted meanwhile keeps
+its new ones); the cluster calls it for every dead node it sweeps. A node
+deletes its own keys when it starts (an earlier run's) and when it stops.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
+from importlib.resources import files
 from operator import itemgetter
 from typing import Any
 
@@ -68,23 +75,26 @@ from systemx.state.redis.adapter import Later
 from systemx.state.redis.conn import RedisConnection, RedisError, RedisUnavailable, Script
 from systemx.state.redis.keys import Keys
 
-__all__ = ["Merged", "RedisPresence", "RemoteEntry", "merge"]
+__all__ = ["Held", "Merged", "RedisPresence", "RemoteEntry", "Replica", "merge"]
 
 log = logging.getLogger("systemx.state.redis")
 
-_encode = msgspec.msgpack.Encoder().encode
-
-# Entries per HSET of a full rewrite: bounds one command's size and Redis time.
+# Entries per HSET when the hash is written anew: bounds one command's size and Redis time.
 REPUBLISH_BATCH = 1000
 # The documented bound on a query's wait for Redis.
 READ_TIMEOUT = 0.5
+# Changes kept per node (approximately): a reader further behind reads the whole hash.
+STREAM_MAXLEN = 10_000
+# More changes than this since a reader's last read: the whole hash is cheaper to send.
+MOST_CHANGES = 5_000
 
-# KEYS[1] a node's lease, KEYS[2] its presence hash (one slot: the {node} tag).
-# Deletes the hash only while the node holds no lease.
-DROP = Script(
-    "presence_drop",
-    "if redis.call('EXISTS', KEYS[1]) == 0 then return redis.call('DEL', KEYS[2]) end\nreturn -1\n",
-)
+
+def _script(name: str) -> Script:
+    return Script(name, files("systemx.state.redis.scripts").joinpath(f"{name}.lua").read_text("utf-8"))
+
+
+READ = _script("presence_read")
+DROP = _script("presence_drop")
 
 
 class RemoteEntry(msgspec.Struct, array_like=True, frozen=True):
@@ -99,6 +109,7 @@ class RemoteEntry(msgspec.Struct, array_like=True, frozen=True):
     t: int
 
 
+_encode = msgspec.msgpack.Encoder().encode
 _decode_entry = msgspec.msgpack.Decoder(RemoteEntry).decode
 
 Merged = tuple[int, str, str, RemoteEntry, str]
@@ -115,33 +126,135 @@ def merge(entries: Iterable[Merged]) -> MemoryPresenceIndex:
     nodes (for a moment, while it moves) keeps the later registration.
     """
     index = MemoryPresenceIndex()
-    put = index.put
-    remove = index.remove
     for _, _, key, e, status in sorted(entries, key=_ORDER):
         if key in index:
-            remove(key)
-        put(
-            key,
-            address=e.address,
-            domain=e.domain,
-            capabilities=e.capabilities,
-            lat=e.lat,
-            lon=e.lon,
-            status=status,
-            metadata=e.metadata,
-        )
+            index.remove(key)
+        _put(index, key, e, status)
     return index
 
 
-class _Local:
-    """This node's entry as mirrored: the hash's ``m:`` field, and the status."""
+def _put(index: MemoryPresenceIndex, key: str, e: RemoteEntry, status: str) -> None:
+    index.put(
+        key,
+        address=e.address,
+        domain=e.domain,
+        capabilities=e.capabilities,
+        lat=e.lat,
+        lon=e.lon,
+        status=status,
+        metadata=e.metadata,
+    )
+
+
+class Held:
+    """One node's entry: its ``m:`` field (bytes and decoded) and its status."""
 
     __slots__ = ("blob", "entry", "status")
 
-    def __init__(self, entry: RemoteEntry, status: str) -> None:
+    def __init__(self, entry: RemoteEntry, status: str, blob: bytes | None = None) -> None:
         self.entry = entry
-        self.blob = _encode(entry)
+        self.blob = _encode(entry) if blob is None else blob
         self.status = status
+
+
+class Replica:
+    """Every node's entries, and one index over them in the cluster's registration order.
+
+    A node's entries change through :meth:`held` (the node's dict of ``Held``,
+    written by the caller) and are noted with :meth:`touch`; :meth:`sync`
+    brings the index up to date with every key touched since the last sync.
+    """
+
+    def __init__(self) -> None:
+        self.index = MemoryPresenceIndex()
+        self.nodes: dict[str, dict[str, Held]] = {}
+        # Key -> (node, t, entry) of what the index shows for it.
+        self._shown: dict[str, tuple[str, int, RemoteEntry]] = {}
+        self._touched: set[str] = set()
+        self._newest = (-1, "")
+        #: Times the index was rebuilt because an entry arrived out of order.
+        self.rebuilds = 0
+
+    def held(self, node: str) -> dict[str, Held]:
+        entries = self.nodes.get(node)
+        if entries is None:
+            entries = self.nodes[node] = {}
+        return entries
+
+    def touch(self, key: str) -> None:
+        self._touched.add(key)
+
+    def forget(self, node: str) -> None:
+        """``node`` is gone: its entries leave the index at the next sync."""
+        entries = self.nodes.pop(node, None)
+        if entries:
+            self._touched.update(entries)
+
+    def sync(self) -> None:
+        touched, self._touched = self._touched, set()
+        if not touched:
+            return
+        index, shown, nodes = self.index, self._shown, self.nodes
+        fresh: list[Merged] = []
+        for key in touched:
+            best: tuple[int, str] | None = None
+            held: Held | None = None
+            for node, entries in nodes.items():
+                h = entries.get(key)
+                if h is not None and (best is None or (h.entry.t, node) > best):
+                    best, held = (h.entry.t, node), h
+            was = shown.get(key)
+            if held is None or best is None:
+                if was is not None:
+                    index.remove(key)
+                    del shown[key]
+                continue
+            t, node = best
+            if was is not None and was[0] == node and was[1] == t:
+                if was[2] is held.entry:
+                    index.set_status(key, held.status)
+                else:
+                    _put(index, key, held.entry, held.status)  # in place: same registration
+                    shown[key] = (node, t, held.entry)
+                continue
+            if was is not None:
+                index.remove(key)
+                del shown[key]
+            fresh.append((t, node, key, held.entry, held.status))
+        if not fresh:
+            return
+        fresh.sort(key=_ORDER)
+        if _ORDER(fresh[0]) < self._newest:
+            self._rebuild()
+            return
+        for t, node, key, entry, status in fresh:
+            _put(index, key, entry, status)
+            shown[key] = (node, t, entry)
+        self._newest = _ORDER(fresh[-1])
+
+    def _rebuild(self) -> None:
+        self.rebuilds += 1
+        everything = [
+            (h.entry.t, node, key, h.entry, h.status)
+            for node, entries in self.nodes.items()
+            for key, h in entries.items()
+        ]
+        self.index = merge(everything)
+        shown: dict[str, tuple[str, int, RemoteEntry]] = {}
+        for t, node, key, entry, _ in sorted(everything, key=_ORDER):
+            shown[key] = (node, t, entry)
+        self._shown = shown
+        self._newest = max((_ORDER(e) for e in everything), default=(-1, ""))
+
+
+class _Cursor:
+    """How far this node has read another node's changes."""
+
+    __slots__ = ("generation", "last")
+
+    def __init__(self) -> None:
+        self.generation = b""
+        self.last = 0
 
 
 class RedisPresence:
@@ -164,27 +277,37 @@ class RedisPresence:
         self.conn = conn
         self.node = node
         self.keys = keys or Keys()
-        self.hash = f"{self.keys.prefix}:p:{{{node}}}"
+        self.hash = self._hash(node)
+        self.stream = self._stream(node)
         self._later = later
         self._deliver = deliver
         self._loop = asyncio.get_running_loop()
         self._index = MemoryPresenceIndex()
-        self._mine: dict[str, _Local] = {}
+        self.replica = Replica()
+        # This node's entries: the replica's own dict for this node.
+        self._mine = self.replica.held(node)
         # Keys changed since the last flush: True = every field, False = the status only.
         self._dirty: dict[str, bool] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._last_t = 0
+        # The number of the last change written in this generation (its stream id is 1-n).
+        self._seq = 0
         # Tickets waiting for the next read; whether a read is in flight.
         self._waiting: list[int] = []
         self._reading = False
-        # Per other node: m: field -> (its bytes, the decoded entry), for entries unchanged since.
-        self._seen: dict[str, dict[bytes, tuple[bytes, RemoteEntry]]] = {}
-        #: A flush was not confirmed: the hash may be stale until :meth:`republish`.
+        self._cursors: dict[str, _Cursor] = {}
+        #: A write was not confirmed: Redis may hold stale entries until :meth:`republish`.
         self.lost = False
-        #: Reads of the cluster done, and fields written (for tests and health).
+        #: Reads of the cluster, and of them those that took a whole hash (for tests and tuning).
         self.reads = 0
-        self.flushes = 0
-        conn.register(DROP)
+        self.full_reads = 0
+        conn.register(READ, DROP)
+
+    def _hash(self, node: str) -> str:
+        return f"{self.keys.prefix}:p:{{{node}}}"
+
+    def _stream(self, node: str) -> str:
+        return f"{self.keys.prefix}:pc:{{{node}}}"
 
     # ---------------------------------------------------------------- the port
 
@@ -218,7 +341,7 @@ class RedisPresence:
             t = max(time.time_ns() // 1000, self._last_t + 1)
             self._last_t = t
         entry = RemoteEntry(address or key, domain.lower(), caps, lat, lon, metadata, t)
-        self._mine[key] = _Local(entry, status)
+        self._mine[key] = Held(entry, status)
         self._mark(key, True)
 
     def set_status(self, key: str, status: str) -> None:
@@ -254,6 +377,7 @@ class RedisPresence:
     # ------------------------------------------------------------------ writes
 
     def _mark(self, key: str, full: bool) -> None:
+        self.replica.touch(key)
         dirty = self._dirty
         dirty[key] = full or dirty.get(key, False)
         if self._flush_handle is None:
@@ -266,19 +390,21 @@ class RedisPresence:
         gone: list[str] = []
         fields: list[str | bytes] = []
         for key, full in dirty.items():
-            local = mine.get(key)
-            if local is None:
+            held = mine.get(key)
+            if held is None:
                 gone += ("m:" + key, "s:" + key)
             elif full:
-                fields += ("m:" + key, local.blob, "s:" + key, local.status)
+                fields += ("m:" + key, held.blob, "s:" + key, held.status)
             else:
-                fields += ("s:" + key, local.status)
+                fields += ("s:" + key, held.status)
         conn = self.conn
+        self._seq = seq = self._seq + 1
+        changes = fields + [x for f in gone[::2] for x in ("d:" + f[2:], "")]
         if gone:
             conn.execute("HDEL", self.hash, *gone).add_done_callback(self._confirmed)
-        if fields:
-            conn.execute("HSET", self.hash, *fields).add_done_callback(self._confirmed)
-        self.flushes += 1
+        conn.execute("HSET", self.hash, *fields, "n", seq).add_done_callback(self._confirmed)
+        xadd = conn.execute("XADD", self.stream, "MAXLEN", "~", STREAM_MAXLEN, f"1-{seq}", *changes)
+        xadd.add_done_callback(self._confirmed)
 
     def _confirmed(self, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or fut.exception() is not None:
@@ -287,38 +413,44 @@ class RedisPresence:
             self.lost = True
 
     async def republish(self) -> None:
-        """Write this node's hash again from memory (Redis lost it, or a flush failed)."""
+        """Write this node's hash and stream anew from memory, under a new generation."""
         self.lost = False
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         self._dirty.clear()
+        self._seq = 0
         conn = self.conn
-        last = conn.execute("DEL", self.hash)
-        fields: list[str | bytes] = []
+        conn.execute("DEL", self.hash, self.stream).add_done_callback(self._confirmed)
         items = list(self._mine.items())
         for i in range(0, len(items), REPUBLISH_BATCH):
-            fields.clear()
-            for key, local in items[i : i + REPUBLISH_BATCH]:
-                fields += ("m:" + key, local.blob, "s:" + key, local.status)
-            last.add_done_callback(self._confirmed)
-            last = conn.execute("HSET", self.hash, *fields)
+            fields: list[str | bytes] = []
+            for key, held in items[i : i + REPUBLISH_BATCH]:
+                fields += ("m:" + key, held.blob, "s:" + key, held.status)
+            conn.execute("HSET", self.hash, *fields).add_done_callback(self._confirmed)
+        # The generation last: a reader that saw the hash half written reads it whole again.
         try:
-            await last
+            await conn.execute("HSET", self.hash, "g", secrets.token_hex(8), "n", 0)
         except RedisError:
             self.lost = True
             raise
-        log.info("Presence of node %s written again: %d entries", self.node, len(items))
+        log.info("Presence of node %s written anew: %d entries", self.node, len(items))
 
     async def clear(self) -> None:
-        """Delete this node's hash (it starts, or leaves the cluster)."""
-        await self.conn.execute("DEL", self.hash)
+        """Delete this node's keys, then write an empty hash of a new generation (it starts)."""
+        self._seq = 0
+        await self.conn.execute("DEL", self.hash, self.stream)
+        await self.conn.execute("HSET", self.hash, "g", secrets.token_hex(8), "n", 0)
+
+    async def leave(self) -> None:
+        """Delete this node's keys (it leaves the cluster)."""
+        await self.conn.execute("DEL", self.hash, self.stream)
 
     async def drop_node(self, node: str) -> bool:
-        """Delete the hash of ``node`` if it holds no lease; whether it was deleted."""
-        reply = await self.conn.evalsha(DROP, (self.keys.node(node), f"{self.keys.prefix}:p:{{{node}}}"), ())
-        self._seen.pop(node, None)
-        return bool(reply == 1)
+        """Delete the keys of ``node`` if it holds no lease; whether they were deleted."""
+        keys = (self.keys.node(node), self._hash(node), self._stream(node))
+        reply = await self.conn.evalsha(DROP, keys, ())
+        return bool(reply is not None and reply > 0)
 
     # ----------------------------------------------------------------- queries
 
@@ -348,60 +480,111 @@ class RedisPresence:
     async def _read(self) -> MemoryPresenceIndex:
         try:
             async with asyncio.timeout(READ_TIMEOUT):
-                hashes = await self._fetch()
+                replies = await self._fetch()
         except TimeoutError:
             raise RedisUnavailable(f"no answer within {READ_TIMEOUT * 1000:.0f} ms") from None
+        replica = self.replica
+        for node, reply in replies:
+            self._apply(node, reply)
+        replica.sync()
         self.reads += 1
-        return merge(self._entries(hashes))
+        return replica.index
 
     async def _fetch(self) -> list[tuple[str, Any]]:
         conn, keys = self.conn, self.keys
         names = [n.decode() for n in await conn.execute("ZRANGE", keys.nodes, 0, -1)]
         others = [n for n in names if n != self.node]
-        leases = [conn.execute("EXISTS", keys.node(n)) for n in others]
-        hashes = [conn.execute("HGETALL", f"{keys.prefix}:p:{{{n}}}") for n in others]
-        live: list[tuple[str, Any]] = []
-        for node, lease, fields in zip(others, leases, hashes, strict=True):
-            if await lease:
-                live.append((node, await fields))
-            else:
-                await fields
-        for node in list(self._seen):
-            if node not in others:
-                del self._seen[node]
-        return live
+        cursors = self._cursors
+        asked = []
+        for node in others:
+            cursor = cursors.get(node)
+            if cursor is None:
+                cursor = cursors[node] = _Cursor()
+            asked.append(
+                conn.evalsha(
+                    READ,
+                    (keys.node(node), self._hash(node), self._stream(node)),
+                    (cursor.generation, cursor.last, MOST_CHANGES),
+                )
+            )
+        # Awaited in order; every one is awaited, so none is left with an unread error.
+        replies = []
+        for node, pending in zip(others, asked, strict=True):
+            replies.append((node, await pending))
+        return replies
 
-    def _entries(self, hashes: list[tuple[str, Any]]) -> list[Merged]:
-        node = self.node
-        out = [(local.entry.t, node, key, local.entry, local.status) for key, local in self._mine.items()]
-        for other, reply in hashes:
-            self._decode_node(other, reply, out)
-        return out
+    def _apply(self, node: str, reply: list[Any]) -> None:
+        """One node's answer to ``presence_read.lua``, applied to the replica."""
+        replica = self.replica
+        cursors = self._cursors
+        if reply[0] == 0:  # no lease: the node is dead
+            cursors.pop(node, None)
+            replica.forget(node)
+            return
+        _, generation, last, payload = reply
+        cursor = cursors[node]
+        if reply[0] == 2:
+            self.full_reads += 1
+            self._replace(node, payload)
+        else:
+            entries = replica.held(node)
+            for _, fields in payload:
+                for i in range(0, len(fields), 2):
+                    field = fields[i]
+                    kind, key = field[:2], field[2:].decode()
+                    if kind == b"s:":
+                        held = entries.get(key)
+                        if held is not None:
+                            held.status = fields[i + 1].decode()
+                            replica.touch(key)
+                    elif kind == b"m:":
+                        # Its status follows in the same change.
+                        old = entries.get(key)
+                        self._held(node, entries, key, fields[i + 1], old.status if old else "")
+                    elif kind == b"d:" and entries.pop(key, None) is not None:
+                        replica.touch(key)
+        cursor.generation = generation
+        cursor.last = last
 
-    def _decode_node(self, node: str, reply: Any, out: list[Merged]) -> None:
-        pairs = reply.items() if isinstance(reply, dict) else zip(reply[::2], reply[1::2], strict=True)
+    def _replace(self, node: str, fields: list[bytes]) -> None:
+        """A whole hash of ``node``: its entries now (those unchanged are not decoded again)."""
+        replica = self.replica
+        before = replica.nodes.get(node, {})
         statuses: dict[bytes, bytes] = {}
         blobs: list[tuple[bytes, bytes]] = []
-        for field, value in pairs:
+        for i in range(0, len(fields), 2):
+            field = fields[i]
             if field[:2] == b"s:":
-                statuses[field[2:]] = value
+                statuses[field[2:]] = fields[i + 1]
             elif field[:2] == b"m:":
-                blobs.append((field[2:], value))
-        seen = self._seen.get(node, {})
-        fresh: dict[bytes, tuple[bytes, RemoteEntry]] = {}
-        for key, blob in blobs:
-            status = statuses.get(key)
+                blobs.append((field[2:], fields[i + 1]))
+        now: dict[str, Held] = {}
+        for raw, blob in blobs:
+            status = statuses.get(raw)
             if status is None:
-                continue  # not written whole (cannot happen: one HSET per key's fields)
-            cached = seen.get(key)
-            if cached is not None and cached[0] == blob:
-                entry = cached[1]
+                continue  # cannot happen: an entry's fields are written by one HSET
+            key = raw.decode()
+            old = before.get(key)
+            if old is not None and old.blob == blob:
+                old.status = status.decode()
+                now[key] = old
             else:
                 try:
-                    entry = _decode_entry(blob)
+                    now[key] = Held(_decode_entry(blob), status.decode(), blob)
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     log.warning("Presence entry %r of node %s unreadable: %s", key, node, exc)
-                    continue
-            fresh[key] = (blob, entry)
-            out.append((entry.t, node, key.decode(), entry, status.decode()))
-        self._seen[node] = fresh
+        replica.nodes[node] = now
+        for key in before.keys() | now.keys():
+            replica.touch(key)
+
+    def _held(self, node: str, entries: dict[str, Held], key: str, blob: bytes, status: str) -> None:
+        old = entries.get(key)
+        if old is not None and old.blob == blob:
+            old.status = status
+        else:
+            try:
+                entries[key] = Held(_decode_entry(blob), status, blob)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.warning("Presence entry %r of node %s unreadable: %s", key, node, exc)
+                return
+        self.replica.touch(key)
