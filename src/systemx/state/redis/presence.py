@@ -1,9 +1,8 @@
 """Presence over a cluster: each node mirrors its entries into Redis, a query reads every node's.
 
 :class:`RedisPresence` is the :class:`~systemx.state.presence.PresenceIndex`
-the registry of a cluster node writes. It keeps the node's own entries in a
-:class:`~systemx.state.presence.MemoryPresenceIndex`, as a single process does,
-and mirrors them into Redis, in two keys per node N:
+the registry of a cluster node writes. It keeps the node's own entries in
+memory and mirrors them into Redis, in two keys per node N:
 
 * ``sx:p:{N}`` (HASH): the node's entries. ``m:<key>`` is msgpack ``[address,
   domain, capabilities, lat, lon, metadata, t]``, ``s:<key>`` the status;
@@ -22,7 +21,8 @@ call (both parties go ``busy`` and back), and rewriting the metadata each time
 would cost the bytes of the metadata.
 
 **Writes are coalesced per loop pass.** ``put``, ``set_status`` and ``remove``
-update the memory index at once and mark the key dirty; the first mark of a pass
+update the node's entries in memory at once and mark the key dirty (nothing is
+indexed on this path: the replica indexes at its next read); the first mark of a pass
 schedules one flush (``call_soon``) that sends at most one ``HDEL``, one
 ``HSET`` (with ``n``) and one ``XADD`` carrying every field that changed, corked with
 whatever else the pass sends on the connection. Nothing here runs per MSG. A
@@ -36,20 +36,26 @@ answers it later through ``deliver(tickets, index)``. A read is one ``ZRANGE``
 of the node set, then one ``presence_read.lua`` call per other node, pipelined:
 a node without a lease is left out (it is dead; its keys await the sweep); for a
 live one the script returns the changes after the last one this node applied
-(``XRANGE``), or, for a reader that is new, has missed a change (trimmed, or
-never written), or faces another generation, the whole hash (``HGETALL``). The reader
+(``XRANGE``), or tells a reader that is new, has missed a change (trimmed, or
+never written), or faces another generation to start over: it then reads the
+whole hash (``HGETALL``, pipelined for all such nodes). The reader
 applies them to its *replica*: every node's entries, and one
 :class:`MemoryPresenceIndex` over them kept in the cluster's registration
 order (``(t, node)``), so a cluster query filters, orders and limits exactly as
 one process does. Entries arrive in that order nearly always (they are newer
 than everything read before); one that does not (it was flushed a pass late)
-makes the replica rebuild its index once with :func:`merge`.
+makes the replica rebuild its index once with :func:`merge`. A read decodes and
+indexes in steps of 2000 entries with a pass of the loop between them, so a
+large one (a new node reads every whole hash) does not hold up this node's
+calls.
 
 Tickets that arrive while a read is under way wait for the next read, which
 starts when it ends and serves them all: a node never has more than one read in
 flight, however many queries its clients send, and every read starts after the
 queries it serves arrived. With Redis out of reach the answer is ``None``
-within 500 ms (the caller answers ``ERROR unavailable``).
+within 500 ms (the caller answers ``ERROR unavailable``): the ``ZRANGE`` has
+that bound; the scripts after it, which may carry whole hashes, fail when the
+connection has received nothing for 500 ms.
 
 **Dead nodes.** :meth:`RedisPresence.drop_node` deletes a node's keys if its
 lease is gone (``presence_drop.lua``, so a node that restarted meanwhile keeps
@@ -63,7 +69,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib.resources import files
 from operator import itemgetter
 from typing import Any
@@ -72,7 +78,7 @@ import msgspec
 
 from systemx.state.presence import MemoryPresenceIndex, PresenceIndex, PresenceRow
 from systemx.state.redis.adapter import Later
-from systemx.state.redis.conn import RedisConnection, RedisError, RedisUnavailable, Script
+from systemx.state.redis.conn import RedisConnection, RedisError, RedisUnavailable, ReplyError, Script
 from systemx.state.redis.keys import Keys
 
 __all__ = ["Held", "Merged", "RedisPresence", "RemoteEntry", "Replica", "merge"]
@@ -87,6 +93,9 @@ READ_TIMEOUT = 0.5
 STREAM_MAXLEN = 10_000
 # More changes than this since a reader's last read: the whole hash is cheaper to send.
 MOST_CHANGES = 5_000
+# Entries a read decodes or indexes between two passes of the loop: a large first read
+# (every node's whole hash) does not hold up the calls of this node.
+STEP = 2_000
 
 
 def _script(name: str) -> Script:
@@ -126,11 +135,19 @@ def merge(entries: Iterable[Merged]) -> MemoryPresenceIndex:
     nodes (for a moment, while it moves) keeps the later registration.
     """
     index = MemoryPresenceIndex()
-    for _, _, key, e, status in sorted(entries, key=_ORDER):
+    for _ in _merge_into(index, sorted(entries, key=_ORDER)):
+        pass
+    return index
+
+
+def _merge_into(index: MemoryPresenceIndex, ordered: list[Merged]) -> Iterator[None]:
+    """Put ``ordered`` into ``index``, pausing (yielding) every :data:`STEP` entries."""
+    for i, (_, _, key, e, status) in enumerate(ordered):
         if key in index:
             index.remove(key)
         _put(index, key, e, status)
-    return index
+        if i % STEP == STEP - 1:
+            yield
 
 
 def _put(index: MemoryPresenceIndex, key: str, e: RemoteEntry, status: str) -> None:
@@ -191,12 +208,24 @@ class Replica:
             self._touched.update(entries)
 
     def sync(self) -> None:
+        """Bring the index up to date at once."""
+        for _ in self.steps():
+            pass
+
+    def steps(self) -> Iterator[None]:
+        """Bring the index up to date, pausing (yielding) every :data:`STEP` keys.
+
+        Between two steps the caller may run the loop: keys touched meanwhile
+        wait for the next sync, and the index is read only once this one is done.
+        """
         touched, self._touched = self._touched, set()
         if not touched:
             return
         index, shown, nodes = self.index, self._shown, self.nodes
         fresh: list[Merged] = []
-        for key in touched:
+        for n, key in enumerate(touched):
+            if n % STEP == STEP - 1:
+                yield
             best: tuple[int, str] | None = None
             held: Held | None = None
             for node, entries in nodes.items():
@@ -225,26 +254,32 @@ class Replica:
             return
         fresh.sort(key=_ORDER)
         if _ORDER(fresh[0]) < self._newest:
-            self._rebuild()
+            yield from self._rebuild()
             return
-        for t, node, key, entry, status in fresh:
+        for i, (t, node, key, entry, status) in enumerate(fresh):
             _put(index, key, entry, status)
             shown[key] = (node, t, entry)
+            if i % STEP == STEP - 1:
+                yield
         self._newest = _ORDER(fresh[-1])
 
-    def _rebuild(self) -> None:
+    def _rebuild(self) -> Iterator[None]:
         self.rebuilds += 1
-        everything = [
-            (h.entry.t, node, key, h.entry, h.status)
-            for node, entries in self.nodes.items()
-            for key, h in entries.items()
-        ]
-        self.index = merge(everything)
-        shown: dict[str, tuple[str, int, RemoteEntry]] = {}
-        for t, node, key, entry, _ in sorted(everything, key=_ORDER):
-            shown[key] = (node, t, entry)
-        self._shown = shown
-        self._newest = max((_ORDER(e) for e in everything), default=(-1, ""))
+        everything = sorted(
+            (
+                (h.entry.t, node, key, h.entry, h.status)
+                for node, entries in self.nodes.items()
+                for key, h in entries.items()
+            ),
+            key=_ORDER,
+        )
+        index = MemoryPresenceIndex()
+        yield from _merge_into(index, everything)
+        # The later registration of a key on two nodes wins, as in the index.
+        self._shown = {key: (node, t, entry) for t, node, key, entry, _ in everything}
+        self._newest = _ORDER(everything[-1]) if everything else (-1, "")
+        self.index = index
+        # Keys touched while it was rebuilt are done by the next sync.
 
 
 class _Cursor:
@@ -282,7 +317,6 @@ class RedisPresence:
         self._later = later
         self._deliver = deliver
         self._loop = asyncio.get_running_loop()
-        self._index = MemoryPresenceIndex()
         self.replica = Replica()
         # This node's entries: the replica's own dict for this node.
         self._mine = self.replica.held(node)
@@ -323,17 +357,11 @@ class RedisPresence:
         status: str,
         metadata: dict[str, Any],
     ) -> None:
+        if (lat is None) != (lon is None):
+            raise ValueError("lat and lon must both be given or both be None")
+        if lat is not None and lon is not None and not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+            raise ValueError(f"need -90 <= lat <= 90 and -180 <= lon <= 180, got lat={lat!r} lon={lon!r}")
         caps = tuple(capabilities)
-        self._index.put(
-            key,
-            address=address,
-            domain=domain,
-            capabilities=caps,
-            lat=lat,
-            lon=lon,
-            status=status,
-            metadata=metadata,
-        )
         old = self._mine.get(key)
         if old is not None:
             t = old.entry.t
@@ -348,12 +376,10 @@ class RedisPresence:
         mine = self._mine.get(key)
         if mine is not None and mine.status != status:
             mine.status = status
-            self._index.set_status(key, status)
             self._mark(key, False)
 
     def remove(self, key: str) -> None:
         if self._mine.pop(key, None) is not None:
-            self._index.remove(key)
             self._mark(key, True)
 
     def query(
@@ -366,13 +392,18 @@ class RedisPresence:
         exclude: str | None = None,
         limit: int,
     ) -> list[PresenceRow]:
-        """This node's entries only (a cluster-wide answer goes through :meth:`gather`)."""
-        return self._index.query(
+        """This node's entries now and the other nodes' as last read, without asking Redis.
+
+        A cluster-wide answer as of now goes through :meth:`gather`.
+        """
+        self.replica.sync()
+        return self.replica.index.query(
             domain=domain, capabilities=capabilities, near=near, status=status, exclude=exclude, limit=limit
         )
 
     def __len__(self) -> int:
-        return len(self._index)
+        """This node's entries."""
+        return len(self._mine)
 
     # ------------------------------------------------------------------ writes
 
@@ -478,43 +509,71 @@ class RedisPresence:
                 self._read_next()
 
     async def _read(self) -> MemoryPresenceIndex:
-        try:
-            async with asyncio.timeout(READ_TIMEOUT):
-                replies = await self._fetch()
-        except TimeoutError:
-            raise RedisUnavailable(f"no answer within {READ_TIMEOUT * 1000:.0f} ms") from None
+        replies = await self._fetch()
         replica = self.replica
+        pause = asyncio.sleep
         for node, reply in replies:
-            self._apply(node, reply)
-        replica.sync()
+            for _ in self._apply(node, reply):
+                await pause(0)
+        for _ in replica.steps():
+            await pause(0)
         self.reads += 1
         return replica.index
 
     async def _fetch(self) -> list[tuple[str, Any]]:
         conn, keys = self.conn, self.keys
-        names = [n.decode() for n in await conn.execute("ZRANGE", keys.nodes, 0, -1)]
+        # Bounded here: Redis out of reach answers a query within 500 ms. The scripts
+        # that follow may send much (a whole hash) and are bounded by the connection,
+        # which fails a command only when nothing arrived for 500 ms.
+        try:
+            async with asyncio.timeout(READ_TIMEOUT):
+                nodes = await conn.execute("ZRANGE", keys.nodes, 0, -1)
+        except TimeoutError:
+            raise RedisUnavailable(f"no answer within {READ_TIMEOUT * 1000:.0f} ms") from None
+        names = [n.decode() for n in nodes]
         others = [n for n in names if n != self.node]
         cursors = self._cursors
-        asked = []
+        asked: list[tuple[str, tuple[str, str, str], tuple[bytes, int, int], asyncio.Future[Any]]] = []
         for node in others:
             cursor = cursors.get(node)
             if cursor is None:
                 cursor = cursors[node] = _Cursor()
-            asked.append(
-                conn.evalsha(
-                    READ,
-                    (keys.node(node), self._hash(node), self._stream(node)),
-                    (cursor.generation, cursor.last, MOST_CHANGES),
-                )
-            )
+            script_keys = (keys.node(node), self._hash(node), self._stream(node))
+            args = (cursor.generation, cursor.last, MOST_CHANGES)
+            # EVALSHA itself, not conn.evalsha (a coroutine): every node's call goes in one pipeline.
+            asked.append((node, script_keys, args, conn.execute("EVALSHA", READ.sha, 3, *script_keys, *args)))
         # Awaited in order; every one is awaited, so none is left with an unread error.
-        replies = []
-        for node, pending in zip(others, asked, strict=True):
-            replies.append((node, await pending))
+        replies: list[tuple[str, Any]] = []
+        failed: RedisError | None = None
+        for node, script_keys, args, pending in asked:
+            try:
+                reply = await pending
+            except ReplyError as exc:
+                if not str(exc).startswith("NOSCRIPT") or failed is not None:
+                    failed = failed or exc
+                    continue
+                reply = await conn.evalsha(READ, script_keys, args)  # scripts were flushed
+            except RedisError as exc:
+                failed = failed or exc
+                continue
+            replies.append((node, reply))
+        if failed is not None:
+            raise failed
+        # Readers that start over read the whole hash, in one more pipelined round trip.
+        whole = [
+            (reply, conn.execute("HGETALL", self._hash(node))) for node, reply in replies if reply[0] == 2
+        ]
+        for reply, pending in whole:
+            try:
+                reply.append(await pending)
+            except RedisError as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
         return replies
 
-    def _apply(self, node: str, reply: list[Any]) -> None:
-        """One node's answer to ``presence_read.lua``, applied to the replica."""
+    def _apply(self, node: str, reply: list[Any]) -> Iterator[None]:
+        """One node's answer to ``presence_read.lua``, applied to the replica (in steps)."""
         replica = self.replica
         cursors = self._cursors
         if reply[0] == 0:  # no lease: the node is dead
@@ -525,10 +584,12 @@ class RedisPresence:
         cursor = cursors[node]
         if reply[0] == 2:
             self.full_reads += 1
-            self._replace(node, payload)
+            yield from self._replace(node, payload)
         else:
             entries = replica.held(node)
             for _, fields in payload:
+                if len(fields) > STEP:
+                    yield
                 for i in range(0, len(fields), 2):
                     field = fields[i]
                     kind, key = field[:2], field[2:].decode()
@@ -546,7 +607,7 @@ class RedisPresence:
         cursor.generation = generation
         cursor.last = last
 
-    def _replace(self, node: str, fields: list[bytes]) -> None:
+    def _replace(self, node: str, fields: list[bytes]) -> Iterator[None]:
         """A whole hash of ``node``: its entries now (those unchanged are not decoded again)."""
         replica = self.replica
         before = replica.nodes.get(node, {})
@@ -559,7 +620,9 @@ class RedisPresence:
             elif field[:2] == b"m:":
                 blobs.append((field[2:], fields[i + 1]))
         now: dict[str, Held] = {}
-        for raw, blob in blobs:
+        for n, (raw, blob) in enumerate(blobs):
+            if n % STEP == STEP - 1:
+                yield
             status = statuses.get(raw)
             if status is None:
                 continue  # cannot happen: an entry's fields are written by one HSET

@@ -5,9 +5,12 @@
 -- Change n has the stream id 1-n, so a reader can tell whether it missed one.
 -- Returns {0} when the node holds no lease (dead: leave it out);
 --         {1, generation, last change, changes}: the XRANGE entries after ARGV[2], in order;
---         {2, generation, last change, fields}: HGETALL of the hash, for a reader that starts
---         over: another generation (the node restarted or wrote its hash anew), changes it
---         has not read trimmed from the stream, or too many of them.
+--         {2, generation, last change}: the reader must start over, with an HGETALL of the
+--         hash (not done here: a Lua copy of a large hash costs Redis far more than the
+--         command): another generation (the node restarted or wrote its hash anew),
+--         changes it has not read trimmed from the stream, or too many of them. The hash
+--         it reads may hold changes after "last change"; reading those again later is
+--         harmless (each change sets a key's whole state).
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 local gen = redis.call('HGET', KEYS[2], 'g')
 if gen and gen == ARGV[1] then
@@ -20,4 +23,4 @@ if gen and gen == ARGV[1] then
   end
 end
 local last = tonumber(redis.call('HGET', KEYS[2], 'n') or '0')
-return {2, gen or '', last, redis.call('HGETALL', KEYS[2])}
+return {2, gen or '', last}
