@@ -9,9 +9,10 @@ memory and mirrors them into Redis, in two keys per node N:
   ``g`` is the hash's *generation*, a token written when the node starts or
   writes the hash anew, and ``n`` the number of the last change written;
 * ``sx:pc:{N}`` (STREAM, ``MAXLEN ~ 10000``): the node's changes, one entry per
-  flush, numbered from 1 in each generation (change n has the id ``1-n``, so a
-  reader can tell whether it missed one), whose fields are those the flush
-  wrote (``m:``, ``s:``) and ``d:<key>`` for an entry removed.
+  flush (per 100 keys of a larger flush), numbered from 1 in each generation
+  (change n has the id ``1-n``, so a reader can tell whether it missed one),
+  whose fields are those the flush wrote (``m:``, ``s:``) and ``d:<key>`` for
+  an entry removed.
 
 ``t`` is the entry's registration time (µs since the epoch, strictly
 increasing on one node), which orders entries across nodes as the sequence
@@ -22,10 +23,10 @@ would cost the bytes of the metadata.
 
 **Writes are coalesced per loop pass.** ``put``, ``set_status`` and ``remove``
 update the node's entries in memory at once and mark the key dirty (nothing is
-indexed on this path: the replica indexes at its next read); the first mark of a pass
-schedules one flush (``call_soon``) that sends at most one ``HDEL``, one
-``HSET`` (with ``n``) and one ``XADD`` carrying every field that changed, corked with
-whatever else the pass sends on the connection. Nothing here runs per MSG. A
+indexed on this path: the replica indexes at its next read); the first mark of
+a pass schedules one flush (``call_soon``) that sends at most one ``HDEL``, one
+``HSET`` (with ``n``) and one ``XADD`` per 100 keys, carrying every field that
+changed, corked with whatever else the pass sends on the connection. Nothing here runs per MSG. A
 write Redis did not confirm marks the mirror *lost*;
 :meth:`RedisPresence.republish` (run by the cluster when Redis answers again,
 when its data was lost, and after a lost write) writes hash and stream anew
@@ -91,6 +92,9 @@ REPUBLISH_BATCH = 1000
 READ_TIMEOUT = 0.5
 # Changes kept per node (approximately): a reader further behind reads the whole hash.
 STREAM_MAXLEN = 10_000
+# Keys per change: a flush of more (a burst of registrations) is several changes, since
+# Redis walks a stream entry's fields to skip it, and a reader's XRANGE may start in one.
+CHANGE_KEYS = 100
 # More changes than this since a reader's last read: the whole hash is cheaper to send.
 MOST_CHANGES = 5_000
 # Entries a read decodes or indexes between two passes of the loop: a large first read
@@ -338,10 +342,10 @@ class RedisPresence:
         conn.register(READ, DROP)
 
     def _hash(self, node: str) -> str:
-        return f"{self.keys.prefix}:p:{{{node}}}"
+        return self.keys.presence(node)
 
     def _stream(self, node: str) -> str:
-        return f"{self.keys.prefix}:pc:{{{node}}}"
+        return self.keys.presence_changes(node)
 
     # ---------------------------------------------------------------- the port
 
@@ -420,22 +424,33 @@ class RedisPresence:
         mine = self._mine
         gone: list[str] = []
         fields: list[str | bytes] = []
+        # The stream's changes, at most CHANGE_KEYS keys each.
+        changes: list[list[str | bytes]] = [[]]
         for key, full in dirty.items():
+            change = changes[-1]
+            if len(change) >= 4 * CHANGE_KEYS:
+                change = []
+                changes.append(change)
             held = mine.get(key)
             if held is None:
                 gone += ("m:" + key, "s:" + key)
+                change += ("d:" + key, "")
             elif full:
-                fields += ("m:" + key, held.blob, "s:" + key, held.status)
+                written = ("m:" + key, held.blob, "s:" + key, held.status)
+                fields += written
+                change += written
             else:
                 fields += ("s:" + key, held.status)
+                change += ("s:" + key, held.status)
         conn = self.conn
-        self._seq = seq = self._seq + 1
-        changes = fields + [x for f in gone[::2] for x in ("d:" + f[2:], "")]
+        first = self._seq + 1
+        self._seq = last = self._seq + len(changes)
         if gone:
             conn.execute("HDEL", self.hash, *gone).add_done_callback(self._confirmed)
-        conn.execute("HSET", self.hash, *fields, "n", seq).add_done_callback(self._confirmed)
-        xadd = conn.execute("XADD", self.stream, "MAXLEN", "~", STREAM_MAXLEN, f"1-{seq}", *changes)
-        xadd.add_done_callback(self._confirmed)
+        conn.execute("HSET", self.hash, *fields, "n", last).add_done_callback(self._confirmed)
+        for seq, change in enumerate(changes, first):
+            xadd = conn.execute("XADD", self.stream, "MAXLEN", "~", STREAM_MAXLEN, f"1-{seq}", *change)
+            xadd.add_done_callback(self._confirmed)
 
     def _confirmed(self, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or fut.exception() is not None:
