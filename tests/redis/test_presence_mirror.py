@@ -127,6 +127,9 @@ async def test_a_node_without_a_lease_is_left_out_and_its_keys_are_dropped(conne
     put(b.presence, 2)
     await a.written()
     assert [r[0] for r in await b.read()] == ["u1@d1.test", "u2@d2.test"]
+    # Without a read, a node's own query knows its own entries and those it read last.
+    assert [r[0] for r in a.presence.query(limit=10)] == ["u1@d1.test"]
+    assert [r[0] for r in b.presence.query(limit=10)] == ["u1@d1.test", "u2@d2.test"]
     assert not await b.presence.drop_node("A"), "A holds a lease"
     await b.presence.conn.execute("DEL", KEYS.node("A"))
     assert [r[0] for r in await b.read()] == ["u2@d2.test"]

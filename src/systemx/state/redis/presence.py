@@ -398,9 +398,11 @@ class RedisPresence:
     ) -> list[PresenceRow]:
         """This node's entries now and the other nodes' as last read, without asking Redis.
 
-        A cluster-wide answer as of now goes through :meth:`gather`.
+        A cluster-wide answer as of now goes through :meth:`gather`. While a read
+        is under way the index is answered as the last read left it.
         """
-        self.replica.sync()
+        if not self._reading:
+            self.replica.sync()
         return self.replica.index.query(
             domain=domain, capabilities=capabilities, near=near, status=status, exclude=exclude, limit=limit
         )
