@@ -11,6 +11,7 @@ import msgspec
 from systemx.config import Settings, SpawnHandler
 from systemx.core import Exchange, RecordingActions, Session
 from systemx.core.actions import WakeProfile
+from systemx.state.presence import PresenceGather
 
 _dec = msgspec.json.Decoder()
 
@@ -20,7 +21,12 @@ def _fields(key: Any) -> list[Any]:
 
 
 class Harness:
-    def __init__(self, profiles: dict[str, dict[str, Any]] | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        profiles: dict[str, dict[str, Any]] | None = None,
+        presence_gather: PresenceGather | None = None,
+        **overrides: Any,
+    ) -> None:
         spawn = SpawnHandler(name="true", argv=("/bin/true",), addresses=("*@spawn.test",))
         base = {"spawn_handlers": (spawn,), **overrides}
         self.settings = dataclasses.replace(Settings(), **base)
@@ -28,7 +34,13 @@ class Harness:
         self.now = 1_000.0
         self.ids = 0
         stored = {k: msgspec.convert(v, WakeProfile) for k, v in (profiles or {}).items()}
-        self.x = Exchange(self.settings.core_config(), self.actions, new_id=self._id, profiles=stored)
+        self.x = Exchange(
+            self.settings.core_config(),
+            self.actions,
+            new_id=self._id,
+            profiles=stored,
+            presence_gather=presence_gather,
+        )
         self.x.start(self.now)
         self.sessions: dict[str, Session] = {}
         self.read: dict[str, int] = {}

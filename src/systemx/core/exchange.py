@@ -82,7 +82,7 @@ from systemx.protocol.codes import (
 from systemx.protocol.errors import NOT_JSON, describe_invalid
 from systemx.quicklog import get_logger
 from systemx.state.ports import PENDING, Claimed, Concurrency, Directory, InUse, Pending
-from systemx.state.presence import MemoryPresenceIndex, PresenceIndex
+from systemx.state.presence import MemoryPresenceIndex, PresenceGather, PresenceIndex
 
 __all__ = ["Call", "Exchange", "PartyLine", "Session"]
 
@@ -141,6 +141,7 @@ class Exchange(Sender):
         recorder: Recorder | None = None,
         security: Security | None = None,
         node_id: str | None = None,
+        presence_gather: PresenceGather | None = None,
     ) -> None:
         super().__init__(actions.send)
         #: This exchange's id among the nodes of its cluster and the exchanges a dial crosses.
@@ -155,7 +156,7 @@ class Exchange(Sender):
         self.lines = PartyLines(
             send, self._address_taken, config.party_max_participants, config.party_max_per_session
         )
-        self.presence = PresenceService(send, self.registry.presence, config)
+        self.presence = PresenceService(send, self.registry.presence, config, presence_gather)
         self.policy = Policy(
             actions,
             config,
@@ -842,6 +843,10 @@ class Exchange(Sender):
         wake.woken(key)
         self.book.arm_waiting(key)
         self._trunks.forward_waiting(key, node, now)
+
+    def on_presence_gathered(self, ticket: int, index: PresenceIndex | None, now: float) -> None:
+        """The cluster's presence entries for a waiting PRESENCE (None: unreadable)."""
+        self.presence.on_gathered(ticket, index, now)
 
     def open_node(self, node: str, conn: Any, now: float) -> Session:
         """The link to cluster node ``node`` is up over ``conn``: its frames go to ``on_data``."""

@@ -265,6 +265,8 @@ class Trunks(Sender):
                     )
                 ),
             )
+            # Busy from now on, as a caller whose callee rings here is.
+            self._registry.touch(caller)
 
     # ------------------------------------------------------------ binding
 

@@ -84,6 +84,8 @@ class ErrorReason(enum.StrEnum):
     NOT_WAKE_ON_RING = "not_wake_on_ring"
     INTERNAL_ERROR = "internal_error"
     FORBIDDEN = "forbidden"
+    # A cluster node cannot read the other nodes' presence (Redis out of reach).
+    UNAVAILABLE = "unavailable"
 
 
 class JoinFailedReason(enum.StrEnum):

@@ -231,6 +231,8 @@ class Server:
                 directory=True,
                 claims=cluster.claims,
                 node_id=cluster.node_id,
+                presence=cluster.presence,
+                presence_gather=cluster.presence,
             )
             runtime.cluster = cluster
             cluster.attach(exchange)  # type: ignore[arg-type]

@@ -61,6 +61,15 @@ When Redis is back (or this node's lease was lost, or Redis came back empty),
 every session still connected here is claimed again; one whose address another
 session took meanwhile is closed (4000 ``address_in_use``), and the wake profiles
 this node knows are put back.
+
+**Presence** (:class:`~systemx.state.redis.presence.RedisPresence`): the node's
+registry writes its presence entries to memory and, coalesced once per loop
+pass, to the node's hash ``sx:p:{N}`` and change stream ``sx:pc:{N}``; a
+PRESENCE reads what changed on every live node since this node last read, and
+is answered from this node's replica of the cluster's entries
+(``Exchange.on_presence_gathered``). A dead node's keys are deleted when it is
+swept; when Redis lost this node's entries (data lost, a write not confirmed)
+the node writes them anew.
 """
 
 from __future__ import annotations
@@ -87,6 +96,7 @@ from systemx.state.redis.adapter import Later, PendingDirectory
 from systemx.state.redis.bus import RedisBus
 from systemx.state.redis.conn import RedisConnection, RedisError, RedisUnavailable
 from systemx.state.redis.directory import RedisDirectory
+from systemx.state.redis.presence import RedisPresence
 from systemx.state.redis.profiles import RedisProfileStore
 from systemx.state.redis.roster import RedisPartyRoster
 from systemx.state.redis.url import parse_redis_url
@@ -97,6 +107,7 @@ if TYPE_CHECKING:
     from systemx.core.exchange import Exchange
     from systemx.core.session import Session
     from systemx.server.partylinks import PartyLinks
+    from systemx.state.presence import PresenceIndex
 
 __all__ = ["Cluster", "NodeEndpoint", "default_node_id"]
 
@@ -234,6 +245,8 @@ class Cluster:
         self._head = b""
         self.later: Later | None = None
         self.claims: PendingDirectory | None = None
+        #: This node's presence index, mirrored in Redis; set by :meth:`start`.
+        self.presence: RedisPresence | None = None
 
     # ------------------------------------------------------------ life cycle
 
@@ -259,6 +272,7 @@ class Cluster:
         self.claims = PendingDirectory(self.directory, self.later, self._claimed, self._looked_up)
         if self.settings.cluster_register_limit > 0:
             self.claims.claim = self._claim_limited  # type: ignore[method-assign]
+        await self._presence_start()
         log.info(
             "Cluster node %s (epoch %d) on %s, node TTL %d ms",
             self.node_id,
@@ -293,6 +307,7 @@ class Cluster:
                 await self.cmd.execute("HDEL", self.directory.keys.prefix + ":routes", self.node_id)
             # Answered after every frame queued before it: the HANGUPs of the shutdown are out.
             await self.cmd.execute("PING")
+        await self._presence_stop()
         await self.bus.stop()
         await self.directory.stop()
         await self.cmd.close()
@@ -456,6 +471,7 @@ class Cluster:
             await asyncio.sleep(self.poll)
             try:
                 await self._check_nodes()
+                await self._presence_repair()
                 if self._redis_down:
                     self._redis_down = False
                     log.warning("Redis is reachable again: claiming this node's addresses again")
@@ -483,6 +499,7 @@ class Cluster:
             if node == self.node_id:
                 continue
             await self._parties_sweep(node)
+            await self._presence_drop(node)
             freed = await self.directory.sweep_dead(node)
             if freed:
                 log.info("Freed %d address(es) of dead node %s", freed, node)
@@ -583,6 +600,7 @@ class Cluster:
             log.warning("Re-claiming waits for Redis: %s", exc)
             self._redis_down = True
             return
+        await self._presence_republish()
         regs = exchange.registry.registrations()
         lost = 0
         for s, reg in regs:
@@ -818,3 +836,41 @@ class Cluster:
             exchange.on_wake_failed(message.address, message.detail, _now())
         else:
             log.debug("Link message %s from %r ignored", type(message).__name__, head[:100])
+
+    # ------------------------------------------------------------ presence
+
+    async def _presence_start(self) -> None:
+        assert self.later is not None
+        self.presence = RedisPresence(self.cmd, self.node_id, self.later, self._presence_gathered)
+        await self.presence.clear()  # entries of an earlier run of this node
+
+    async def _presence_stop(self) -> None:
+        if self.presence is not None:
+            with contextlib.suppress(RedisError):
+                await self.presence.leave()
+
+    def _presence_gathered(self, tickets: list[int], index: PresenceIndex | None) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            return
+        now = _now()
+        for ticket in tickets:
+            exchange.on_presence_gathered(ticket, index, now)
+
+    async def _presence_drop(self, node: str) -> None:
+        """A dead node's presence goes with it (before its addresses are swept)."""
+        if self.presence is not None and await self.presence.drop_node(node):
+            log.info("Dropped the presence of dead node %s", node)
+
+    async def _presence_repair(self) -> None:
+        """A flush Redis did not confirm: write this node's presence again."""
+        if self.presence is not None and self.presence.lost:
+            await self.presence.republish()
+
+    async def _presence_republish(self) -> None:
+        if self.presence is None:
+            return
+        try:
+            await self.presence.republish()
+        except RedisError as exc:
+            log.warning("Writing this node's presence again failed: %s; retried when Redis answers", exc)

@@ -30,6 +30,7 @@ from systemx.core.endpoint import Endpoint
 from systemx.core.records import Recorder
 from systemx.server.timers import Timers
 from systemx.state.ports import Directory
+from systemx.state.presence import PresenceGather, PresenceIndex
 from systemx.state.profiles import ProfileStore
 
 if TYPE_CHECKING:
@@ -75,6 +76,8 @@ class ExchangeFactory(Protocol):
         directory: bool = ...,
         claims: Directory | None = ...,
         node_id: str | None = ...,
+        presence: PresenceIndex | None = ...,
+        presence_gather: PresenceGather | None = ...,
     ) -> ExchangeLike: ...
 
 

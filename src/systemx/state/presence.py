@@ -55,6 +55,7 @@ from typing import Any, Protocol
 __all__ = [
     "EARTH_RADIUS_KM",
     "MemoryPresenceIndex",
+    "PresenceGather",
     "PresenceIndex",
     "PresenceRow",
     "haversine_km",
@@ -121,6 +122,22 @@ class PresenceIndex(Protocol):
 
     def __len__(self) -> int:
         """Number of entries."""
+
+
+class PresenceGather(Protocol):
+    """Port for presence shared by several exchanges (the nodes of a cluster).
+
+    The index a node's registry writes holds that node's entries; a query that
+    must see every node's asks for them here and gets them later, as one index.
+    """
+
+    def gather(self, ticket: int) -> None:
+        """Collect every node's entries; answer ``Exchange.on_presence_gathered(ticket, index)``.
+
+        ``index`` holds the entries of every live node, in the cluster's
+        registration order, or is ``None`` when they could not be read. Every
+        ticket gets exactly one answer.
+        """
 
 
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:

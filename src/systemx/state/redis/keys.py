@@ -21,6 +21,8 @@ key                        type    content
 ``sx:sentinel``            STRING  written once; missing after a restart = data lost
 ``sx:janitor``             STRING  janitor lock (``NX PX``): one sweeper at a time
 ``sx:nq:{N}``              STREAM  node N's inbox of link messages
+``sx:p:{N}``               HASH    node N's presence: m:<key> entry, s:<key> status, g, n
+``sx:pc:{N}``              STREAM  node N's presence changes (id 1-n: change n)
 ``sx:sleep:{D}:L``         STRING  wake profile (JSON) of the address ``L@D``
 ``sx:sleepers``            SET     addresses with a wake profile
 ``sx:wake:{D}:L``          STRING  wake lock (``NX PX``): one wake cluster-wide
@@ -82,6 +84,12 @@ class Keys:
 
     def inbox(self, node: str) -> str:
         return f"{self.prefix}:nq:{{{node}}}"
+
+    def presence(self, node: str) -> str:
+        return f"{self.prefix}:p:{{{node}}}"
+
+    def presence_changes(self, node: str) -> str:
+        return f"{self.prefix}:pc:{{{node}}}"
 
     def sleeper(self, address: str) -> str:
         local, domain = split_address(address)
