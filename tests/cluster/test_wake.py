@@ -117,8 +117,11 @@ async def test_one_wake_for_dials_on_two_nodes_and_both_ring_where_the_agent_ret
         agent.send_json({"type": "MSG", "call_id": call_id, "data": "hi"})
         await caller.expect("MSG", call_id=call_id, from_=AGENT, data="hi")
     assert hooks.calls.empty(), "a second wake ran"
-    # Awake on n2: the other nodes no longer show it asleep.
-    await _until_shown(c1, None)
+    # Awake on n2: every node shows it once, in its calls (no longer asleep anywhere).
+    await _until_shown(c1, "busy")
+    c1.send_json({"type": "PRESENCE", "query": {"domain": "example.com"}})
+    entries = (await c1.expect("PRESENCE_RESULT"))["addresses"]
+    assert [e["status"] for e in entries if e["address"] == AGENT] == ["busy"]
     assert (await _presence(c2))[AGENT] == "busy"
 
 
@@ -168,7 +171,8 @@ async def test_a_sleeper_awake_on_another_node_rings_there_without_a_wake(
     await _until_shown(caller, "asleep")
     agent = await cluster.client(n0)
     await agent.register(AGENT, mode="wake_on_ring")
-    await _until_shown(caller, None)
+    # Awake on n0: every node shows it available (the cluster's presence), not asleep.
+    await _until_shown(caller, "available")
     caller.send_json({"type": "DIAL", "to": AGENT})
     ringing = await caller.expect("RINGING", to=AGENT)
     assert not ringing.get("waking")
@@ -236,9 +240,9 @@ async def test_an_agent_on_a_killed_node_sleeps_and_is_woken_from_another(
     agent = await cluster.client(n0)
     await agent.register(AGENT, mode="wake_on_ring", wake_handler=hooks.handler())
     caller = await cluster.client(n1, "caller@example.com")
-    # n1 heard it registered on n0 (the first message from n0 links the nodes): not shown asleep.
+    # n1 heard it registered on n0 (the first message from n0 links the nodes): shown available.
     await n1.wait_for_log(r"Linked to cluster node n0")
-    assert AGENT not in await _presence(caller)
+    assert (await _presence(caller)).get(AGENT) == "available"
     await n0.kill()
     # Shown asleep once the node's lease is gone, and woken from the surviving node.
     await n1.wait_for_log(r"Cluster node n0 is gone", scaled(NODE_TTL_MS / 1000 + 5))
