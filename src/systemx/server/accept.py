@@ -320,6 +320,9 @@ async def create_server(
 ) -> tuple[asyncio.Server, bool]:
     """Listen like ``ws_create_server``; the flag is True when the lean protocol is in use.
 
+The socket is bound but accepts nothing until the caller awaits
+``server.start_serving()``, once it can handle a connection.
+
     ``gate`` (per-IP limits) is applied only by the lean protocol; without it the
     limits are not enforced, and the log says so.
     """
@@ -355,6 +358,7 @@ async def create_server(
                 ssl=ssl,
                 backlog=backlog,
                 reuse_port=reuse_port or None,
+                start_serving=False,
             )
             return server, True
     if gate is not None:
@@ -372,5 +376,6 @@ async def create_server(
         backlog=backlog,
         websocket_handshake_timeout=handshake_timeout,
         reuse_port=reuse_port or None,
+        start_serving=False,
     )
     return server, False

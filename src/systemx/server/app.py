@@ -209,8 +209,8 @@ class Server:
         self.port = sockets[0].getsockname()[1] if sockets else settings.port
         self.settings = runtime.settings = dataclasses.replace(settings, port=self.port)
         # Built after binding so that it knows the real port (with --port 0) when it
-        # refuses webhooks aimed at the exchange itself. No connection is handled
-        # before this line: the loop has not run since the bind returned.
+        # refuses webhooks aimed at the exchange itself. The socket accepts nothing
+        # until start_serving below, so no connection meets a half-built server.
         cluster = None
         if settings.redis_url:
             from systemx.server.cluster import Cluster, default_node_id
@@ -255,6 +255,9 @@ class Server:
         from systemx.server.federation import start_federation
 
         self._federation = start_federation(self)
+        # Connections are accepted from here on, with every part in place (a cluster
+        # node connects to Redis between the bind and this line).
+        await self._server.start_serving()
         capacity = connection_capacity()
         hub.near_fd_limit = None if capacity is None else max(int(capacity * 0.9), 1)
         log.info("SystemX listening on %s", self.url, extra={"port": self.port})
