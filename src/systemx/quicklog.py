@@ -8,10 +8,11 @@ of the server's CPU per call set-up. :class:`QuickLogger` is a
 :class:`logging.Logger` whose :meth:`~QuickLogger.info` skips all that when
 the outcome is known: the record would reach exactly one handler, the one
 :func:`systemx.logsetup.configure_logging` installed on the root logger, and
-no filter, record factory or ``extra`` could change or observe it. The line
-it writes is the one that handler's formatter makes from the record. In any
-other case (a handler or filter added anywhere on the way, ``caplog`` in a
-test, a custom record factory, ``exc_info`` or ``extra``) it is
+no filter or record factory could change or observe it. The line it writes
+is the one that handler's formatter makes from the record, ``extra`` fields
+included (the JSON format writes them; the text format leaves them out). In
+any other case (a handler or filter added anywhere on the way, ``caplog`` in a
+test, a custom record factory, ``exc_info``, ``stack_info``) it is
 ``Logger.info`` unchanged.
 """
 
@@ -36,8 +37,11 @@ class LineHandler(Protocol):
     level: int
     filters: list[Any]
 
-    def emit_fields(self, created: float, levelno: int, name: str, message: str) -> bool:
-        """Write the line the handler would write for such a record; False if it cannot."""
+    def emit_fields(
+        self, created: float, levelno: int, name: str, message: str, fields: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Write the line the handler would write for such a record (``fields``: its
+        ``extra``); False if it cannot."""
 
 
 # The handler configure_logging installed on the root logger, if any.
@@ -71,7 +75,8 @@ class QuickLogger(logging.Logger):
     def info(self, msg: object, *args: object, **kwargs: Any) -> None:
         if not self.isEnabledFor(_INFO):
             return
-        if not kwargs and not self.disabled:
+        extra = kwargs.get("extra") if len(kwargs) == 1 else None
+        if (not kwargs or extra is not None) and not self.disabled:
             handler = _only_handler(self)
             if handler is not None and not (len(args) == 1 and isinstance(args[0], Mapping)):
                 try:
@@ -79,7 +84,7 @@ class QuickLogger(logging.Logger):
                 except Exception:
                     pass  # Logger.info reports a bad format string the usual way
                 else:
-                    if handler.emit_fields(_time(), _INFO, self.name, message):
+                    if handler.emit_fields(_time(), _INFO, self.name, message, extra):
                         return
         self._log(_INFO, msg, args, **kwargs)
 

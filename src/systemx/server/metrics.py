@@ -236,7 +236,16 @@ class MetricsRecorder:
     ) -> None:
         self.unregistrations.labels(_bounded(reason, _REASONS)).inc()
 
-    def refused(self, kind: str, reason: str, address: str | None, now: float) -> None:
+    def refused(
+        self,
+        kind: str,
+        reason: str,
+        address: str | None,
+        now: float,
+        *,
+        session: str = "",
+        by: str | None = None,
+    ) -> None:
         self.refusals.labels(_bounded(kind, _KINDS), _bounded(reason, _REASONS)).inc()
 
 
