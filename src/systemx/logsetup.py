@@ -119,9 +119,9 @@ class JsonFormatter(logging.Formatter):
         """The line of a record with these fields and ``extra`` ``fields``, nothing else (no traceback)."""
         entry = _json_entry(created, levelno, name, message)
         if fields:
-            for key, value in fields.items():
-                if key not in entry:
-                    entry[key] = value
+            if fields.keys() & _BASE_KEYS:  # a field never replaces the line's own keys
+                fields = {k: v for k, v in fields.items() if k not in _BASE_KEYS}
+            entry.update(fields)
         return _json_encode(entry).decode()
 
     def format(self, record: logging.LogRecord) -> str:
@@ -132,6 +132,9 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return _json_encode(entry).decode()
+
+
+_BASE_KEYS = frozenset({"ts", "level", "logger", "msg"})
 
 
 def _json_entry(created: float, levelno: int, name: str, message: str) -> dict[str, Any]:

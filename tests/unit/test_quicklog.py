@@ -121,6 +121,45 @@ def test_extra_fields_keep_the_short_path_and_reach_the_json_line(log: QuickLogg
     assert third["level"] == "INFO" and third["msg_id"] == 1
 
 
+class _FieldsTap(logging.Handler):
+    """A handler that takes the short path's lines as fields (as the log stream's does)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.fields: list[tuple[Any, ...]] = []
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def emit_fields(self, *fields: Any) -> bool:
+        self.fields.append(fields)
+        return True
+
+
+def test_a_registered_tap_keeps_the_short_path(log: QuickLogger) -> None:
+    from systemx.quicklog import add_line_tap, remove_line_tap
+
+    tap = _FieldsTap()
+    holder = logging.getLogger("systemx")
+    with _only_ours() as out:
+        holder.addHandler(tap)
+        try:
+            assert _only_handler(log) is None  # an unknown handler: the full path
+            log.info("before %s", "registration")
+            add_line_tap(tap)
+            try:
+                assert _only_handler(log) is not None
+                log.info("after %s", "registration", extra={"event": "x"})
+            finally:
+                remove_line_tap(tap)
+        finally:
+            holder.removeHandler(tap)
+    assert [r.getMessage() for r in tap.records] == ["before registration"]
+    assert [f[1:4] for f in tap.fields] == [(logging.INFO, "systemx.test.quick", "after registration")]
+    assert out.getvalue().endswith("[INFO] after registration\n")
+
+
 def test_extra_fields_stay_out_of_the_text_line(log: QuickLogger) -> None:
     with _only_ours() as out:
         log.info("Connection registered: %s", "a@x.com", extra={"event": "registered", "address": "a@x.com"})

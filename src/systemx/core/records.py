@@ -390,9 +390,9 @@ class LogRecorder:
         self._refusals: dict[str, list[Any]] = {}
 
     def call_started(self, call_id: str, caller: str, to: str, now: float) -> None:
-        self._calls[call_id] = (caller, to)
         log = self._log
         if log.isEnabledFor(_INFO):
+            self._calls[call_id] = (caller, to)
             log.info(
                 "Call initiated: %s → %s (call: %s)",
                 caller,
