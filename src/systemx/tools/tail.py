@@ -37,11 +37,11 @@ _EVENT_NAMES = (
     "refused",
     "dropped",
 )
-#: What ``--kind`` accepts: a family or one event name.
+#: What ``--kind`` accepts: a family or one event name (``dropped`` is always shown).
 KINDS: dict[str, frozenset[str]] = {
     "call": frozenset({"call_started", "call_answered", "call_ended"}),
     "registration": frozenset({"registered", "unregistered"}),
-    **{name: frozenset({name}) for name in _EVENT_NAMES},
+    **{name: frozenset({name}) for name in _EVENT_NAMES if name != "dropped"},
 }
 _RETRY_MAX = 5.0
 # A stream silent this long is taken for dead (the listener sends a comment every 15 s).
