@@ -1,5 +1,5 @@
 """The ``systemx`` command line: ``serve``, the terminal tools (``dial``,
-``answer``, ``presence``, ``party``, ``calls``), ``bench`` and ``--version``.
+``answer``, ``presence``, ``party``, ``calls``, ``tail``), ``bench`` and ``--version``.
 
 ``serve`` takes its settings from, strongest first: flags, the environment,
 ``--env-file``/``--config`` files, ``.env`` in the working directory.
@@ -36,7 +36,9 @@ _SERVE_FLAGS = {
     "tls_key": "tls_key_path",
 }
 
-_TOOLS = ("dial", "answer", "presence", "party", "calls")
+_TOOLS = ("dial", "answer", "presence", "party", "calls", "tail")
+# Tools that run until stopped: Ctrl-C is how they end, not a failure.
+_FOLLOWERS = ("tail",)
 
 
 def _duration(value: str) -> int:
@@ -94,9 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="read settings from FILE (dotenv format: NAME=value lines); may be repeated",
     )
 
-    from systemx.tools import answer, calls, dial, party, presence
+    from systemx.tools import answer, calls, dial, party, presence, tail
 
-    for tool in (dial, answer, presence, party, calls):
+    for tool in (dial, answer, presence, party, calls, tail):
         tool.add_parser(commands)
 
     bench = commands.add_parser(
@@ -171,7 +173,7 @@ def _tool(args: argparse.Namespace) -> int:
     from systemx.tools.common import run_tool
 
     module = importlib.import_module(f"systemx.tools.{args.command}")
-    return run_tool(lambda: module.run(args))
+    return run_tool(lambda: module.run(args), interrupted=0 if args.command in _FOLLOWERS else 130)
 
 
 def _bench(argv: list[str]) -> int:

@@ -4,7 +4,10 @@ Text lines read ``2026-01-01T00:00:00.123Z [INFO] Connection registered: ...``
 (UTC, millisecond precision; ``WARNING`` is spelled ``WARN``). With
 ``SYSTEMX_LOG_FORMAT=json`` every record is one JSON object per line with
 ``ts``, ``level``, ``logger``, ``msg`` and any ``extra`` fields given to the
-logging call. Every SystemX logger lives under ``systemx.``; the WebSocket
+logging call: the exchange's own lines carry their facts that way (``event``,
+``address``, ``session``, ``call_id``, ``to``, ``reason``, ``disposition``,
+``duration_s``, ``remote_ip``, ... as apply), so a log shipper need not parse
+``msg``. Every SystemX logger lives under ``systemx.``; the WebSocket
 library's per-connection chatter is kept at WARNING unless the level is debug.
 """
 
@@ -14,6 +17,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from typing import IO, Any
 
 import msgspec
@@ -54,16 +58,25 @@ def parse_level(name: str) -> int:
 
 
 _second_cache: list[Any] = [-1, ""]
+_milli_cache: list[Any] = [-1, ""]
 
 
 def _timestamp(created: float) -> str:
-    seconds = int(created)
-    cache = _second_cache
-    if cache[0] != seconds:
+    millis = int(created * 1000)
+    cache = _milli_cache
+    if cache[0] == millis:
+        # Lines come in bursts (a call's set-up, one loop pass): most share the millisecond.
+        return cache[1]  # type: ignore[no-any-return]
+    seconds = millis // 1000
+    second = _second_cache
+    if second[0] != seconds:
         # strftime is most of a record's formatting cost; one call per second suffices.
-        cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        cache[0] = seconds
-    return f"{cache[1]}.{int((created - seconds) * 1000):03d}Z"
+        second[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        second[0] = seconds
+    text = f"{second[1]}.{millis - seconds * 1000:03d}Z"
+    cache[0] = millis
+    cache[1] = text
+    return text
 
 
 def _level_name(levelno: int) -> str:
@@ -71,10 +84,12 @@ def _level_name(levelno: int) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """``<ISO-8601 UTC> [LEVEL] message`` plus any traceback."""
+    """``<ISO-8601 UTC> [LEVEL] message`` plus any traceback (``extra`` fields are not written)."""
 
-    def line(self, created: float, levelno: int, name: str, message: str) -> str:
-        """The line of a record with these fields and nothing else (no traceback, no extras)."""
+    def line(
+        self, created: float, levelno: int, name: str, message: str, fields: Mapping[str, Any] | None = None
+    ) -> str:
+        """The line of a record with these fields and nothing else (no traceback)."""
         return f"{_timestamp(created)} [{_level_name(levelno)}] {message}"
 
     def format(self, record: logging.LogRecord) -> str:
@@ -98,9 +113,16 @@ _json_encode = msgspec.json.Encoder(enc_hook=_fallback).encode
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ``ts``, ``level``, ``logger``, ``msg`` and ``extra`` fields."""
 
-    def line(self, created: float, levelno: int, name: str, message: str) -> str:
-        """The line of a record with these fields and nothing else (no traceback, no extras)."""
-        return _json_encode(_json_entry(created, levelno, name, message)).decode()
+    def line(
+        self, created: float, levelno: int, name: str, message: str, fields: Mapping[str, Any] | None = None
+    ) -> str:
+        """The line of a record with these fields and ``extra`` ``fields``, nothing else (no traceback)."""
+        entry = _json_entry(created, levelno, name, message)
+        if fields:
+            if fields.keys() & _BASE_KEYS:  # a field never replaces the line's own keys
+                fields = {k: v for k, v in fields.items() if k not in _BASE_KEYS}
+            entry.update(fields)
+        return _json_encode(entry).decode()
 
     def format(self, record: logging.LogRecord) -> str:
         entry = _json_entry(record.created, record.levelno, record.name, record.getMessage())
@@ -110,6 +132,9 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return _json_encode(entry).decode()
+
+
+_BASE_KEYS = frozenset({"ts", "level", "logger", "msg"})
 
 
 def _json_entry(created: float, levelno: int, name: str, message: str) -> dict[str, Any]:
@@ -142,7 +167,9 @@ class LoopFlushingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         self._queue(line, record.levelno)
 
-    def emit_fields(self, created: float, levelno: int, name: str, message: str) -> bool:
+    def emit_fields(
+        self, created: float, levelno: int, name: str, message: str, fields: Mapping[str, Any] | None = None
+    ) -> bool:
         """Queue the line of a plain record with these fields (see :mod:`systemx.quicklog`).
 
         False, and nothing written, unless the formatter is one of SystemX's.
@@ -150,7 +177,7 @@ class LoopFlushingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         formatter = self.formatter
         if type(formatter) is not TextFormatter and type(formatter) is not JsonFormatter:
             return False
-        line = formatter.line(created, levelno, name, message)
+        line = formatter.line(created, levelno, name, message, fields)
         with self.lock:  # type: ignore[union-attr]  # as Handler.handle holds it around emit()
             self._queue(line, levelno)
         return True

@@ -332,3 +332,33 @@ async def test_a_real_call_is_recorded_and_counted(
     await alice.close()
     await bob.close()
     await server.stop()
+
+
+async def test_head_healthz_and_the_event_feed_answer(
+    systemx_server: ServerFactory, http: ClientSession
+) -> None:
+    server, admin = await start_admin(systemx_server, {"SYSTEMX_ADMIN_TOKEN": "s3cret"})
+    # HEAD /healthz (load balancers, container checks): 200, no token, no body.
+    async with http.head(admin + "/healthz", timeout=ClientTimeout(total=TIMEOUT)) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert await response.read() == b""
+    token = {"Authorization": "Bearer s3cret"}
+    bad = await get(http, admin + "/events?feed=everything", status=400, headers=token)
+    assert "feed must be one of snapshots, events" in bad["error"]
+    # The raw event stream: a comment once open, then one SSE event per exchange event.
+    async with http.get(admin + "/events", params={"feed": "events"}, headers=token) as stream:
+        assert stream.headers["Content-Type"] == "text/event-stream"
+        assert await stream.content.readline() == b": events of this exchange\n"
+        client = await server.connect()
+        await client.register("viewer@example.com")
+        lines = []
+        while not (line := (await asyncio.wait_for(stream.content.readline(), TIMEOUT)).strip()).startswith(
+            b"data:"
+        ):
+            lines.append(line)
+        assert lines[-1] == b"event: registered"
+        event = json.loads(line[5:])
+        assert event["event"] == "registered" and event["address"] == "viewer@example.com"
+        assert event["session"] and event["woken"] is False and event["time"] > 0
+    await server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -50,6 +51,12 @@ async def test_a_caller_hears_the_backlog_then_live_lines(systemx_server: Server
     await other.register("x@example.com")
     live = await lines_until(reader, "Connection registered: x@example.com")
     assert live[-1].split(" ", 3)[2] == "INFO"
+    # The line as logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s") writes it.
+    assert re.match(
+        r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO systemx\.exchange: "
+        r"Connection registered: x@example\.com \(session: [0-9a-f-]+\)$",
+        live[-1],
+    ), live[-1]
 
     other.send_json({"type": "PRESENCE"})
     listed = await other.expect("PRESENCE_RESULT")

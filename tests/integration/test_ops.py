@@ -23,8 +23,8 @@ async def test_records_given_to_the_recorder_are_written_by_shutdown(tmp_path: P
     server = Server(_settings(tmp_path))
     await server.start()
     recorder = server.recorder
-    # Call records and metrics both listen.
-    assert isinstance(recorder, FanoutRecorder) and len(recorder.recorders) == 2
+    # Call records, metrics and the live event feed all listen.
+    assert isinstance(recorder, FanoutRecorder) and len(recorder.recorders) == 3
     now = time.time()
     for n in range(3):
         recorder.call_ended(

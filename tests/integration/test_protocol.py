@@ -81,7 +81,9 @@ async def test_call_flow_on_the_wire(server: SystemXProcess) -> None:
     alice.send_json({"type": "HANGUP", "call_id": ring["call_id"]})
     assert await bob.recv() == {"type": "HANGUP", "call_id": ring["call_id"], "reason": "normal"}
     await server.wait_for_log(
-        r"\[INFO\] Call ended: " + ring["call_id"] + r" \(duration [0-9.]+s, reason normal\)"
+        r"\[INFO\] Call ended: alice@example.com → bob@example.com \(call: "
+        + ring["call_id"]
+        + r", answered, duration [0-9.]+s, reason normal, ended by caller\)"
     )
 
 

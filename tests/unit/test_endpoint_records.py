@@ -138,7 +138,7 @@ def _feed(recorder: Recorder, record: CallRecord) -> None:
     recorder.bound("b@y.com", "s-b", 99.0, woken=True)
     recorder.unbound("b@y.com", "s-b", "sleep", 120.0, asleep=True)
     recorder.unbound("a@x.com", "s-a", "disconnected", 121.0)
-    recorder.refused("REGISTER", "address_in_use", "b@y.com", 122.0)
+    recorder.refused("REGISTER", "address_in_use", "b@y.com", 122.0, session="s-c")
 
 
 RECORD = call_record(
@@ -199,12 +199,43 @@ def test_log_recorder_writes_the_exchange_lines(caplog: pytest.LogCaptureFixture
         _feed(LogRecorder(logger), RECORD)
     assert [r.getMessage() for r in caplog.records] == [
         "Call initiated: a@x.com → b@y.com (call: c1)",
-        "Call ended: c1 (duration 7.250s, reason normal)",
+        "Call answered: a@x.com → b@y.com (call: c1)",
+        "Call ended: a@x.com → b@y.com (call: c1, answered, duration 7.250s, reason normal, ended by caller)",
         "Connection registered: b@y.com (session: s-b)",
         "Woken: b@y.com",
         "Asleep: b@y.com (session: s-b, sleep)",
         "Connection unregistered: a@x.com (session: s-a, disconnected)",
+        "Registration refused: b@y.com (session: s-c, address_in_use)",
     ]
+    # The facts ride along as fields, for the JSON format.
+    fields = [
+        {k: getattr(r, k, None) for k in ("event", "address", "to", "call_id", "session")}
+        for r in caplog.records
+    ]
+    assert fields[0] == {
+        "event": "call_started",
+        "address": "a@x.com",
+        "to": "b@y.com",
+        "call_id": "c1",
+        "session": None,
+    }
+    assert fields[1]["event"] == "call_answered" and fields[1]["to"] == "b@y.com"
+    ended = caplog.records[2]
+    assert (ended.event, ended.disposition, ended.duration_s, ended.reason, ended.ended_by) == (  # type: ignore[attr-defined]
+        "call_ended",
+        "answered",
+        7.25,
+        "normal",
+        "caller",
+    )
+    assert [f["event"] for f in fields[3:]] == [
+        "registered",
+        "woken",
+        "asleep",
+        "unregistered",
+        "register_refused",
+    ]
+    assert caplog.records[-1].reason == "address_in_use"  # type: ignore[attr-defined]
 
 
 def test_log_recorder_times_an_unanswered_call_from_the_dial(caplog: pytest.LogCaptureFixture) -> None:
@@ -222,4 +253,44 @@ def test_log_recorder_times_an_unanswered_call_from_the_dial(caplog: pytest.LogC
     )
     with caplog.at_level(logging.INFO, logger=logger.name):
         LogRecorder(logger).call_ended(missed)
-    assert caplog.records[0].getMessage() == "Call ended: c9 (duration 30.000s, reason timeout)"
+    assert caplog.records[0].getMessage() == (
+        "Call ended: a@x.com → b@y.com (call: c9, no_answer, duration 30.000s, reason timeout, "
+        "ended by exchange)"
+    )
+
+
+def test_log_recorder_tells_refused_calls_and_registrations_once_a_second_per_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    logger = logging.getLogger("test.records.exchange")
+    rec = LogRecorder(logger)
+    with caplog.at_level(logging.INFO, logger=logger.name):
+        for i in range(5):  # a flood from one session: one line, the rest held back
+            rec.refused("DIAL", "no_such_address", "x@y.com", 10.0 + i / 10, session="s-a", by="a@x.com")
+        rec.refused("DIAL", "busy", "b@y.com", 10.5, session="s-b", by="b@x.com")  # another session
+        rec.refused("DIAL", "occupied", "c@y.com", 11.2, session="s-a", by="a@x.com")
+        # Told at WARN by the core already, or not a REGISTER/DIAL: not repeated here.
+        rec.refused("DIAL", "forbidden", "c@y.com", 20.0, session="s-c", by="c@x.com")
+        rec.refused("REGISTER", "rate_limited", "c@y.com", 20.0, session="s-d")
+        rec.refused("JOIN", "forbidden", "room@y.com", 20.0, session="s-e", by="e@x.com")
+    assert [r.getMessage() for r in caplog.records] == [
+        "Call refused: a@x.com → x@y.com (session: s-a, no_such_address)",
+        "Call refused: b@x.com → b@y.com (session: s-b, busy)",
+        "Call refused: a@x.com → c@y.com (session: s-a, occupied; 4 similar line(s) held back)",
+    ]
+    first = caplog.records[0]
+    assert (first.event, first.address, first.to, first.reason) == (  # type: ignore[attr-defined]
+        "call_refused",
+        "a@x.com",
+        "x@y.com",
+        "no_such_address",
+    )
+
+
+def test_log_recorder_refusal_table_stays_bounded() -> None:
+    rec = LogRecorder(logging.getLogger("test.records.quiet"))
+    logging.getLogger("test.records.quiet").setLevel(logging.INFO)
+    logging.getLogger("test.records.quiet").propagate = False
+    for i in range(10_000):
+        rec.refused("DIAL", "busy", "b@y.com", i * 0.001, session=f"s-{i}")
+    assert len(rec._refusals) <= 4096

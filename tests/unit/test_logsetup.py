@@ -93,3 +93,14 @@ async def test_json_lines_carry_extra_fields() -> None:
         assert record["port"] == 8080
     finally:
         _unconfigure()
+
+
+def test_timestamps_are_utc_to_the_millisecond_however_often_asked() -> None:
+    from systemx.logsetup import _timestamp
+
+    assert _timestamp(1767225600.123) == "2026-01-01T00:00:00.123Z"
+    assert _timestamp(1767225600.123) == "2026-01-01T00:00:00.123Z"  # the same millisecond again
+    assert _timestamp(1767225600.9999) == "2026-01-01T00:00:00.999Z"
+    assert _timestamp(1767225601.0) == "2026-01-01T00:00:01.000Z"
+    assert _timestamp(1767225599.5) == "2025-12-31T23:59:59.500Z"  # back in time: no stale cache
+    assert _timestamp(0.0) == "1970-01-01T00:00:00.000Z"

@@ -130,3 +130,22 @@ async def test_loop_lag_is_measured() -> None:
     finally:
         lag.stop()
     assert seen[0] >= 0.05
+
+
+def test_histograms_count_into_cumulative_le_buckets() -> None:
+    metrics = MetricsRecorder()
+    for lag in (0.001, 0.0011, 0.3, 7.0):  # on a bound, just past it, inside, past the last
+        metrics.loop_lag.observe(lag)
+    s = _samples(metrics)
+    bucket = "systemx_event_loop_lag_seconds_bucket"
+    assert s[(bucket, (("le", "0.001"),))] == 1  # a value equal to a bound is in its bucket
+    assert s[(bucket, (("le", "0.0025"),))] == 2
+    assert s[(bucket, (("le", "0.25"),))] == 2
+    assert s[(bucket, (("le", "0.5"),))] == 3
+    assert s[(bucket, (("le", "2.5"),))] == 3
+    assert s[(bucket, (("le", "+Inf"),))] == 4
+    assert s[("systemx_event_loop_lag_seconds_count", ())] == 4
+    assert abs(s[("systemx_event_loop_lag_seconds_sum", ())] - 7.3021) < 1e-9
+    # Histograms nobody observed are exported empty, counters at zero.
+    assert s[("systemx_wake_seconds_count", ())] == 0
+    assert s[("systemx_calls_started_total", ())] == 0

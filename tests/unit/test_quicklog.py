@@ -86,6 +86,86 @@ def test_short_path_json_matches_a_log_record(log: QuickLogger) -> None:
     assert slow == {"level": "INFO", "logger": "systemx.test.plain", "msg": "hello there"}
 
 
+def test_extra_fields_keep_the_short_path_and_reach_the_json_line(log: QuickLogger) -> None:
+    fields = {"event": "call_started", "call_id": "c-1", "address": "a@x.com", "to": "b@y.com"}
+    with _only_ours("json") as out:
+        handler = _only_handler(log)
+        assert handler is not None
+        calls: list[object] = []
+        real = handler.emit_fields
+
+        def spy(*args: object) -> bool:
+            calls.append(args)
+            return real(*args)  # type: ignore[arg-type]
+
+        handler.emit_fields = spy  # type: ignore[method-assign,assignment]
+        try:
+            log.info("Call initiated: %s → %s", "a@x.com", "b@y.com", extra=fields)
+        finally:
+            del handler.emit_fields
+        logging.getLogger("systemx.test.plain").info(
+            "Call initiated: %s → %s", "a@x.com", "b@y.com", extra=fields
+        )
+        # A field never replaces the line's own keys.
+        log.info("plain", extra={"msg_id": 1, "level": "nope"})
+    assert len(calls) == 1  # the extra fields did not cost the short path
+    fast, slow, third = (json.loads(line) for line in out.getvalue().splitlines())
+    fast.pop("ts"), slow.pop("ts")
+    assert fast == {
+        "level": "INFO",
+        "logger": "systemx.test.quick",
+        "msg": "Call initiated: a@x.com → b@y.com",
+        **fields,
+    }
+    assert slow == {**fast, "logger": "systemx.test.plain"}
+    assert third["level"] == "INFO" and third["msg_id"] == 1
+
+
+class _FieldsTap(logging.Handler):
+    """A handler that takes the short path's lines as fields (as the log stream's does)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.fields: list[tuple[Any, ...]] = []
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def emit_fields(self, *fields: Any) -> bool:
+        self.fields.append(fields)
+        return True
+
+
+def test_a_registered_tap_keeps_the_short_path(log: QuickLogger) -> None:
+    from systemx.quicklog import add_line_tap, remove_line_tap
+
+    tap = _FieldsTap()
+    holder = logging.getLogger("systemx")
+    with _only_ours() as out:
+        holder.addHandler(tap)
+        try:
+            assert _only_handler(log) is None  # an unknown handler: the full path
+            log.info("before %s", "registration")
+            add_line_tap(tap)
+            try:
+                assert _only_handler(log) is not None
+                log.info("after %s", "registration", extra={"event": "x"})
+            finally:
+                remove_line_tap(tap)
+        finally:
+            holder.removeHandler(tap)
+    assert [r.getMessage() for r in tap.records] == ["before registration"]
+    assert [f[1:4] for f in tap.fields] == [(logging.INFO, "systemx.test.quick", "after registration")]
+    assert out.getvalue().endswith("[INFO] after registration\n")
+
+
+def test_extra_fields_stay_out_of_the_text_line(log: QuickLogger) -> None:
+    with _only_ours() as out:
+        log.info("Connection registered: %s", "a@x.com", extra={"event": "registered", "address": "a@x.com"})
+    assert out.getvalue().endswith("[INFO] Connection registered: a@x.com\n")
+
+
 @pytest.mark.parametrize("where", ["", "systemx.test"], ids=["root", "parent"])
 def test_another_handler_gets_the_record(log: QuickLogger, where: str) -> None:
     tap = _Tap()

@@ -43,7 +43,7 @@ ServerKind = Literal["systemx", "bare", "bun"]
 #: The baselines: they speak the PAIR handshake instead of REGISTER and DIAL.
 PAIR_KINDS: frozenset[str] = frozenset({"bare", "bun"})
 
-_LISTENING = re.compile(r"listening on (wss?://[^\s,;]+)")
+_LISTENING = re.compile(r"listening on (wss?://[^\s,;\"]+)")
 # The exchange only prints its "listening on" line at INFO; at quieter levels
 # readiness is probed on a port chosen here.
 _LINE_LEVELS = frozenset({"debug", "info"})

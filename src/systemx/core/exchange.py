@@ -55,7 +55,7 @@ from systemx.core.presence import PresenceService
 from systemx.core.records import LogRecorder, Recorder
 from systemx.core.registry import Registry
 from systemx.core.security import Admission, Security
-from systemx.core.session import ALLOWED, NEEDS_REGISTRATION, Sender, Session, warn
+from systemx.core.session import ALLOWED, NEEDS_REGISTRATION, Sender, Session, endpoint_label, warn, who
 from systemx.core.timerkeys import (
     SWEEP,
     AuthTimer,
@@ -278,7 +278,7 @@ class Exchange(Sender):
             self._invalid(s, data, exc, now)
             return
         if self._debug:
-            log.debug("<- %s %s", s.address or s.session_id, data[:512].decode("utf-8", "replace"))
+            log.debug("<- %s %s", who(s), data[:512].decode("utf-8", "replace"))
         # The error boundary: a handler that raises costs its own frame an ERROR, nothing
         # more (a try block costs nothing on 3.11 until something raises).
         try:
@@ -386,7 +386,7 @@ class Exchange(Sender):
     # ----------------------------------------------------------------- helpers
 
     def _send_logged(self, conn: Any, data: bytes) -> None:
-        log.debug("-> %r %s", conn, data[:512].decode("utf-8", "replace"))
+        log.debug("-> %s %s", endpoint_label(conn), data[:512].decode("utf-8", "replace"))
         self._actions.send(conn, data)
 
     def _close(self, s: Session, code: int, reason: str) -> None:

@@ -184,9 +184,19 @@ class Recorder(Protocol):
         """``session_id`` gave up ``address`` because of ``reason`` (a hangup reason or
         ``disconnected``); ``asleep``: the address stays dialable, to be woken."""
 
-    def refused(self, kind: str, reason: str, address: str | None, now: float) -> None:
+    def refused(
+        self,
+        kind: str,
+        reason: str,
+        address: str | None,
+        now: float,
+        *,
+        session: str = "",
+        by: str | None = None,
+    ) -> None:
         """A request of type ``kind`` (``REGISTER``, ``DIAL``, ``JOIN``, ...) was refused
-        with the wire reason ``reason``; ``address`` is the one asked for, if any."""
+        with the wire reason ``reason``; ``address`` is the one asked for, if any.
+        ``session`` is the asking session's id and ``by`` its address, once registered."""
 
 
 class NullRecorder:
@@ -211,7 +221,16 @@ class NullRecorder:
     ) -> None:
         pass
 
-    def refused(self, kind: str, reason: str, address: str | None, now: float) -> None:
+    def refused(
+        self,
+        kind: str,
+        reason: str,
+        address: str | None,
+        now: float,
+        *,
+        session: str = "",
+        by: str | None = None,
+    ) -> None:
         pass
 
 
@@ -246,8 +265,17 @@ class RecordingRecorder:
     ) -> None:
         self.events.append(("unbound", address, session_id, reason, now, asleep))
 
-    def refused(self, kind: str, reason: str, address: str | None, now: float) -> None:
-        self.events.append(("refused", kind, reason, address, now))
+    def refused(
+        self,
+        kind: str,
+        reason: str,
+        address: str | None,
+        now: float,
+        *,
+        session: str = "",
+        by: str | None = None,
+    ) -> None:
+        self.events.append(("refused", kind, reason, address, now, session, by))
 
 
 class FanoutRecorder:
@@ -298,54 +326,225 @@ class FanoutRecorder:
             except Exception:
                 self._failed(r, "unbound")
 
-    def refused(self, kind: str, reason: str, address: str | None, now: float) -> None:
+    def refused(
+        self,
+        kind: str,
+        reason: str,
+        address: str | None,
+        now: float,
+        *,
+        session: str = "",
+        by: str | None = None,
+    ) -> None:
         for r in self.recorders:
             try:
-                r.refused(kind, reason, address, now)
+                r.refused(kind, reason, address, now, session=session, by=by)
             except Exception:
                 self._failed(r, "refused")
 
 
-class LogRecorder:
-    """Writes the exchange's INFO lines from the events, worded as the core words them today.
+# Refusals the core already tells at WARN (bad input, rate limits, authentication,
+# policy) or at INFO (a trunk that is down): not told twice.
+_TOLD_ELSEWHERE = frozenset(
+    {
+        ("REGISTER", "invalid_address"),
+        ("REGISTER", "invalid_payload"),
+        ("REGISTER", "auth_failed"),
+        ("REGISTER", "forbidden"),
+        ("REGISTER", "rate_limited"),
+        ("REGISTER", "wake_handler_not_allowed"),
+        ("REGISTER", "wake_profile_limit"),
+        ("DIAL", "forbidden"),
+        ("DIAL", "unavailable"),
+        ("DIAL", "rate_limited"),
+    }
+)
+_REFUSAL_WINDOW = 1.0
+_REFUSAL_TABLE_MAX = 4096
 
-    Refusals are not logged here: the core already warns about the ones worth
-    an operator's attention, with flood control.
+
+class LogRecorder:
+    """Writes the exchange's INFO lines from the events, one line per event.
+
+    Every line carries its facts as ``extra`` fields too (``event``, ``address``,
+    ``session``, ``call_id``, ``to``, ``reason``, ``disposition``, ``duration_s``,
+    ...), which the JSON log format writes as fields of their own. The text is
+    made only if a handler writes the line.
+
+    A refused REGISTER or DIAL is one line, at most one a second per session
+    (the next says how many were held back), unless the core already warned
+    about it (:data:`_TOLD_ELSEWHERE`). Refusals of other requests (JOIN,
+    PRESENCE, a request before REGISTER) are counted by the metrics, not logged.
+
+    "Call answered" names both parties: the recorder keeps each started call's
+    caller and callee until it ends (one small tuple per call in progress).
     """
 
-    __slots__ = ("_log",)
+    __slots__ = ("_calls", "_log", "_refusals")
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         # The exchange's own logger (a QuickLogger, whichever module creates it first).
         self._log = logger if logger is not None else get_logger("systemx.exchange")
+        self._calls: dict[str, tuple[str, str]] = {}
+        # session id -> [time of its last refusal line, refusals held back since]
+        self._refusals: dict[str, list[Any]] = {}
 
     def call_started(self, call_id: str, caller: str, to: str, now: float) -> None:
-        self._log.info("Call initiated: %s → %s (call: %s)", caller, to, call_id)
+        log = self._log
+        if log.isEnabledFor(_INFO):
+            self._calls[call_id] = (caller, to)
+            log.info(
+                "Call initiated: %s → %s (call: %s)",
+                caller,
+                to,
+                call_id,
+                extra={"event": "call_started", "call_id": call_id, "address": caller, "to": to},
+            )
 
     def call_answered(self, call_id: str, now: float) -> None:
-        pass
+        log = self._log
+        if log.isEnabledFor(_INFO):
+            caller, to = self._calls.get(call_id, _UNKNOWN_PARTIES)
+            log.info(
+                "Call answered: %s → %s (call: %s)",
+                caller,
+                to,
+                call_id,
+                extra={"event": "call_answered", "call_id": call_id, "address": caller, "to": to},
+            )
 
     def call_ended(self, record: CallRecord) -> None:
+        self._calls.pop(record.call_id, None)
+        log = self._log
+        if not log.isEnabledFor(_INFO):
+            return
         start = record.answered_at if record.answered_at is not None else record.dialled_at
-        self._log.info(
-            "Call ended: %s (duration %.3fs, reason %s)",
+        duration = round(max(record.ended_at - start, 0.0), 3)
+        log.info(
+            "Call ended: %s → %s (call: %s, %s, duration %.3fs, reason %s, ended by %s)",
+            record.caller,
+            record.callee,
             record.call_id,
-            record.ended_at - start,
+            record.disposition.value,
+            duration,
             record.reason,
+            record.ended_by.value,
+            extra={
+                "event": "call_ended",
+                "call_id": record.call_id,
+                "address": record.caller,
+                "to": record.callee,
+                "disposition": record.disposition.value,
+                "duration_s": duration,
+                "reason": record.reason,
+                "ended_by": record.ended_by.value,
+            },
         )
 
     def bound(self, address: str, session_id: str, now: float, *, woken: bool = False) -> None:
-        self._log.info("Connection registered: %s (session: %s)", address, session_id)
+        log = self._log
+        if not log.isEnabledFor(_INFO):
+            return
+        log.info(
+            "Connection registered: %s (session: %s)",
+            address,
+            session_id,
+            extra={"event": "registered", "address": address, "session": session_id},
+        )
         if woken:
-            self._log.info("Woken: %s", address)
+            log.info(
+                "Woken: %s", address, extra={"event": "woken", "address": address, "session": session_id}
+            )
 
     def unbound(
         self, address: str, session_id: str, reason: str, now: float, *, asleep: bool = False
     ) -> None:
+        log = self._log
+        if not log.isEnabledFor(_INFO):
+            return
         if asleep:
-            self._log.info("Asleep: %s (session: %s, %s)", address, session_id, reason)
+            log.info(
+                "Asleep: %s (session: %s, %s)",
+                address,
+                session_id,
+                reason,
+                extra={"event": "asleep", "address": address, "session": session_id, "reason": reason},
+            )
         else:
-            self._log.info("Connection unregistered: %s (session: %s, %s)", address, session_id, reason)
+            log.info(
+                "Connection unregistered: %s (session: %s, %s)",
+                address,
+                session_id,
+                reason,
+                extra={"event": "unregistered", "address": address, "session": session_id, "reason": reason},
+            )
 
-    def refused(self, kind: str, reason: str, address: str | None, now: float) -> None:
-        pass
+    def refused(
+        self,
+        kind: str,
+        reason: str,
+        address: str | None,
+        now: float,
+        *,
+        session: str = "",
+        by: str | None = None,
+    ) -> None:
+        if (kind != "REGISTER" and kind != "DIAL") or (kind, reason) in _TOLD_ELSEWHERE:
+            return
+        log = self._log
+        if not log.isEnabledFor(_INFO):
+            return
+        held = self._held_back(session, now)
+        if held < 0:
+            return
+        suffix = f"; {held} similar line(s) held back" if held else ""
+        if kind == "REGISTER":
+            log.info(
+                "Registration refused: %s (session: %s, %s%s)",
+                address,
+                session,
+                reason,
+                suffix,
+                extra={"event": "register_refused", "address": address, "session": session, "reason": reason},
+            )
+        else:
+            log.info(
+                "Call refused: %s → %s (session: %s, %s%s)",
+                by or "(unregistered)",
+                address,
+                session,
+                reason,
+                suffix,
+                extra={
+                    "event": "call_refused",
+                    "address": by,
+                    "to": address,
+                    "session": session,
+                    "reason": reason,
+                },
+            )
+
+    def _held_back(self, session: str, now: float) -> int:
+        """-1: hold this session's refusal line back; else how many were held back before it."""
+        table = self._refusals
+        entry = table.get(session)
+        if entry is not None:
+            if now - entry[0] < _REFUSAL_WINDOW:
+                entry[1] += 1
+                return -1
+            held: int = entry[1]
+            entry[0] = now
+            entry[1] = 0
+            return held
+        if len(table) >= _REFUSAL_TABLE_MAX:
+            # Only entries inside the window hold anything back; the rest can go.
+            for key in [k for k, (at, _) in table.items() if now - at >= _REFUSAL_WINDOW]:
+                del table[key]
+            if len(table) >= _REFUSAL_TABLE_MAX:
+                table.clear()  # a flood from that many sessions at once: start afresh
+        table[session] = [now, 0]
+        return 0
+
+
+_INFO = logging.INFO
+_UNKNOWN_PARTIES = ("?", "?")

@@ -35,7 +35,16 @@ if TYPE_CHECKING:
     from systemx.core.timerkeys import AuthTimer, IdleTimer, SleepTimer
     from systemx.core.trunks import Trunk
 
-__all__ = ["ALLOWED", "NEEDS_REGISTRATION", "Sender", "Session", "SessionState", "warn"]
+__all__ = [
+    "ALLOWED",
+    "NEEDS_REGISTRATION",
+    "Sender",
+    "Session",
+    "SessionState",
+    "endpoint_label",
+    "warn",
+    "who",
+]
 
 log = get_logger("systemx.exchange")
 
@@ -178,6 +187,20 @@ class Session:
         return SessionState.OPEN if self.key is None else SessionState.REGISTERED
 
 
+def who(s: Session) -> str:
+    """``ADDRESS (session: ID)``, or ``(unregistered) (session: ID)``, for DEBUG lines."""
+    return f"{s.address or '(unregistered)'} (session: {s.session_id})"
+
+
+def endpoint_label(conn: Any) -> str:
+    """Who an endpoint reaches, for DEBUG lines: its session when it carries one
+    (``session`` or ``_session``), else the endpoint's type."""
+    s = getattr(conn, "session", None) or getattr(conn, "_session", None)
+    if isinstance(s, Session):
+        return who(s)
+    return f"({type(conn).__name__})"
+
+
 def warn(s: Session, now: float, msg: str, *args: Any) -> None:
     """A WARN about one session's input, at most one a second per session.
 
@@ -224,15 +247,15 @@ class Sender:
         ``call_id`` names the call of a DIAL_FORWARD (its caller is behind a trunk).
         """
         self._send_msg(s, m.Busy(to=to, reason=reason, call_id=call_id))
-        self._recorder.refused("DIAL", reason, to, now)
+        self._recorder.refused("DIAL", reason, to, now, session=s.session_id, by=s.address)
 
     def _register_failed(
         self, s: Session, reason: str, address: str | None, detail: str | None, now: float
     ) -> None:
         self._send_msg(s, m.RegisterFailed(reason=reason, address=address, detail=detail))
-        self._recorder.refused("REGISTER", reason, address, now)
+        self._recorder.refused("REGISTER", reason, address, now, session=s.session_id, by=s.address)
 
     def _refuse(self, s: Session, reason: str, context: str, detail: str, now: float) -> None:
         """ERROR for a refused request (rate limited, not registered): the recorder hears of it."""
         self._error(s, reason, context, detail)
-        self._recorder.refused(context, reason, s.address, now)
+        self._recorder.refused(context, reason, s.address, now, session=s.session_id, by=s.address)

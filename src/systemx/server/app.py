@@ -250,7 +250,7 @@ class Server:
         await self.ops.start(exchange, hub)
         if self.ops.recording:
             # The exchange's INFO lines, and the call records and metrics.
-            exchange.use_recorder(FanoutRecorder(LogRecorder(), self.ops.recorder))
+            exchange.use_recorder(FanoutRecorder(LogRecorder(), *self.ops.recorders))
         # Federation hook: outbound trunks (server/federation.py).
         from systemx.server.federation import start_federation
 

@@ -8,10 +8,13 @@ an ordinary broadcaster to the exchange: a caller DIALs it, gets CONNECTED,
 and the stream learns the broadcast's call id from the RING the exchange sends
 it.
 
-A :class:`logging.Handler` on the ``systemx`` logger formats every record
-(all levels the logger passes) into one line, keeps the newest
-:data:`BACKLOG` lines, and sends each line as ``MSG {call_id, data: line}``
-while the broadcast has listeners. When a listener joins, the stream sends a
+A :class:`logging.Handler` on the ``systemx`` logger keeps the newest
+:data:`BACKLOG` records (all levels the logger passes) and, while the
+broadcast has listeners, formats each into one line and sends it as
+``MSG {call_id, data: line}``. Without listeners a record is kept unformatted
+(its time, level, logger and message), and formatted only if someone dials
+in; the handler is also a tap of :mod:`systemx.quicklog`, so the exchange's
+INFO lines keep their short path while the stream is on. When a listener joins, the stream sends a
 banner, the backlog, ``--- Live log stream ---``, then the live lines; the
 exchange relays every MSG of a broadcast to all its listeners, so those
 already listening get the backlog again (the reference does the same).
@@ -33,9 +36,12 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
+
+from systemx.quicklog import add_line_tap, remove_line_tap
 
 __all__ = ["ADDRESS", "BACKLOG", "LIVE_MARKER", "MAX_LINE", "LogStream", "start_log_stream"]
 
@@ -58,20 +64,59 @@ _decode = msgspec.json.Decoder().decode
 class _Handler(logging.Handler):
     def __init__(self, stream: LogStream) -> None:
         super().__init__(logging.DEBUG)
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.setFormatter(logging.Formatter(_FORMAT))
         self._stream = stream
 
     def emit(self, record: logging.LogRecord) -> None:
         stream = self._stream
         if stream.sending and threading.get_ident() == stream.thread:
             return  # made while the stream itself was sending: not streamed
+        if record.exc_info or record.exc_text or record.stack_info:
+            # Formatted now: a kept traceback would keep its frames alive.
+            try:
+                line = self.format(record)
+            except Exception:
+                return
+            stream.add(line)
+            return
         try:
-            line = self.format(record)
+            message = record.getMessage()
         except Exception:
             return
-        if len(line) > MAX_LINE:
-            line = line[: MAX_LINE - 1] + "…"
-        stream.add(line)
+        stream.add((record.created, record.levelno, record.name, message))
+
+    def emit_fields(
+        self, created: float, levelno: int, name: str, message: str, fields: Mapping[str, Any] | None = None
+    ) -> bool:
+        """A line from :mod:`systemx.quicklog`'s short path (``fields`` are not streamed)."""
+        stream = self._stream
+        if not (stream.sending and threading.get_ident() == stream.thread):
+            stream.add((created, levelno, name, message))
+        return True
+
+
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# One entry of the backlog: a formatted line, or (created, levelno, logger name, message).
+_Entry = str | tuple[float, int, str, str]
+_second_cache: list[Any] = [-1, ""]
+
+
+def _text(entry: _Entry) -> str:
+    """The line of ``entry`` as ``logging.Formatter(_FORMAT)`` writes it, cut at :data:`MAX_LINE`."""
+    if isinstance(entry, str):
+        line = entry
+    else:
+        created, levelno, name, message = entry
+        seconds = int(created)
+        cache = _second_cache
+        if cache[0] != seconds:
+            cache[1] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+            cache[0] = seconds
+        millis = int((created - seconds) * 1000)
+        line = f"{cache[1]},{millis:03d} {logging.getLevelName(levelno)} {name}: {message}"
+    if len(line) > MAX_LINE:
+        line = line[: MAX_LINE - 1] + "…"
+    return line
 
 
 class LogStream:
@@ -84,7 +129,7 @@ class LogStream:
         self._session: Any = None
         self._handler = _Handler(self)
         self._lock = threading.Lock()
-        self.backlog: deque[str] = deque(maxlen=BACKLOG)
+        self.backlog: deque[_Entry] = deque(maxlen=BACKLOG)
         self._pending: list[str] = []
         self._flush_scheduled = False
         self._heartbeat: asyncio.TimerHandle | None = None
@@ -107,6 +152,7 @@ class LogStream:
 
     def start(self) -> None:
         logging.getLogger("systemx").addHandler(self._handler)
+        add_line_tap(self._handler)
         now = time.time()
         self._session = self._exchange.on_open(self, now)
         register = {
@@ -135,6 +181,7 @@ class LogStream:
         self.call_id = None
         self._pending.clear()
         logging.getLogger("systemx").removeHandler(self._handler)
+        remove_line_tap(self._handler)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
@@ -197,14 +244,14 @@ class LogStream:
 
     # -- lines ---------------------------------------------------------------------
 
-    def add(self, line: str) -> None:
-        """One formatted log line (from any thread)."""
+    def add(self, entry: _Entry) -> None:
+        """One log line, formatted or as fields (from any thread)."""
         with self._lock:
-            self.backlog.append(line)
+            self.backlog.append(entry)
             if self.call_id is None or self.closed:
                 return
             if len(self._pending) < _PENDING_MAX:
-                self._pending.append(line)
+                self._pending.append(_text(entry))
             if self._flush_scheduled:
                 return
             self._flush_scheduled = True
@@ -226,7 +273,7 @@ class LogStream:
         if self.call_id is None:
             return
         with self._lock:
-            backlog = list(self.backlog)
+            backlog = [_text(entry) for entry in self.backlog]
             # The backlog holds every pending line: they are sent once, with it.
             self._pending.clear()
         self._send_lines([_BANNER, *backlog, LIVE_MARKER])

@@ -3,8 +3,9 @@
 Two sources, neither on the MSG path:
 
 * the core's events (the :class:`~systemx.core.records.Recorder` port): calls
-  by disposition, ring and talk time, registrations, wakes, refusals. One
-  counter or histogram update per event; no event per MSG;
+  by disposition, ring and talk time, registrations, wakes, refusals. A few
+  integer additions per event (plain Python numbers, exported at scrape
+  time); no event per MSG;
 * integer counters the transport and the exchange keep anyway (connections,
   messages and bytes received, frames sent, slow-consumer cuts, active calls,
   party lines, sleepers), read only when ``/metrics`` is scraped
@@ -22,12 +23,14 @@ the library's global one, so two exchanges in one process (tests) do not mix.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 import systemx
@@ -125,8 +128,89 @@ class _ScrapeCollector(Collector):
         )
 
 
+class _Histogram:
+    """Bucket counts and a sum, kept as plain numbers; exported at scrape time."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self.bounds = tuple(float(b) for b in bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # Prometheus buckets are "less than or equal": the first bound >= value.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        buckets: list[tuple[str, float]] = []
+        cumulative = 0
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
+            cumulative += count
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.total)
+
+
+class _EventCollector(Collector):
+    """Exports what :class:`MetricsRecorder` counted, when scraped."""
+
+    def __init__(self, recorder: MetricsRecorder) -> None:
+        self._recorder = recorder
+
+    def collect(self) -> Iterator[Any]:
+        r = self._recorder
+        yield CounterMetricFamily(
+            "systemx_registered", "Addresses bound to a session (woken ones included)", value=r.registrations
+        )
+        yield _labelled(
+            "systemx_unregistered", "Addresses given up, by reason", ["reason"], r.unregistrations
+        )
+        yield CounterMetricFamily("systemx_calls_started", "Calls dialled", value=r.calls_started)
+        yield CounterMetricFamily("systemx_calls_answered", "Calls answered", value=r.calls_answered)
+        yield _labelled("systemx_calls", "Calls ended, by disposition", ["disposition"], r.calls)
+        yield r.ring_seconds.family(
+            "systemx_call_ring_seconds", "Time a call rang before the answer or the end"
+        )
+        yield r.setup_seconds.family("systemx_call_setup_seconds", "DIAL to answer, answered calls")
+        yield r.talk_seconds.family("systemx_call_talk_seconds", "Answer to end, answered calls")
+        msgs, data = r.call_msgs, r.call_bytes
+        if msgs[0] or msgs[1]:
+            yield _labelled(
+                "systemx_call_messages",
+                "MSGs relayed in ended calls, by direction",
+                ["direction"],
+                {"up": msgs[0], "down": msgs[1]},
+            )
+            yield _labelled(
+                "systemx_call_message_bytes",
+                "MSG bytes relayed in ended calls",
+                ["direction"],
+                {"up": data[0], "down": data[1]},
+            )
+        yield _labelled("systemx_wakes", "Wakes by outcome (woken, failed)", ["result"], r.wakes)
+        yield r.wake_seconds.family("systemx_wake_seconds", "DIAL to the woken agent's REGISTER")
+        yield _labelled(
+            "systemx_refusals", "Requests refused, by message type and reason", ["kind", "reason"], r.refusals
+        )
+        yield r.loop_lag.family("systemx_event_loop_lag_seconds", "How late a periodic event-loop timer ran")
+
+
+def _labelled(name: str, doc: str, labels: list[str], values: dict[Any, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in values.items():
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], value)
+    return family
+
+
 class MetricsRecorder:
-    """A :class:`~systemx.core.records.Recorder` that counts into a Prometheus registry."""
+    """A :class:`~systemx.core.records.Recorder` that counts for Prometheus.
+
+    The core's events are counted in plain integers and lists (an event costs a
+    few additions, no lock, no allocation), turned into Prometheus metrics only
+    when ``/metrics`` is scraped: prometheus-client's own counters and
+    histograms cost several microseconds per update, tens per call.
+    """
 
     def __init__(self, source: StatsSource | None = None) -> None:
         registry = self.registry = CollectorRegistry(auto_describe=True)
@@ -135,67 +219,22 @@ class MetricsRecorder:
             registry.register(_ScrapeCollector(source, self.started))
         info = Gauge("systemx_build_info", "SystemX version", ["version"], registry=registry)
         info.labels(getattr(systemx, "__version__", "unknown")).set(1)
-        self.registrations = Counter(
-            "systemx_registered", "Addresses bound to a session (woken ones included)", registry=registry
-        )
-        self.unregistrations = Counter(
-            "systemx_unregistered", "Addresses given up, by reason", ["reason"], registry=registry
-        )
-        self.calls_started = Counter("systemx_calls_started", "Calls dialled", registry=registry)
-        self.calls_answered = Counter("systemx_calls_answered", "Calls answered", registry=registry)
-        self.calls = Counter(
-            "systemx_calls", "Calls ended, by disposition", ["disposition"], registry=registry
-        )
-        for d in Disposition:
-            self.calls.labels(str(d))
-        self.ring_seconds = Histogram(
-            "systemx_call_ring_seconds",
-            "Time a call rang before the answer or the end",
-            buckets=_RING_BUCKETS,
-            registry=registry,
-        )
-        self.setup_seconds = Histogram(
-            "systemx_call_setup_seconds",
-            "DIAL to answer, answered calls",
-            buckets=_RING_BUCKETS,
-            registry=registry,
-        )
-        self.talk_seconds = Histogram(
-            "systemx_call_talk_seconds",
-            "Answer to end, answered calls",
-            buckets=_TALK_BUCKETS,
-            registry=registry,
-        )
-        self.call_msgs = Counter(
-            "systemx_call_messages",
-            "MSGs relayed in ended calls, by direction",
-            ["direction"],
-            registry=registry,
-        )
-        self.call_bytes = Counter(
-            "systemx_call_message_bytes", "MSG bytes relayed in ended calls", ["direction"], registry=registry
-        )
-        self.wakes = Counter(
-            "systemx_wakes", "Wakes by outcome (woken, failed)", ["result"], registry=registry
-        )
-        self.wake_seconds = Histogram(
-            "systemx_wake_seconds",
-            "DIAL to the woken agent's REGISTER",
-            buckets=_WAKE_BUCKETS,
-            registry=registry,
-        )
-        self.refusals = Counter(
-            "systemx_refusals",
-            "Requests refused, by message type and reason",
-            ["kind", "reason"],
-            registry=registry,
-        )
-        self.loop_lag = Histogram(
-            "systemx_event_loop_lag_seconds",
-            "How late a periodic event-loop timer ran",
-            buckets=_LAG_BUCKETS,
-            registry=registry,
-        )
+        self.registrations = 0
+        self.unregistrations: dict[str, int] = {}
+        self.calls_started = 0
+        self.calls_answered = 0
+        self.calls: dict[str, int] = {str(d): 0 for d in Disposition}
+        self.ring_seconds = _Histogram(_RING_BUCKETS)
+        self.setup_seconds = _Histogram(_RING_BUCKETS)
+        self.talk_seconds = _Histogram(_TALK_BUCKETS)
+        # [up, down]
+        self.call_msgs = [0, 0]
+        self.call_bytes = [0, 0]
+        self.wakes: dict[str, int] = {}
+        self.wake_seconds = _Histogram(_WAKE_BUCKETS)
+        self.refusals: dict[tuple[str, str], int] = {}
+        self.loop_lag = _Histogram(_LAG_BUCKETS)
+        registry.register(_EventCollector(self))
 
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format."""
@@ -204,40 +243,61 @@ class MetricsRecorder:
     # -- Recorder ------------------------------------------------------------
 
     def call_started(self, call_id: str, caller: str, to: str, now: float) -> None:
-        self.calls_started.inc()
+        self.calls_started += 1
 
     def call_answered(self, call_id: str, now: float) -> None:
-        self.calls_answered.inc()
+        self.calls_answered += 1
 
     def call_ended(self, record: CallRecord) -> None:
-        self.calls.labels(_bounded(str(record.disposition), _DISPOSITIONS)).inc()
+        calls = self.calls
+        disposition = record.disposition.value
+        if disposition in calls:
+            calls[disposition] += 1
+        else:
+            calls["other"] = calls.get("other", 0) + 1
         if record.rang_at is not None:
             self.ring_seconds.observe(record.ring_seconds)
-        if record.answered_at is not None:
-            self.setup_seconds.observe(max(record.answered_at - record.dialled_at, 0.0))
+        answered_at = record.answered_at
+        if answered_at is not None:
+            self.setup_seconds.observe(max(answered_at - record.dialled_at, 0.0))
             self.talk_seconds.observe(record.talk_seconds)
         if record.msgs_up or record.msgs_down:
-            self.call_msgs.labels("up").inc(record.msgs_up)
-            self.call_msgs.labels("down").inc(record.msgs_down)
-            self.call_bytes.labels("up").inc(record.bytes_up)
-            self.call_bytes.labels("down").inc(record.bytes_down)
-        if record.reason == codes.BusyReason.WAKE_FAILED:
-            self.wakes.labels("failed").inc()
+            msgs, data = self.call_msgs, self.call_bytes
+            msgs[0] += record.msgs_up
+            msgs[1] += record.msgs_down
+            data[0] += record.bytes_up
+            data[1] += record.bytes_down
+        if record.reason == _WAKE_FAILED:
+            self.wakes["failed"] = self.wakes.get("failed", 0) + 1
         if record.woken and record.wake_seconds is not None:
             self.wake_seconds.observe(record.wake_seconds)
 
     def bound(self, address: str, session_id: str, now: float, *, woken: bool = False) -> None:
-        self.registrations.inc()
+        self.registrations += 1
         if woken:
-            self.wakes.labels("woken").inc()
+            self.wakes["woken"] = self.wakes.get("woken", 0) + 1
 
     def unbound(
         self, address: str, session_id: str, reason: str, now: float, *, asleep: bool = False
     ) -> None:
-        self.unregistrations.labels(_bounded(reason, _REASONS)).inc()
+        key = _bounded(reason, _REASONS)
+        self.unregistrations[key] = self.unregistrations.get(key, 0) + 1
 
-    def refused(self, kind: str, reason: str, address: str | None, now: float) -> None:
-        self.refusals.labels(_bounded(kind, _KINDS), _bounded(reason, _REASONS)).inc()
+    def refused(
+        self,
+        kind: str,
+        reason: str,
+        address: str | None,
+        now: float,
+        *,
+        session: str = "",
+        by: str | None = None,
+    ) -> None:
+        key = (_bounded(kind, _KINDS), _bounded(reason, _REASONS))
+        self.refusals[key] = self.refusals.get(key, 0) + 1
+
+
+_WAKE_FAILED = str(codes.BusyReason.WAKE_FAILED)
 
 
 _DISPOSITIONS = frozenset(str(d) for d in Disposition)

@@ -8,7 +8,8 @@ stopped after the exchange has shut down:
   store at ``SYSTEMX_DATA_DIR/records.db``, bounded by ``SYSTEMX_RECORDS_MAX``
   and ``SYSTEMX_RECORDS_RETENTION``;
 * ``SYSTEMX_ADMIN`` (on by default): a
-  :class:`~systemx.server.metrics.MetricsRecorder`, the event-loop lag timer and
+  :class:`~systemx.server.metrics.MetricsRecorder`, the event-loop lag timer,
+  the live event feed (:class:`~systemx.server.admin.events.EventFeed`) and
   the admin listener (:mod:`systemx.server.admin.app`) on
   ``SYSTEMX_ADMIN_HOST``:``SYSTEMX_ADMIN_PORT``.
 
@@ -61,6 +62,11 @@ class Operations:
         return FanoutRecorder(*self._recorders)
 
     @property
+    def recorders(self) -> tuple[Recorder, ...]:
+        """Every recorder that is on, to feed side by side with others (no nested fan-out)."""
+        return tuple(self._recorders)
+
+    @property
     def recording(self) -> bool:
         """Whether any recorder is on (call records or metrics)."""
         return bool(self._recorders)
@@ -73,15 +79,19 @@ class Operations:
             return
         # Imported only when on: aiohttp's server side and prometheus-client.
         from systemx.server.admin.app import AdminServer, build_app
+        from systemx.server.admin.events import EventFeed
         from systemx.server.admin.source import ExchangeSource
         from systemx.server.metrics import LoopLag, MetricsRecorder
 
         source = ExchangeSource(exchange, hub, self.records)
         metrics = self.metrics = MetricsRecorder(source)
-        self._recorders.append(metrics)
+        events = EventFeed()
+        self._recorders += [metrics, events]
         lag = self._lag = LoopLag(metrics.loop_lag.observe)
         lag.start(hub.loop)
-        app = build_app(source, metrics=metrics, records=self.records, token=settings.admin_token)
+        app = build_app(
+            source, metrics=metrics, records=self.records, token=settings.admin_token, events=events
+        )
         admin = AdminServer(app, settings.admin_host, settings.admin_port)
         try:
             await admin.start()
@@ -92,6 +102,7 @@ class Operations:
             lag.stop()
             self._lag = None
             self._recorders.remove(metrics)
+            self._recorders.remove(events)
             self.metrics = None
             return
         self.admin = admin

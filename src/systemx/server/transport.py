@@ -87,6 +87,7 @@ __all__ = [
     "ExchangeEvents",
     "Hub",
     "PicowsLog",
+    "remote_ip",
 ]
 
 log = logging.getLogger("systemx.server")
@@ -185,6 +186,20 @@ def _ws_code(code: int) -> WSCloseCode:
 
 def _session_label(session: Any) -> str:
     return str(getattr(session, "session_id", None) or getattr(session, "id", "?"))
+
+
+def remote_ip(conn: Any) -> str | None:
+    """The peer's IP address of a connection (``None``: not known, or not a socket)."""
+    raw = getattr(conn, "raw", None)
+    if raw is None:
+        return None
+    try:
+        peer = raw.get_extra_info("peername")
+    except Exception:
+        return None
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return None
 
 
 def _who(session: Any) -> str:
@@ -609,7 +624,13 @@ class Hub:
         if raw is not None:
             self.corker.fit(raw)
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("Connection opened (session: %s)", _session_label(conn.session))
+            session_id, ip = _session_label(conn.session), remote_ip(conn)
+            log.debug(
+                "Connection opened: %s (session: %s)",
+                ip,
+                session_id,
+                extra={"event": "connection_opened", "session": session_id, "remote_ip": ip},
+            )
 
     def end_session(self, conn: Connection) -> None:
         session = conn.session
@@ -626,7 +647,21 @@ class Hub:
         if self._fd_limit_warned and limit is not None and len(self.conns) < limit * 0.8:
             self._fd_limit_warned = False  # warn again on the next approach
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("Connection closed (session: %s)", _session_label(conn.session))
+            session = conn.session
+            session_id, ip = _session_label(session), remote_ip(conn)
+            address = getattr(session, "address", None)
+            log.debug(
+                "Connection closed: %s (session: %s%s)",
+                ip,
+                session_id,
+                f", address: {address}" if address else "",
+                extra={
+                    "event": "connection_closed",
+                    "session": session_id,
+                    "address": address,
+                    "remote_ip": ip,
+                },
+            )
         try:
             self.end_session(conn)
         finally:

@@ -18,7 +18,15 @@ from typing import Any
 from systemx.core.records import Disposition
 from systemx.tools.common import EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, emit_json, say
 
-__all__ = ["DEFAULT_ADMIN_URL", "add_parser", "admin_get", "run", "table"]
+__all__ = [
+    "DEFAULT_ADMIN_URL",
+    "add_admin_args",
+    "add_parser",
+    "admin_get",
+    "default_admin_url",
+    "run",
+    "table",
+]
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:8081"
 _DISPOSITIONS = tuple(d.value for d in Disposition)
@@ -49,11 +57,31 @@ def _limit(value: str) -> int:
     return n
 
 
+def default_admin_url() -> str:
+    """``$SYSTEMX_ADMIN_URL``, else the listener ``$SYSTEMX_ADMIN_HOST``:``$SYSTEMX_ADMIN_PORT``
+    describe (a wildcard host is reached on loopback), else :data:`DEFAULT_ADMIN_URL`."""
+    url = os.environ.get("SYSTEMX_ADMIN_URL")
+    if url:
+        return url
+    host = os.environ.get("SYSTEMX_ADMIN_HOST", "").strip() or "127.0.0.1"
+    port = os.environ.get("SYSTEMX_ADMIN_PORT", "").strip()
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if not port.isdigit() or port == "0":
+        port = "8081"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def add_admin_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--url",
         "--admin-url",
-        default=os.environ.get("SYSTEMX_ADMIN_URL") or DEFAULT_ADMIN_URL,
-        help=f"the admin listener (default: $SYSTEMX_ADMIN_URL or {DEFAULT_ADMIN_URL})",
+        dest="admin_url",
+        default=default_admin_url(),
+        help="the admin listener (default: $SYSTEMX_ADMIN_URL, else http://$SYSTEMX_ADMIN_HOST:"
+        f"$SYSTEMX_ADMIN_PORT, else {DEFAULT_ADMIN_URL})",
     )
     parser.add_argument(
         "--token",

@@ -162,8 +162,9 @@ def failure(exc: BaseException) -> int:
     return EXIT_ABNORMAL
 
 
-def run_tool(main: Callable[[], Awaitable[int]]) -> int:
-    """Run a tool's coroutine; client errors become one line and an exit status, Ctrl-C exits 130."""
+def run_tool(main: Callable[[], Awaitable[int]], interrupted: int = 130) -> int:
+    """Run a tool's coroutine; client errors become one line and an exit status, Ctrl-C exits
+    ``interrupted`` (130, or 0 for a tool that runs until stopped)."""
 
     # The tools report in their own words; the library's log lines would repeat them.
     logging.getLogger("systemx.client").addHandler(logging.NullHandler())
@@ -177,4 +178,4 @@ def run_tool(main: Callable[[], Awaitable[int]]) -> int:
     try:
         return asyncio.run(guarded())
     except KeyboardInterrupt:
-        return 130
+        return interrupted

@@ -8,7 +8,10 @@ Routes (all GET unless said; JSON unless said):
 
 * ``/`` the switchboard page (HTML); ``/events`` its feed (Server-Sent Events:
   a ``snapshot`` event every second, and within 250 ms of a change, made once
-  for all viewers: :class:`Feed`);
+  for all viewers: :class:`Feed`); ``/events?feed=events`` the exchange's
+  events one by one as they happen (calls started, answered, ended;
+  registrations; refusals: :mod:`systemx.server.admin.events`), which
+  ``systemx tail`` follows;
 * ``/healthz`` (the process is up) and ``/readyz`` (the exchange takes calls;
   503 while it shuts down), answered without a token;
 * ``/metrics`` Prometheus text;
@@ -36,6 +39,7 @@ import msgspec
 from aiohttp import web
 
 from systemx.core.records import Disposition
+from systemx.server.admin.events import KEEPALIVE, EventFeed
 from systemx.server.admin.source import ExchangeView, Forget
 from systemx.server.metrics import CONTENT_TYPE, MetricsRecorder
 from systemx.state.ports import RecordFilter
@@ -62,6 +66,8 @@ _METRICS: web.AppKey[MetricsRecorder | None] = web.AppKey("metrics", MetricsReco
 _RECORDS: web.AppKey[Any] = web.AppKey("records", object)
 _TOKEN: web.AppKey[str] = web.AppKey("token", str)
 _FEED: web.AppKey[Feed] = web.AppKey("feed")
+_EVENTS: web.AppKey[EventFeed | None] = web.AppKey("events", EventFeed)
+_FEEDS = ("snapshots", "events")
 
 
 class BadRequest(ValueError):
@@ -347,28 +353,62 @@ _WATCHED = (
 
 
 async def _events(request: web.Request) -> web.StreamResponse:
-    """Server-Sent Events: the page's feed (see :class:`Feed`)."""
+    """Server-Sent Events: the page's snapshots (see :class:`Feed`), or with
+    ``feed=events`` the exchange's events as they happen (see :class:`EventFeed`)."""
+    feed = request.query.get("feed") or "snapshots"
+    if feed not in _FEEDS:
+        raise BadRequest(f"feed must be one of {', '.join(_FEEDS)}, got {feed[:40]!r}")
+    events = request.app[_EVENTS]
+    if feed == "events" and events is None:
+        return _error(404, "this exchange does not stream its events")
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
     await response.prepare(request)
     try:
-        await request.app[_FEED].serve(response)
+        if events is not None and feed == "events":
+            await _serve_events(events, response)
+        else:
+            await request.app[_FEED].serve(response)
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     return response
 
 
+async def _serve_events(events: EventFeed, response: web.StreamResponse) -> None:
+    """Write ``events`` to ``response`` as they come, batched per wake-up, until the viewer goes."""
+    viewer = events.subscribe()
+    try:
+        # A comment first: the viewer knows the stream is open before any event.
+        await response.write(b": events of this exchange\n\n")
+        while True:
+            try:
+                await asyncio.wait_for(viewer.ready.wait(), KEEPALIVE)
+            except TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            await response.write(viewer.take())
+    finally:
+        events.unsubscribe(viewer)
+
+
 def build_app(
-    view: ExchangeView, *, metrics: MetricsRecorder | None = None, records: Any = None, token: str = ""
+    view: ExchangeView,
+    *,
+    metrics: MetricsRecorder | None = None,
+    records: Any = None,
+    token: str = "",
+    events: EventFeed | None = None,
 ) -> web.Application:
-    """The admin application; ``records`` is a :class:`~systemx.server.callrecords.RecordsRecorder`."""
+    """The admin application; ``records`` is a :class:`~systemx.server.callrecords.RecordsRecorder`,
+    ``events`` the feed of the exchange's events (``/events?feed=events``)."""
     app = web.Application(middlewares=[_guard])
     app[_VIEW] = view
     app[_METRICS] = metrics
     app[_RECORDS] = records
     app[_TOKEN] = token
     app[_FEED] = Feed(view)
+    app[_EVENTS] = events
     app.router.add_get("/", _index)
     app.router.add_get("/events", _events)
     app.router.add_get("/healthz", _healthz)

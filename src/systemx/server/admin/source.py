@@ -27,7 +27,7 @@ from systemx.core.actions import WakeProfile
 from systemx.core.calls import CallState
 from systemx.protocol import messages as m
 from systemx.protocol.address import address_key, domain_of, is_valid_address
-from systemx.server.transport import Hub
+from systemx.server.transport import Hub, remote_ip
 
 __all__ = ["ExchangeSource", "ExchangeView", "Forget"]
 
@@ -143,7 +143,7 @@ class ExchangeSource:
                     "session_id": s.session_id,
                     "address": address,
                     "domain": domain_of(address) if address else None,
-                    "remote_ip": _remote_ip(conn),
+                    "remote_ip": remote_ip(conn),
                     "connected_since": getattr(conn, "opened_at", None) or None,
                     "last_heartbeat": s.last_heartbeat,
                     "last_activity": s.last_activity,
@@ -257,19 +257,6 @@ class ExchangeSource:
         finally:
             exchange.on_close(session, now)
         return Forget.FAILED if key in exchange.profiles() else Forget.FORGOTTEN
-
-
-def _remote_ip(conn: Any) -> str | None:
-    raw = getattr(conn, "raw", None)
-    if raw is None:
-        return None
-    try:
-        peer = raw.get_extra_info("peername")
-    except Exception:
-        return None
-    if isinstance(peer, tuple) and peer:
-        return str(peer[0])
-    return None
 
 
 def _queued_bytes(conn: Any) -> int:
