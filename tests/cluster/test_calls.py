@@ -152,9 +152,11 @@ async def test_workers_share_one_port_as_one_exchange(cluster: Cluster) -> None:
     )
     cluster.nodes.append(server)
     await server.start()
-    # Both workers answer on the one port (the kernel spreads connections).
+    # Both workers answer on the one port (the kernel spreads connections) once both listen.
     await server.wait_for_log(r"pool-w0 .*epoch")
     await server.wait_for_log(r"pool-w1 .*epoch")
+    first = await server.wait_for_log(r"SystemX listening on")
+    await server.wait_for_log(r"SystemX listening on", since=server.logs.index(first) + 1)
     clients = [await cluster.client(server, f"w{i}@example.com") for i in range(12)]
     seen = set()
     for _ in range(40):
