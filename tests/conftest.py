@@ -10,12 +10,14 @@ Every process it started is stopped when the test ends.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 # Loaded before any test runs: hypothesis' pytest plugin imports it at the end of
 # the session otherwise, and compiling it there (after the asyncio tests) trips
@@ -210,6 +212,29 @@ class SystemXProcess(LoggedProcess):
         if self.proc is not None and self.proc.returncode is None:
             await self.stop()
         await self.start(timeout)
+
+    async def health(self) -> dict[str, Any]:
+        """``GET /healthz``: the exchange's counts."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            raw = await reader.read()
+        finally:
+            writer.close()
+        body = raw.split(b"\r\n\r\n", 1)[1]
+        decoded: dict[str, Any] = json.loads(body)
+        return decoded
+
+    async def wait_health(self, timeout: float = TIMEOUT, **expected: Any) -> dict[str, Any]:
+        """Wait until ``/healthz`` shows every ``expected`` count (e.g. ``registered=0``)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            health = await self.health()
+            if all(health.get(k) == v for k, v in expected.items()):
+                return health
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"/healthz never showed {expected}: {health}")
+            await asyncio.sleep(0.01)
 
     async def connect(
         self, path: str = "/", *, receive_buffer: int | None = None, source: str | None = None

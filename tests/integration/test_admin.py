@@ -156,7 +156,7 @@ async def test_sleepers_are_listed_and_forgotten(systemx_server: ServerFactory, 
     async with http.delete(admin + "/api/sleepers/agent@example.com") as response:
         assert response.status == 409
     await agent.close()
-    await server.wait_for_log("Asleep: agent@example.com")
+    await server.wait_health(asleep=1)
     sleepers = await get(http, admin + "/api/sleepers")
     assert sleepers["items"] == [{"address": "agent@example.com", "handler": "webhook", "calls_waiting": 0}]
 

@@ -167,7 +167,7 @@ async def test_spawned_agent_connects_back_and_answers(systemx_server: ServerFac
     reply = await caller.expect("MSG", call_id=connected["call_id"])
     assert reply["from"] == "sleepy@agents.example.com" and "asleep until you rang" in reply["data"]
     await caller.expect("HANGUP", call_id=connected["call_id"], reason="normal")
-    await server.wait_for_log(r"Asleep: sleepy@agents\.example\.com .*sleep")
+    await server.wait_health(asleep=1, sessions=1)
 
 
 async def test_profiles_survive_restart(systemx_server: ServerFactory, hooks: Hooks) -> None:
