@@ -185,6 +185,7 @@ class Call:
     """
 
     __slots__ = (
+        "aliases",
         "call_id",
         "callee",
         "callee_key",
@@ -195,6 +196,7 @@ class Call:
         "metadata",
         "quiet",
         "rang_at",
+        "relayed_broadcast",
         "ring_timer",
         "routes",
         "state",
@@ -232,6 +234,11 @@ class Call:
         self.woken = False
         # (hops, via) of a DIAL_FORWARD that waits for a directory answer (sent on later).
         self.via: tuple[int, list[str]] | None = None
+        # A broadcast with listeners on other nodes: the call id each listener's node
+        # knows -> that listener (a party behind the node link).
+        self.aliases: dict[str, Session] | None = None
+        # This call's callee is a broadcast on another node (its listener's HANGUP is echoed).
+        self.relayed_broadcast = False
         # Waiting without RINGING yet: the cluster is asked whether its callee is asleep.
         self.quiet = False
 
@@ -335,6 +342,9 @@ class CallBook(Sender):
             parties = call.parties()
         for p in parties:
             p.calls.pop(call_id, None)
+        if call.aliases:
+            for x, q in call.aliases.items():
+                q.calls.pop(x, None)
         call.routes = None
         key = call.callee_key
         queue = self._queues.get(key)
@@ -426,10 +436,12 @@ class CallBook(Sender):
             self._refuse_dial(s, to, status, now, call_id)
             return
         if callee.concurrency == "broadcast":
-            if s.trunk is not None:
+            if s.trunk is not None and (s.trunk.node is None or call_id is None):
+                # Across a federation trunk a broadcast is not offered (the far side may
+                # not be SystemX); across a cluster node link it is.
                 self._refuse_dial(s, to, BusyReason.UNSUPPORTED, now, call_id)
                 return
-            self._dial_broadcast(s, callee, to, metadata, now)
+            self._dial_broadcast(s, callee, to, metadata, now, call_id if s.trunk is not None else None)
             return
         if status == "busy" and not callee.calls:
             self._refuse_dial(s, to, BusyReason.BUSY, now, call_id)
@@ -525,7 +537,12 @@ class CallBook(Sender):
                 self._forget(call)
                 caller = call.caller
                 assert caller is not None
-                self._dial_broadcast(caller, callee, call.to, call.metadata, now)
+                link = caller.trunk
+                if link is not None and link.node is None:
+                    self._refuse_dial(caller, call.to, BusyReason.UNSUPPORTED, now, call.call_id)
+                    continue
+                remote_id = call.call_id if link is not None else None
+                self._dial_broadcast(caller, callee, call.to, call.metadata, now, remote_id)
                 continue
             if self._occupied(callee) is not None:
                 break
@@ -644,7 +661,10 @@ class CallBook(Sender):
             return
         s.last_activity = now
         reason = msg.reason or _NORMAL
-        if call.listeners is not None and s is not call.callee:
+        if (call.listeners is not None and s is not call.callee) or (
+            call.relayed_broadcast and s is call.caller
+        ):
+            # A broadcast listener's HANGUP is echoed (here, or for a broadcast on another node).
             self._send_msg(s, m.Hangup(call_id=call.call_id, reason=reason))
         self._leave(s, call, reason, now)
 
@@ -657,15 +677,26 @@ class CallBook(Sender):
         """``s`` leaves ``call`` (hangup or gone); tell whoever remains."""
         event = _EV_DISCONNECT if s.closed else _EV_HANGUP
         if call.listeners is not None:
+            aliases = call.aliases
             if s is call.callee:
                 frame = _encode(m.Hangup(call_id=call.call_id, reason=reason))
+                remote = {q: x for x, q in aliases.items()} if aliases else {}
                 for listener in call.listeners:
                     if not listener.closed:
-                        self._send(listener.conn, frame)
+                        x = remote.get(listener)
+                        if x is None:
+                            self._send(listener.conn, frame)
+                        else:
+                            self._send_msg(listener, m.Hangup(call_id=x, reason=reason))
                 self._end(call, event, reason, now, s)
                 return
             call.listeners.pop(s, None)
             s.calls.pop(call.call_id, None)
+            if aliases:
+                for x, q in list(aliases.items()):
+                    if q is s:
+                        del aliases[x]
+                        s.calls.pop(x, None)
             broadcaster = call.callee
             assert broadcaster is not None
             self._send_msg(broadcaster, m.Hangup(call_id=call.call_id, reason=reason, from_=s.address))
@@ -696,8 +727,16 @@ class CallBook(Sender):
     # ------------------------------------------------------------- broadcast
 
     def _dial_broadcast(
-        self, s: Session, caster: Session, to: str, metadata: dict[str, Any] | None, now: float
+        self,
+        s: Session,
+        caster: Session,
+        to: str,
+        metadata: dict[str, Any] | None,
+        now: float,
+        remote_id: str | None = None,
     ) -> None:
+        """``s`` joins ``caster``'s broadcast. ``remote_id``: ``s`` is a listener on another
+        node, whose node knows its call by that id (frames to it name that id)."""
         call = next(
             (c for c in caster.calls.values() if c.listeners is not None and c.callee is caster), None
         )
@@ -715,11 +754,19 @@ class CallBook(Sender):
         listeners = call.listeners
         assert listeners is not None
         if caster.max_listeners is not None and len(listeners) >= caster.max_listeners:
-            self._refuse_dial(s, to, BusyReason.MAX_LISTENERS_REACHED, now)
+            self._refuse_dial(s, to, BusyReason.MAX_LISTENERS_REACHED, now, remote_id)
             return
         listeners[s] = None
-        s.calls[call.call_id] = call
-        self._send_msg(s, m.Connected(call_id=call.call_id, to=to))
+        if remote_id is not None:
+            # Its node's call id: the link's calls and the frames to it use that one.
+            if call.aliases is None:
+                call.aliases = {}
+            call.aliases[remote_id] = s
+            s.calls[remote_id] = call
+            self._send_msg(s, m.Connected(call_id=remote_id, to=to))
+        else:
+            s.calls[call.call_id] = call
+            self._send_msg(s, m.Connected(call_id=call.call_id, to=to))
         self._send_msg(caster, m.Ring(from_=s.address or "", call_id=call.call_id, metadata=metadata))
         self._registry.touch(s, caster)
         log.info("Broadcast listener joined: %s → %s (call: %s)", s.address, caster.address, call.call_id)
@@ -727,12 +774,28 @@ class CallBook(Sender):
     def broadcast_msg(self, s: Session, call: Call, msg: m.Msg) -> None:
         listeners = call.listeners
         assert listeners is not None
-        frame = _join((msg_prefix(call.call_id, s), msg.data, CT_SUFFIX[msg.content_type]))
+        suffix = CT_SUFFIX[msg.content_type]
         if s is call.callee:
+            frame = _join((msg_prefix(call.call_id, s), msg.data, suffix))
             send = self._send
-            for listener in listeners:
-                send(listener.conn, frame)
+            aliases = call.aliases
+            if aliases:
+                remote = {q: x for x, q in aliases.items()}
+                for listener in listeners:
+                    x = remote.get(listener)
+                    if x is None:
+                        send(listener.conn, frame)
+                    else:
+                        send(listener.conn, _join((msg_prefix(x, s), msg.data, suffix)))
+            else:
+                for listener in listeners:
+                    send(listener.conn, frame)
         elif s in listeners:
             caster = call.callee
             assert caster is not None
-            self._send(caster.conn, frame)
+            self._send(caster.conn, _join((msg_prefix(call.call_id, s), msg.data, suffix)))
+        elif s.trunk is not None and call.aliases and (q := call.aliases.get(msg.call_id)) is not None:
+            # A listener on another node, its MSG arriving on the node link.
+            caster = call.callee
+            assert caster is not None
+            self._send(caster.conn, _join((msg_prefix(call.call_id, q), msg.data, suffix)))

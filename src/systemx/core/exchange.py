@@ -296,6 +296,12 @@ class Exchange(Sender):
                     elif call.listeners is not None and call.state is CONNECTED:
                         self._broadcast_msg(s, call, msg)
                         return
+                elif s.trunk is not None:
+                    # A listener on another node speaking to a broadcast here, under its node's id.
+                    call = s.calls.get(msg.call_id)
+                    if call is not None and call.listeners is not None and call.state is CONNECTED:
+                        self._broadcast_msg(s, call, msg)
+                        return
                 warn(s, now, "MSG ignored: call %s is not a connected call of %s", msg.call_id, s.address)
                 return
             if s.trunk is not None:  # control frames from a trunk

@@ -336,6 +336,13 @@ class Trunks(Sender):
 
     def _end_leg(self, trunk: Trunk, call: Call, now: float) -> None:
         """End ``call`` because ``trunk`` is lost: the local side hears BUSY (ringing) or HANGUP."""
+        if call.aliases:
+            # A broadcast here: its listeners behind the trunk leave it.
+            for listener in [q for q in call.aliases.values() if q.trunk is trunk]:
+                listener.closed = True
+                if call.listeners is not None and listener in call.listeners:
+                    self._book.leave(listener, call, HangupReason.PEER_DISCONNECTED, now)
+            return
         caller, callee = call.caller, call.callee
         if callee is not None and callee.trunk is trunk and call.state is not CallState.CONNECTED:
             if caller is not None:
@@ -432,6 +439,8 @@ class Trunks(Sender):
             return
         if isinstance(msg, m.Ring):
             self._ring(s, msg, now)
+        elif isinstance(msg, m.Connected):
+            self._connected(s, msg, now)
         elif isinstance(msg, m.Busy):
             self._on_busy(s, msg, now)
         elif isinstance(msg, m.Error):
@@ -445,6 +454,9 @@ class Trunks(Sender):
             for p in (call.callee, call.caller):
                 if p is not None and p.trunk is trunk and p is not s:
                     return call, p
+            listener = call.aliases.get(call_id) if call.aliases else None
+            if listener is not None:
+                return call, listener  # a listener there of a broadcast here
         warn(s, now, "Trunk %s: %s ignored: no call %s on this trunk", _label(s), context, call_id)
         return None
 
@@ -461,6 +473,20 @@ class Trunks(Sender):
             # Passing through: the caller's exchange hears the RING in turn.
             self._send_msg(caller, m.Ring(from_=msg.from_ or call.to, call_id=call.call_id))
         # A local caller was told RINGING when the dial went down the trunk.
+
+    def _connected(self, s: Session, msg: m.Connected, now: float) -> None:
+        """CONNECTED from a node link: the dialled address is a broadcast there, and this
+        call's caller now listens to it (its HANGUP is echoed, as a listener's is)."""
+        if s.trunk is None or s.trunk.node is None:
+            warn(s, now, "Trunk %s: CONNECTED ignored (only cluster nodes send it)", _label(s))
+            return
+        found = self._leg(s, msg.call_id, "CONNECTED", now)
+        if found is None:
+            return
+        call, proxy = found
+        if proxy is call.callee and call.state is CallState.RINGING:
+            call.relayed_broadcast = True
+            self._book.on_answer(proxy, m.Answer(call_id=call.call_id), now)
 
     def _answer(self, s: Session, msg: m.Answer, now: float) -> None:
         found = self._leg(s, msg.call_id, "ANSWER", now)
