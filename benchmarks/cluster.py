@@ -104,18 +104,37 @@ async def _measure(
     msgs: int,
     window: int,
     trips: int,
+    parallel: int = 1,
 ) -> Figures:
+    echoes: list[asyncio.Task[None]] = []
     tag = os.urandom(3).hex()
     caller = await connect(caller_url, f"caller-{tag}@bench.test")
     answering = await connect(callee_url, f"callee-{tag}@bench.test")
     echo = asyncio.create_task(_echo_calls(answering))
     target = answering.address or ""
+    # ``parallel`` pairs place calls at once (the default 1: one call at a time).
+    pairs = [(caller, target)]
+    extra: list[Client] = []
+    for i in range(1, parallel):
+        a = await connect(caller_url, f"caller-{tag}-{i}@bench.test")
+        b = await connect(callee_url, f"callee-{tag}-{i}@bench.test")
+        extra += (a, b)
+        echoes.append(asyncio.create_task(_echo_calls(b)))
+        pairs.append((a, b.address or ""))
+
+    async def place(client: Client, to: str, n: int) -> None:
+        for _ in range(n):
+            call = await client.dial(to)
+            await call.hangup()
+
     cpu0 = _cpu(pids)
     each0 = [_cpu([p]) for p in pids]
-    for _ in range(calls):
-        call = await caller.dial(target)
-        await call.hangup()
-    call_cpu = (_cpu(pids) - cpu0) / calls
+    await asyncio.gather(*(place(c, t, calls // len(pairs)) for c, t in pairs))
+    call_cpu = (_cpu(pids) - cpu0) / (calls // len(pairs) * len(pairs))
+    for task in echoes:
+        task.cancel()
+    for client in extra:
+        await client.close()
     split = [(_cpu([p]) - c) / calls * 1e6 for p, c in zip(pids, each0, strict=True)]
     call = await caller.dial(target)
     cpu0 = _cpu(pids)
@@ -168,6 +187,7 @@ async def _run(args: argparse.Namespace) -> None:
         SYSTEMX_DIAL_MAX_ATTEMPTS="0",
     )
     url = f"redis://127.0.0.1:{redis_port}/0"
+    cluster_env = dict(env, SYSTEMX_PRESENCE_STATUS_DELAY_MS=str(args.status_delay_ms))
     command = [sys.executable, "-m", "systemx", "serve", "--port"]
     procs = {
         "single": subprocess.Popen(
@@ -183,7 +203,7 @@ async def _run(args: argparse.Namespace) -> None:
             procs[name] = subprocess.Popen(
                 [*command, str(port)],
                 env=dict(
-                    env,
+                    cluster_env,
                     SYSTEMX_DATA_DIR=os.path.join(scratch, name),
                     SYSTEMX_REDIS_URL=url,
                     SYSTEMX_NODE_ID=name,
@@ -199,7 +219,7 @@ async def _run(args: argparse.Namespace) -> None:
         rows: list[tuple[Figures, Figures, Figures]] = []
         for round_no in range(args.rounds):
             print(f"round {round_no + 1}")
-            m = (args.calls, args.msgs, args.window, args.trips)
+            m = (args.calls, args.msgs, args.window, args.trips, args.parallel)
             single = await _measure("single", urls["single"], urls["single"], [pid["single"]], *m)
             # Node B takes no part in a call local to A: A and Redis are what the call costs.
             local = await _measure("local", urls["A"], urls["A"], [pid["A"], rp], *m)
@@ -238,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--trips", type=int, default=300)
     parser.add_argument("--log-level", default="warn")
+    parser.add_argument(
+        "--status-delay-ms", type=int, default=0, help="SYSTEMX_PRESENCE_STATUS_DELAY_MS of the nodes"
+    )
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="caller/callee pairs placing calls at once (set-up figures)"
+    )
     args = parser.parse_args(argv)
     asyncio.run(_run(args))
     return 0

@@ -123,6 +123,7 @@ class Settings:
     node_ttl_ms: int = 10_000
     reuse_port: bool = False
     cluster_register_limit: int = 60
+    presence_status_delay_ms: int = 0
 
     @property
     def url(self) -> str:
@@ -469,6 +470,12 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
         _int,
         "In a cluster: REGISTERs of one address allowed per minute, counted on every node (0: no limit)",
     ),
+    "SYSTEMX_PRESENCE_STATUS_DELAY_MS": (
+        "presence_status_delay_ms",
+        _duration_ms,
+        "In a cluster: how long (ms) a status change alone (a call began or ended) may wait to be "
+        "written to Redis with others (0: at once)",
+    ),
     "SYSTEMX_REUSE_PORT": (
         "reuse_port",
         _bool,
@@ -675,6 +682,10 @@ def _validate(s: Settings) -> None:
     if s.node_id and (len(s.node_id) > 128 or any(c in s.node_id for c in "{}\n\r \t")):
         raise ConfigError(
             f"SYSTEMX_NODE_ID: at most 128 characters, no spaces or braces, got {s.node_id!r}"
+        )
+    if not 0 <= s.presence_status_delay_ms <= 10_000:
+        raise ConfigError(
+            f"SYSTEMX_PRESENCE_STATUS_DELAY_MS: must be 0-10000 (10s), got {s.presence_status_delay_ms}"
         )
     if s.node_ttl_ms < 1000:
         raise ConfigError(f"SYSTEMX_NODE_TTL_MS: must be at least 1000 (1s), got {s.node_ttl_ms}")

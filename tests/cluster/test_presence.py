@@ -248,3 +248,28 @@ async def test_visibility_rules_apply_to_every_nodes_entries(cluster: Cluster, t
     other = await cluster.client(n2, "other@example.org")
     seen = await until(other, lambda r: len(r["addresses"]) == 3)
     assert addresses(seen) == ["alice@example.com", "guest@example.org", "ceo@example.com"]
+
+
+async def test_a_status_delay_batches_status_changes_but_not_registrations(cluster: Cluster) -> None:
+    n0, n1 = await cluster.start(
+        2, env={"SYSTEMX_PRESENCE_STATUS_DELAY_MS": "1500", "SYSTEMX_PRESENCE_MAX_QUERIES": "0"}
+    )
+    agent = await cluster.client(n0, "agent@example.com")
+    watcher = await cluster.client(n1, "watcher@example.com")
+
+    async def shown() -> str | None:
+        watcher.send_json({"type": "PRESENCE", "query": {"domain": "example.com"}})
+        rows = (await watcher.expect("PRESENCE_RESULT"))["addresses"]
+        return next((r["status"] for r in rows if r["address"] == "agent@example.com"), None)
+
+    # A registration is written at once.
+    assert await shown() == "available"
+    changed = time.monotonic()
+    agent.send_json({"type": "STATUS", "status": "away"})
+    await agent.roundtrip()
+    # A status change alone waits for the delay: the other node still shows the old one...
+    assert await shown() == "available"
+    # ...and the new one once the delay is over.
+    while (status := await shown()) != "away":
+        assert time.monotonic() - changed < scaled(6), status
+    assert time.monotonic() - changed >= 1.0

@@ -206,7 +206,7 @@ def test_durations_accept_units_and_plain_numbers_stay_milliseconds(value: str, 
 def test_every_duration_setting_takes_units() -> None:
     # Every *_MS, timeout and interval setting is a duration.
     names = [var for var in ENV_VARS if var.endswith(("_MS", "_TIMEOUT", "_INTERVAL"))]
-    assert len(names) == 13
+    assert len(names) == 14
     for var in names:
         field = ENV_VARS[var][0]
         assert getattr(load_settings(env={var: "3s"}), field) == 3000, var

@@ -841,7 +841,13 @@ class Cluster:
 
     async def _presence_start(self) -> None:
         assert self.later is not None
-        self.presence = RedisPresence(self.cmd, self.node_id, self.later, self._presence_gathered)
+        self.presence = RedisPresence(
+            self.cmd,
+            self.node_id,
+            self.later,
+            self._presence_gathered,
+            status_delay=self.settings.presence_status_delay_ms / 1000,
+        )
         await self.presence.clear()  # entries of an earlier run of this node
 
     async def _presence_stop(self) -> None:

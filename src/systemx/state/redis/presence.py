@@ -312,9 +312,13 @@ class RedisPresence:
         deliver: Callable[[list[int], PresenceIndex | None], None],
         *,
         keys: Keys | None = None,
+        status_delay: float = 0.0,
     ) -> None:
         self.conn = conn
         self.node = node
+        # Status-only changes may wait this long (seconds) to be written with later ones.
+        self.status_delay = status_delay
+        self._delayed = False
         self.keys = keys or Keys()
         self.hash = self._hash(node)
         self.stream = self._stream(node)
@@ -417,11 +421,21 @@ class RedisPresence:
         self.replica.touch(key)
         dirty = self._dirty
         dirty[key] = full or dirty.get(key, False)
-        if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self._flush)
+        handle = self._flush_handle
+        if full or not self.status_delay:
+            if handle is None or self._delayed:
+                if handle is not None:
+                    handle.cancel()
+                self._delayed = False
+                self._flush_handle = self._loop.call_soon(self._flush)
+        elif handle is None:
+            # A status change alone (a call began or ended): written with the others of the delay.
+            self._delayed = True
+            self._flush_handle = self._loop.call_later(self.status_delay, self._flush)
 
     def _flush(self) -> None:
         self._flush_handle = None
+        self._delayed = False
         dirty, self._dirty = self._dirty, {}
         mine = self._mine
         gone: list[str] = []
