@@ -81,8 +81,12 @@ async def test_call_flow_on_the_wire(server: SystemXProcess) -> None:
     alice.send_json({"type": "HANGUP", "call_id": ring["call_id"]})
     assert await bob.recv() == {"type": "HANGUP", "call_id": ring["call_id"], "reason": "normal"}
     await server.wait_for_log(
-        r"\[INFO\] Call ended: " + ring["call_id"] + r" \(duration [0-9.]+s, reason normal\)"
+        r"\[INFO\] Call ended: "
+        + ring["call_id"]
+        + r" \(duration [0-9.]+s, reason normal\): alice@example.com → bob@example.com, answered, "
+        r"ended by caller"
     )
+    assert not [line for line in server.logs if "Call initiated" in line]
 
 
 async def test_ring_timeout_on_the_wire(server: SystemXProcess) -> None:

@@ -197,9 +197,9 @@ def test_log_recorder_writes_the_exchange_lines(caplog: pytest.LogCaptureFixture
     logger = logging.getLogger("test.records.exchange")
     with caplog.at_level(logging.INFO, logger=logger.name):
         _feed(LogRecorder(logger), RECORD)
+    # One INFO line per call, at its end, naming both parties.
     assert [r.getMessage() for r in caplog.records] == [
-        "Call initiated: a@x.com → b@y.com (call: c1)",
-        "Call ended: c1 (duration 7.250s, reason normal)",
+        "Call ended: c1 (duration 7.250s, reason normal): a@x.com → b@y.com, answered, ended by caller",
         "Connection registered: b@y.com (session: s-b)",
         "Woken: b@y.com",
         "Asleep: b@y.com (session: s-b, sleep)",
@@ -222,4 +222,15 @@ def test_log_recorder_times_an_unanswered_call_from_the_dial(caplog: pytest.LogC
     )
     with caplog.at_level(logging.INFO, logger=logger.name):
         LogRecorder(logger).call_ended(missed)
-    assert caplog.records[0].getMessage() == "Call ended: c9 (duration 30.000s, reason timeout)"
+    assert caplog.records[0].getMessage() == (
+        "Call ended: c9 (duration 30.000s, reason timeout): a@x.com → b@y.com, no_answer, ended by exchange"
+    )
+
+
+def test_log_recorder_logs_the_start_of_a_call_at_debug_only(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test.records.exchange")
+    with caplog.at_level(logging.DEBUG, logger=logger.name):
+        LogRecorder(logger).call_started("c1", "a@x.com", "b@y.com", 100.0)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, "Call initiated: a@x.com → b@y.com (call: c1)")
+    ]

@@ -309,6 +309,10 @@ class FanoutRecorder:
 class LogRecorder:
     """Writes the exchange's INFO lines from the events, worded as the core words them today.
 
+    A call costs one INFO line, when it ends: both parties, the duration (from
+    the answer, or from the dial for a call never answered), the reason, the
+    disposition and who ended it. Its start is logged at DEBUG.
+
     Refusals are not logged here: the core already warns about the ones worth
     an operator's attention, with flood control.
     """
@@ -320,18 +324,26 @@ class LogRecorder:
         self._log = logger if logger is not None else get_logger("systemx.exchange")
 
     def call_started(self, call_id: str, caller: str, to: str, now: float) -> None:
-        self._log.info("Call initiated: %s → %s (call: %s)", caller, to, call_id)
+        # DEBUG: the call's one INFO line is written when it ends, with both parties.
+        log = self._log
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Call initiated: %s → %s (call: %s)", caller, to, call_id)
 
     def call_answered(self, call_id: str, now: float) -> None:
         pass
 
     def call_ended(self, record: CallRecord) -> None:
         start = record.answered_at if record.answered_at is not None else record.dialled_at
+        # The old line's words first ("Call ended: ID (duration Ns, reason R)"), then the rest.
         self._log.info(
-            "Call ended: %s (duration %.3fs, reason %s)",
+            "Call ended: %s (duration %.3fs, reason %s): %s → %s, %s, ended by %s",
             record.call_id,
             record.ended_at - start,
             record.reason,
+            record.caller,
+            record.callee,
+            record.disposition.value,
+            record.ended_by.value,
         )
 
     def bound(self, address: str, session_id: str, now: float, *, woken: bool = False) -> None:
