@@ -394,12 +394,15 @@ async def create_server(
     handshake_timeout: float,
     gate: IpGate | None = None,
     reuse_port: bool = False,
+    start_serving: bool = True,
 ) -> tuple[asyncio.Server, bool]:
     """Listen like ``ws_create_server``; the flag is True when the lean protocol is in use.
 
     ``gate`` (per-IP limits) is applied only by the lean protocol; without it the
     limits are not enforced, and the log says so. The lean protocol keeps the
-    handshake deadlines on one :class:`HandshakeWheel` for the server.
+    handshake deadlines on one :class:`HandshakeWheel` for the server. With
+    ``start_serving=False`` the socket is bound and listening but no connection
+    is accepted until ``Server.start_serving()``.
     """
     if WSProtocol is not None and not use_aiofastnet:
         loop = asyncio.get_running_loop()
@@ -434,6 +437,7 @@ async def create_server(
                 ssl=ssl,
                 backlog=backlog,
                 reuse_port=reuse_port or None,
+                start_serving=start_serving,
             )
             return server, True
     if gate is not None:
@@ -451,5 +455,6 @@ async def create_server(
         backlog=backlog,
         websocket_handshake_timeout=handshake_timeout,
         reuse_port=reuse_port or None,
+        start_serving=start_serving,
     )
     return server, False

@@ -203,6 +203,10 @@ class Server:
             use_aiofastnet=self._use_aiofastnet,
             gate=self.ip_gate,
             reuse_port=settings.reuse_port,
+            # Accepting starts once the exchange is attached (below): with a cluster, joining
+            # it takes a few round trips to Redis, and a worker sharing the port through
+            # SO_REUSEPORT is handed connections as soon as it listens.
+            start_serving=False,
         )
         sockets = self._server.sockets
         self.port = sockets[0].getsockname()[1] if sockets else settings.port
@@ -239,6 +243,7 @@ class Server:
         runtime.attach(exchange)
         hub.attach(exchange)
         exchange.start(_now())
+        await self._server.start_serving()
         self.log_stream = start_log_stream(self)  # logs@system.local; ends with the exchange's shutdown
         if cluster is not None:
             self.ops.redis = cluster.cmd
