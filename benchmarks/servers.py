@@ -8,16 +8,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 
-from systemx.bench.servers import Baseline, ServerError
+from systemx.bench.servers import BUN_ENV, Baseline, ServerError
+from systemx.bench.servers import find_bun as _find_bun
 
 __all__ = ["BASELINES", "BUN_ENV", "bare_command", "bun_command", "bun_missing", "find_bun"]
 
-#: The environment variable naming the ``bun`` executable for the Bun baseline.
-BUN_ENV = "SYSTEMX_BENCH_BUN"
 _BUN_INSTALL = "make bench-bun-install"
 _BENCH_DIR = Path(__file__).resolve().parent
 _BARE_RELAY = _BENCH_DIR / "bare_relay.py"
@@ -38,15 +36,7 @@ def find_bun() -> str | None:
     ``$SYSTEMX_BENCH_BUN`` when set (and then only it), else ``bun`` on PATH,
     else ``.bench/node_modules/.bin/bun`` under the project root.
     """
-    named = os.environ.get(BUN_ENV)
-    if named:
-        return shutil.which(named)
-    on_path = shutil.which("bun")
-    if on_path:
-        return on_path
-    if os.access(_LOCAL_BUN, os.X_OK) and _LOCAL_BUN.is_file():
-        return str(_LOCAL_BUN)
-    return None
+    return _find_bun([_LOCAL_BUN])
 
 
 def bun_command(host: str) -> list[str]:

@@ -369,7 +369,8 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
     "SYSTEMX_HANDSHAKE_TIMEOUT_MS": (
         "handshake_timeout_ms",
         _duration_ms,
-        "A connection that has not completed its HTTP upgrade after this long (ms) is dropped",
+        "A connection that has not completed its HTTP upgrade after this long (ms) is dropped "
+        "(checked every quarter of it, at most every second)",
     ),
     "SYSTEMX_SHUTDOWN_TIMEOUT": (
         "shutdown_timeout_ms",

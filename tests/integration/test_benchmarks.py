@@ -4,14 +4,18 @@ Every scenario runs for about a second with small sizes against a real
 ``systemx serve`` (and the bare relay) through ``python -m benchmarks``; the
 run must pass its frame checks, exit 0 and print one JSON line with the
 expected keys. Nothing here asserts a figure. The ``--bun`` tests also run the
-Bun relay and are skipped when no ``bun`` executable is found. The last tests
-put a faulty relay in front of the generator and expect it to notice.
+Bun relay and are skipped when no ``bun`` executable is found; the ``--ref``
+tests run the reference router from ``$SYSTEMX_REFERENCE_DIR`` (else
+``.bench/reference``) and are skipped when there is no usable checkout or no
+``bun``. The last tests put a faulty relay in front of the generator and
+expect it to notice.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,6 +23,7 @@ import pytest
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
 
 from benchmarks.servers import BUN_ENV, find_bun
+from systemx.bench.servers import reference_problem
 from tests.conftest import run_command
 
 pytestmark = pytest.mark.slow
@@ -29,6 +34,13 @@ COMMON = {"scenario", "ok", "runs", "date"}
 needs_bun = pytest.mark.skipif(
     find_bun() is None,
     reason=f"no bun executable (set {BUN_ENV}, put bun on PATH or run `make bench-bun-install`)",
+)
+REFERENCE_DIR = os.environ.get("SYSTEMX_REFERENCE_DIR") or str(
+    Path(__file__).resolve().parents[2] / ".bench" / "reference"
+)
+needs_reference = pytest.mark.skipif(
+    find_bun() is None or reference_problem(REFERENCE_DIR) is not None,
+    reason=f"no bun or no reference checkout ({reference_problem(REFERENCE_DIR)}; `make reference`)",
 )
 
 
@@ -141,6 +153,14 @@ async def test_connect_against_exchange_and_bare_relay() -> None:
     assert result["ratio_to_bare"] is not None
 
 
+async def test_idle_memory_of_the_exchange() -> None:
+    (result,) = await _passes("idle", "--conns", "200", "--settle", "0.2")
+    _has(result, "idle_conns", "bytes_per_idle_conn", "rss_before_kb", "rss_after_kb")
+    assert result["idle_conns"] == 200
+    assert result["bytes_per_idle_conn"] is not None
+    assert not [key for key in result if key.startswith("ref_")]
+
+
 async def test_party() -> None:
     (result,) = await _passes("party", "--participants", "50", *SHORT)
     _has(result, "participants", "deliveries", "deliveries_per_s", "server_cpu_us_per_delivery", "p50_us")
@@ -225,6 +245,63 @@ async def test_connect_against_exchange_and_bun_relay() -> None:
     assert result["registrations"] == 200
     assert result["bun_cpu_us_per_registration"] is not None
     assert result["ratio_to_bun"] is not None
+
+
+# --------------------------------------------------------------------------
+# The reference router (--ref DIR).
+
+
+@needs_reference
+async def test_connect_against_exchange_and_reference_router() -> None:
+    (result,) = await _passes("connect", "--ref", REFERENCE_DIR, "--no-bare", "--conns", "200", "--runs", "2")
+    _has(
+        result,
+        "server_cpu_us_per_registration",
+        "ref_cpu_us_per_registration",
+        "ref_cpu_us_per_handshake",
+        "ref_cpu_us_per_register",
+        "ref_rss_kb_per_conn",
+        "ref_ratio",
+    )
+    # One ratio per pair of runs (exchange run i over reference run i), and their median.
+    assert len(result["ref_ratios"]) == 2
+    assert result["ref_ratio"] is not None
+    assert min(result["ref_ratios"]) <= result["ref_ratio"] <= max(result["ref_ratios"])
+
+
+@needs_reference
+async def test_callsetup_and_relay_against_the_reference_router() -> None:
+    (calls,) = await _passes("callsetup", "--ref", REFERENCE_DIR, "--no-bare", "--pairs", "5", *SHORT)
+    _has(calls, "calls", "ref_cpu_us_per_call", "ref_calls_per_s", "ref_ratio")
+    assert calls["ref_cpu_us_per_call"] is not None
+    (relay,) = await _passes("relay", "--ref", REFERENCE_DIR, "--no-bare", "--pairs", "5", *SHORT)
+    _has(relay, "msgs", "ref_cpu_us_per_msg", "ref_msgs_per_s", "ref_p50_us", "ref_ratio")
+    assert relay["ref_ratio"] is not None
+
+
+@needs_reference
+async def test_idle_memory_against_the_reference_router() -> None:
+    (result,) = await _passes("idle", "--ref", REFERENCE_DIR, "--conns", "200", "--settle", "0.2")
+    _has(result, "bytes_per_idle_conn", "ref_bytes_per_idle_conn", "ref_ratio")
+    assert result["ref_bytes_per_idle_conn"] is not None
+    assert result["ref_ratios"] and result["ref_ratio"] is not None
+
+
+async def test_ref_without_a_checkout_exits_2_and_says_how_to_get_one(tmp_path: Path) -> None:
+    code, out, err = await _bench("connect", "--ref", str(tmp_path), "--conns", "10", timeout=60.0)
+    assert code == 2, f"exit {code}\nstdout:\n{out}\nstderr:\n{err}"
+    assert "not a checkout of the reference router" in err, err
+    assert "make reference" in err, err
+    assert "{" not in out, out
+
+
+def test_ref_is_refused_for_a_scenario_the_reference_cannot_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["party", "--ref", "/nonexistent"])
+    assert exc.value.code == 2
+    assert "--ref applies to" in capsys.readouterr().err
 
 
 async def test_bun_flag_without_bun_exits_2_and_says_how_to_install() -> None:

@@ -84,6 +84,7 @@ async def test_call_flow_on_the_wire(server: SystemXProcess) -> None:
         + ring["call_id"]
         + r", answered, duration [0-9.]+s, reason normal, ended by caller\)"
     )
+    assert not [line for line in server.logs if "Call initiated" in line]
 
 
 async def test_ring_timeout_on_the_wire(server: SystemXProcess) -> None:

@@ -197,8 +197,8 @@ def test_log_recorder_writes_the_exchange_lines(caplog: pytest.LogCaptureFixture
     logger = logging.getLogger("test.records.exchange")
     with caplog.at_level(logging.INFO, logger=logger.name):
         _feed(LogRecorder(logger), RECORD)
+    # A call's INFO lines: its answer and its end, both naming both parties.
     assert [r.getMessage() for r in caplog.records] == [
-        "Call initiated: a@x.com → b@y.com (call: c1)",
         "Call answered: a@x.com → b@y.com (call: c1)",
         "Call ended: a@x.com → b@y.com (call: c1, answered, duration 7.250s, reason normal, ended by caller)",
         "Connection registered: b@y.com (session: s-b)",
@@ -213,14 +213,13 @@ def test_log_recorder_writes_the_exchange_lines(caplog: pytest.LogCaptureFixture
         for r in caplog.records
     ]
     assert fields[0] == {
-        "event": "call_started",
+        "event": "call_answered",
         "address": "a@x.com",
         "to": "b@y.com",
         "call_id": "c1",
         "session": None,
     }
-    assert fields[1]["event"] == "call_answered" and fields[1]["to"] == "b@y.com"
-    ended = caplog.records[2]
+    ended = caplog.records[1]
     assert (ended.event, ended.disposition, ended.duration_s, ended.reason, ended.ended_by) == (  # type: ignore[attr-defined]
         "call_ended",
         "answered",
@@ -228,7 +227,7 @@ def test_log_recorder_writes_the_exchange_lines(caplog: pytest.LogCaptureFixture
         "normal",
         "caller",
     )
-    assert [f["event"] for f in fields[3:]] == [
+    assert [f["event"] for f in fields[2:]] == [
         "registered",
         "woken",
         "asleep",
@@ -294,3 +293,12 @@ def test_log_recorder_refusal_table_stays_bounded() -> None:
     for i in range(10_000):
         rec.refused("DIAL", "busy", "b@y.com", i * 0.001, session=f"s-{i}")
     assert len(rec._refusals) <= 4096
+
+
+def test_log_recorder_logs_the_start_of_a_call_at_debug_only(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("test.records.exchange")
+    with caplog.at_level(logging.DEBUG, logger=logger.name):
+        LogRecorder(logger).call_started("c1", "a@x.com", "b@y.com", 100.0)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.DEBUG, "Call initiated: a@x.com → b@y.com (call: c1)")
+    ]

@@ -11,6 +11,11 @@ of the runs. Any failed check makes the exit status non-zero.
 ``bare`` scenario, the bare relay next to the exchange, ``--bun``), py-spy
 profiles (``--profile``) and the in-process presence index figure
 (``--core-entries``).
+
+``--ref DIR`` (both commands) also runs the reference router, the public
+Bun/TypeScript router of the same protocol, from a local checkout, alternating
+with the exchange run by run, and reports the exchange's figure over the
+reference's per run and the median of those paired ratios.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import contextlib
 import datetime as dt
 import os
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -33,6 +39,7 @@ from systemx.bench.procstat import host_busy_seconds, pin_to_cpus, raise_fd_limi
 from systemx.bench.servers import (
     Baseline,
     ExternalServer,
+    Reference,
     ServerError,
     ServerKind,
     SpawnedServer,
@@ -41,13 +48,15 @@ from systemx.bench.servers import (
 from systemx.bench.stats import median_result
 from systemx.bench.wire import Violation
 
-__all__ = ["BUN_SCENARIOS", "SCENARIOS", "Context", "Suite", "build_parser", "main"]
+__all__ = ["BUN_SCENARIOS", "REF_SCENARIOS", "SCENARIOS", "Context", "Suite", "build_parser", "main"]
 
 Say = Callable[[str], None]
 
-SCENARIOS = ("relay", "latency", "callsetup", "connect", "party", "presence", "bare", "all")
+SCENARIOS = ("relay", "latency", "callsetup", "connect", "idle", "party", "presence", "bare", "all")
 #: The scenarios that can also measure the Bun baseline (``--bun``).
 BUN_SCENARIOS = frozenset({"relay", "bare", "latency", "callsetup", "connect", "all"})
+#: The scenarios that can also measure the reference router (``--ref DIR``).
+REF_SCENARIOS = frozenset({"relay", "latency", "callsetup", "connect", "idle", "all"})
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class Context:
 
     suite: Suite
     say: Say
+    reference: Reference | None = None
 
 
 def build_parser(suite: Suite | None = None) -> argparse.ArgumentParser:
@@ -120,6 +130,18 @@ def build_parser(suite: Suite | None = None) -> argparse.ArgumentParser:
         metavar="VAR=VALUE",
         help="extra environment for the server",
     )
+    s.add_argument(
+        "--ref",
+        metavar="DIR",
+        help=(
+            "relay/latency/callsetup/connect/idle: also run the reference router (`bun run "
+            "src/server.ts` in the checkout DIR; `make reference` prepares .bench/reference) at the "
+            "same log level, alternating with the exchange run by run; prints the exchange's figure "
+            "over the reference's per run and the median of those paired ratios (ref_ratio: below 1, "
+            "the exchange uses less). Needs bun: $SYSTEMX_BENCH_BUN, else bun on PATH, else "
+            "DIR/../node_modules/.bin/bun (`make bench-bun-install`)"
+        ),
+    )
     w = p.add_argument_group("scenarios")
     w.add_argument("--size", type=int, default=100, help="relay/latency/party: data bytes per message")
     w.add_argument("--pairs", type=int, default=50, help="relay/callsetup: connection pairs")
@@ -155,7 +177,10 @@ def build_parser(suite: Suite | None = None) -> argparse.ArgumentParser:
     w.add_argument("--samples", type=int, default=20_000, help="latency: measured samples")
     w.add_argument("--warm-samples", type=int, default=2_000, help="latency: samples before measuring")
     w.add_argument("--calls", type=int, default=0, help="callsetup: stop after this many calls")
-    w.add_argument("--conns", type=int, default=5_000, help="connect: connections that REGISTER")
+    w.add_argument("--conns", type=int, default=5_000, help="connect/idle: connections that REGISTER")
+    w.add_argument(
+        "--settle", type=float, default=1.0, help="idle: seconds idle before each RSS reading (default 1)"
+    )
     w.add_argument("--participants", type=int, default=0, help="party: participants (default 200 and 1000)")
     w.add_argument("--registrations", type=int, default=20_000, help="presence: registered connections")
     w.add_argument("--limit", type=int, default=100, help="presence: result limit per query")
@@ -192,6 +217,7 @@ def _options(ns: argparse.Namespace) -> Options:
         warm_samples=ns.warm_samples,
         calls=ns.calls,
         conns=ns.conns,
+        settle=ns.settle,
         participants=ns.participants,
         registrations=ns.registrations,
         limit=ns.limit,
@@ -202,6 +228,7 @@ def _options(ns: argparse.Namespace) -> Options:
         concurrency=max(1, ns.concurrency),
         bare=ns.bare,
         bun=ns.bun,
+        ref=ns.ref,
         pin=ns.pin,
         url=ns.url,
         server_pid=ns.server_pid,
@@ -220,8 +247,11 @@ def _server(ctx: Context, kind: ServerKind, opts: Options, external: bool = True
             yield target
         return
     cpu = 0 if opts.pin and (os.cpu_count() or 1) >= 2 else None
-    baseline = ctx.suite.baselines[kind] if kind != "systemx" else None
-    spawned = SpawnedServer(kind, baseline=baseline, cpu=cpu, log_level=opts.log_level, env=opts.server_env)
+    baseline = ctx.suite.baselines[kind] if kind in ("bare", "bun") else None
+    reference = ctx.reference if kind == "ref" else None
+    spawned = SpawnedServer(
+        kind, baseline=baseline, reference=reference, cpu=cpu, log_level=opts.log_level, env=opts.server_env
+    )
     with spawned as target:
         try:
             yield target
@@ -318,8 +348,8 @@ def _alternate(
     return per_kind
 
 
-_NAMES = {"systemx": "exchange", "bare": "bare relay", "bun": "Bun baseline"}
-_SHORT = {"systemx": "exchange", "bare": "bare", "bun": "bun"}
+_NAMES = {"systemx": "exchange", "bare": "bare relay", "bun": "Bun baseline", "ref": "reference router"}
+_SHORT = {"systemx": "exchange", "bare": "bare", "bun": "bun", "ref": "ref"}
 # The CPU figure a ratio compares, and the figures of a run repeated for the baseline
 # in the JSON line, as <baseline>_<figure without its "server_" prefix>.
 _MSG_CPU = "server_cpu_us_per_msg"
@@ -327,7 +357,14 @@ _MSG_FIGURES = ("msgs_per_s", _MSG_CPU, "p50_us", "p99_us")
 _CALL_CPU = "server_cpu_us_per_call"
 _CALL_FIGURES = ("calls_per_s", _CALL_CPU, "p50_us", "p99_us")
 _CONNECT_CPU = "server_cpu_us_per_registration"
-_CONNECT_FIGURES = (_CONNECT_CPU, "server_cpu_us_per_handshake", "server_cpu_us_per_register")
+_CONNECT_FIGURES = (
+    _CONNECT_CPU,
+    "server_cpu_us_per_handshake",
+    "server_cpu_us_per_register",
+    "rss_kb_per_conn",
+)
+_IDLE_BYTES = "bytes_per_idle_conn"
+_IDLE_FIGURES = (_IDLE_BYTES, "rss_before_kb", "rss_after_kb")
 
 
 def _add_baseline(
@@ -346,6 +383,8 @@ def _add_baseline(
     server's: 1 or more means the main server uses no more CPU per unit than
     the baseline.
     """
+    if base_kind == "ref":
+        raise AssertionError("the reference router is added by _add_reference")
     base = median_result(runs)
     for key in figures:
         out[f"{base_kind}_{key.removeprefix('server_')}"] = base.get(key)
@@ -357,6 +396,61 @@ def _add_baseline(
         f"  ratio to {_NAMES[base_kind]} ({short} CPU/{unit} over {main} CPU/{unit}): {_fmt(ratio, 3)} "
         f"({main} {_fmt(router)} us/{unit}, {short} {_fmt(floor)} us/{unit})"
     )
+
+
+def _add_reference(
+    out: dict[str, Any],
+    main_runs: list[dict[str, Any]],
+    ref_runs: list[dict[str, Any]],
+    figures: tuple[str, ...],
+    key: str,
+    unit: str,
+    ctx: Context,
+) -> None:
+    """Put the reference router's medians into ``out`` as ``ref_*``, and the paired ratios.
+
+    Run ``i`` of the exchange and run ``i`` of the reference ran back to back
+    (in alternating order); ``ref_ratios`` is the exchange's ``key`` over the
+    reference's for every such pair and ``ref_ratio`` their median: below 1,
+    the exchange uses less per ``unit`` than the reference.
+    """
+    base = median_result(ref_runs)
+    for figure in figures:
+        out[f"ref_{figure.removeprefix('server_')}"] = base.get(figure)
+    ratios: list[float] = []
+    for mine, theirs in zip(main_runs, ref_runs, strict=True):
+        a, b = mine.get(key), theirs.get(key)
+        if isinstance(a, int | float) and isinstance(b, int | float) and b > 0:
+            ratios.append(a / b)
+    ratio = statistics.median(ratios) if ratios else None
+    out["ref_ratios"] = ratios
+    out["ref_ratio"] = ratio
+    per_run = ", ".join(f"{r:.3f}" for r in ratios) or "n/a"
+    ctx.say(
+        f"  exchange/reference ({key}): per run {per_run}; median {_fmt(ratio, 3)} "
+        f"(medians: exchange {_fmt(out.get(key))}, reference {_fmt(base.get(key))} {unit})"
+    )
+
+
+def _add_baselines(
+    out: dict[str, Any],
+    per_kind: dict[str, list[dict[str, Any]]],
+    main_kind: str,
+    figures: tuple[str, ...],
+    cpu_key: str,
+    unit: str,
+    ctx: Context,
+    ref_unit: str | None = None,
+) -> None:
+    """The figures of every baseline in ``per_kind`` next to those of ``main_kind``."""
+    for base_kind, runs in per_kind.items():
+        if base_kind == main_kind:
+            continue
+        if base_kind == "ref":
+            label = ref_unit or f"us/{unit}"
+            _add_reference(out, per_kind[main_kind], runs, figures, cpu_key, label, ctx)
+        else:
+            _add_baseline(out, main_kind, base_kind, runs, figures, cpu_key, unit, ctx)
 
 
 def _relay_line(r: dict[str, Any]) -> str:
@@ -380,13 +474,15 @@ def _relay_like(opts: Options, ctx: Context, kinds: tuple[ServerKind, ...]) -> d
     }
     main_kind = kinds[0]
     out.update(median_result(per_kind[main_kind]))
-    for base_kind in kinds[1:]:
-        _add_baseline(out, main_kind, base_kind, per_kind[base_kind], _MSG_FIGURES, _MSG_CPU, "MSG", ctx)
+    _add_baselines(out, per_kind, main_kind, _MSG_FIGURES, _MSG_CPU, "MSG", ctx)
     _profile(main_kind, opts, run_relay, ctx)
     return out
 
 
 def _with_bun(opts: Options, kinds: tuple[ServerKind, ...]) -> tuple[ServerKind, ...]:
+    """``kinds`` plus the reference router (``--ref``) and the Bun baseline (``--bun``)."""
+    if opts.ref and kinds[0] == "systemx":
+        kinds = (*kinds, "ref")
     return (*kinds, "bun") if opts.bun else kinds
 
 
@@ -413,7 +509,8 @@ def _exchange_with_baselines(
 ) -> dict[str, Any]:
     """Runs of the exchange and of the baselines asked for, alternating with it.
 
-    The bare relay unless ``--no-bare``, the Bun baseline with ``--bun``.
+    The bare relay unless ``--no-bare``, the reference router with ``--ref``,
+    the Bun baseline with ``--bun``.
     """
     kinds: tuple[ServerKind, ...] = ("systemx", "bare") if opts.bare else ("systemx",)
     kinds = _with_bun(opts, kinds)
@@ -423,8 +520,7 @@ def _exchange_with_baselines(
     per_kind = _alternate(opts, ctx, kinds, one, line)
     _profile("systemx", opts, one, ctx)
     out: dict[str, Any] = {**head, **median_result(per_kind["systemx"])}
-    for base_kind in kinds[1:]:
-        _add_baseline(out, "systemx", base_kind, per_kind[base_kind], figures, cpu_key, unit, ctx)
+    _add_baselines(out, per_kind, "systemx", figures, cpu_key, unit, ctx)
     return out
 
 
@@ -476,6 +572,26 @@ def scenario_connect(opts: Options, ctx: Context) -> dict[str, Any]:
     return _exchange_with_baselines(
         opts, ctx, run_connect, line, head, _CONNECT_FIGURES, _CONNECT_CPU, "registration"
     )
+
+
+def scenario_idle(opts: Options, ctx: Context) -> dict[str, Any]:
+    from systemx.bench.idle import run_idle
+
+    ctx.say(f"idle: {opts.conns} registered connections, idle {opts.settle:g} s; RSS growth per connection")
+
+    def line(r: dict[str, Any]) -> str:
+        return (
+            f"{_fmt(r['bytes_per_idle_conn'], 0)} bytes per idle registered connection "
+            f"(RSS {_fmt(r['rss_before_kb'])} -> {_fmt(r['rss_after_kb'])} KiB)"
+        )
+
+    head = {"conns": opts.conns, "settle": opts.settle}
+    if not opts.ref:
+        return {**head, **median_result(_repeat("systemx", opts, run_idle, ctx, line))}
+    per_kind = _alternate(opts, ctx, ("systemx", "ref"), run_idle, line)
+    out: dict[str, Any] = {**head, **median_result(per_kind["systemx"])}
+    _add_baselines(out, per_kind, "systemx", _IDLE_FIGURES, _IDLE_BYTES, "conn", ctx, "bytes/conn")
+    return out
 
 
 def scenario_party(opts: Options, ctx: Context) -> dict[str, Any]:
@@ -540,6 +656,7 @@ _RUNNERS: dict[str, Callable[[Options, Context], dict[str, Any]]] = {
     "latency": scenario_latency,
     "callsetup": scenario_callsetup,
     "connect": scenario_connect,
+    "idle": scenario_idle,
     "party": scenario_party,
     "presence": scenario_presence,
 }
@@ -557,6 +674,7 @@ def _plan(scenario: str, opts: Options) -> list[tuple[str, Options]]:
         ("latency", opts),
         ("callsetup", opts),
         ("connect", opts),
+        ("idle", opts),
     ]
     plan += _plan("party", opts)
     plan.append(("presence", opts))
@@ -591,6 +709,15 @@ def main(argv: list[str] | None = None, suite: Suite | None = None) -> int:
         if missing is not None:
             print(f"{parser.prog}: --bun: {missing}", file=sys.stderr, flush=True)
             return 2
+    reference = None
+    if ns.ref:
+        if ns.scenario not in REF_SCENARIOS:
+            parser.error(f"--ref applies to {', '.join(sorted(REF_SCENARIOS))}, not {ns.scenario}")
+        try:
+            reference = Reference.locate(ns.ref)
+        except ServerError as exc:
+            print(f"{parser.prog}: --ref: {exc}", file=sys.stderr, flush=True)
+            return 2
     opts = _options(ns)
     raise_fd_limit()
     nice = _set_priority(ns.nice)
@@ -602,7 +729,7 @@ def main(argv: list[str] | None = None, suite: Suite | None = None) -> int:
         if not opts.quiet:
             print(text, flush=True)
 
-    ctx = Context(suite, say)
+    ctx = Context(suite, say, reference)
 
     status = 0
     plan = _plan(ns.scenario, opts)

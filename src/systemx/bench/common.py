@@ -53,6 +53,7 @@ class Options:
     warm_samples: int = 2_000
     calls: int = 0
     conns: int = 5_000
+    settle: float = 1.0
     participants: int = 200
     registrations: int = 20_000
     limit: int = 100
@@ -63,6 +64,7 @@ class Options:
     concurrency: int = 64
     bare: bool = True
     bun: bool = False
+    ref: str | None = None
     pin: bool = True
     url: str | None = None
     server_pid: int | None = None

@@ -7,6 +7,12 @@ directory (so no ``.env`` or data directory of the caller leaks in), pins it
 to its own CPU, reads its stderr on a thread (keeping the tail for error
 reports) and finds its URL. :class:`ExternalServer` describes a server someone
 else started (``--url`` and optionally ``--server-pid``).
+
+The reference router (``--ref DIR``: ``bun run src/server.ts`` in a checkout
+of the public Bun/TypeScript router of the same protocol) is started the way
+its own README starts it, configured through the same ``SYSTEMX_*`` variables
+the exchange reads; :func:`reference_problem` says why a directory is not a
+usable checkout and :func:`find_bun` finds the ``bun`` that runs it.
 """
 
 from __future__ import annotations
@@ -22,24 +28,29 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Literal
 
 from systemx.bench.procstat import ProcessMeter, pin_to_cpus
 
 __all__ = [
+    "BUN_ENV",
     "PAIR_KINDS",
     "Baseline",
     "ExternalServer",
+    "Reference",
     "ServerError",
     "ServerKind",
     "SpawnedServer",
     "Target",
     "exchange_command",
+    "find_bun",
+    "reference_problem",
 ]
 
-ServerKind = Literal["systemx", "bare", "bun"]
+ServerKind = Literal["systemx", "bare", "bun", "ref"]
 #: The baselines: they speak the PAIR handshake instead of REGISTER and DIAL.
 PAIR_KINDS: frozenset[str] = frozenset({"bare", "bun"})
 
@@ -48,6 +59,15 @@ _LISTENING = re.compile(r"listening on (wss?://[^\s,;\"]+)")
 # readiness is probed on a port chosen here.
 _LINE_LEVELS = frozenset({"debug", "info"})
 _STRIPPED_ENV = ("SYSTEMX_", "TLS_", "FEDERATION_")
+#: The environment variable naming the ``bun`` executable (Bun baseline, reference router).
+BUN_ENV = "SYSTEMX_BENCH_BUN"
+#: What a server started for a measurement gets: no sweeps, dial or presence limits in the window.
+_QUIET_SERVER_ENV = {
+    "SYSTEMX_HEARTBEAT_INTERVAL": "3600000",
+    "SYSTEMX_HEARTBEAT_TIMEOUT": "7200000",
+    "SYSTEMX_DIAL_MAX_ATTEMPTS": "0",
+}
+_REFERENCE_PREPARE = "`make reference` prepares one in .bench/reference"
 
 
 class ServerError(RuntimeError):
@@ -66,6 +86,69 @@ class Baseline:
 
     command: Callable[[str], list[str]]
     missing: Callable[[], str | None] = lambda: None
+
+
+def find_bun(local: Iterable[Path] = ()) -> str | None:
+    """The ``bun`` executable, or None.
+
+    ``$SYSTEMX_BENCH_BUN`` when set (and then only it), else ``bun`` on PATH,
+    else the first executable of ``local`` (e.g. ``.bench/node_modules/.bin/bun``,
+    where ``make bench-bun-install`` puts it).
+    """
+    named = os.environ.get(BUN_ENV)
+    if named:
+        return shutil.which(named)
+    on_path = shutil.which("bun")
+    if on_path:
+        return on_path
+    for candidate in local:
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def reference_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a checkout of the reference router that can run, or None."""
+    root = Path(path)
+    needed = {
+        "src/server.ts": "not a checkout of the reference router",
+        "trimphone/src/transport.ts": "its trimphone submodule is missing (git submodule update --init)",
+        "node_modules/zod/package.json": "its dependencies are not installed (bun install)",
+    }
+    for relative, why in needed.items():
+        if not (root / relative).is_file():
+            return f"{path}: {why}; {_REFERENCE_PREPARE}"
+    return None
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference router: a checkout (``root``) and the ``bun`` that runs it."""
+
+    root: Path
+    bun: str
+
+    @classmethod
+    def locate(cls, path: str) -> Reference:
+        """The reference in checkout ``path``; :class:`ServerError` says what is missing."""
+        root = Path(path).resolve()
+        problem = reference_problem(root)
+        if problem is not None:
+            raise ServerError(problem)
+        # `make reference` puts the checkout in .bench/reference and bun in .bench/node_modules.
+        local = [root / "node_modules" / ".bin" / "bun", root.parent / "node_modules" / ".bin" / "bun"]
+        bun = find_bun(local)
+        if bun is None:
+            named = os.environ.get(BUN_ENV)
+            where = f"${BUN_ENV}={named} is not an executable" if named else "no bun on PATH"
+            raise ServerError(
+                f"the reference router needs bun: {where} nor at {local[1]}; "
+                f"`make bench-bun-install` puts one there (or set ${BUN_ENV})"
+            )
+        return cls(root, bun)
+
+    def command(self) -> list[str]:
+        return [self.bun, "run", str(self.root / "src" / "server.ts")]
 
 
 @dataclass
@@ -106,6 +189,7 @@ class SpawnedServer:
         kind: ServerKind,
         *,
         baseline: Baseline | None = None,
+        reference: Reference | None = None,
         cpu: int | None = 0,
         log_level: str = "warn",
         env: Mapping[str, str] | None = None,
@@ -114,6 +198,7 @@ class SpawnedServer:
     ) -> None:
         self.kind = kind
         self.baseline = baseline
+        self.reference = reference
         self.cpu = cpu
         self.log_level = log_level.lower()
         self.extra_env = dict(env or {})
@@ -135,17 +220,29 @@ class SpawnedServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_STRIPPED_ENV)}
         env.pop("PYTHONASYNCIODEBUG", None)
         port = 0
-        if baseline is None:
+        # The reference logs to stdout: there, its stderr joins stdout in the one pipe read.
+        joined = False
+        if self.reference is not None:
+            # It prints no URL: it listens on the port it is given, probed until it accepts.
+            port = _free_port(self.host)
+            env.update(_QUIET_SERVER_ENV)
+            env.update(
+                {
+                    "SYSTEMX_HOST": self.host,
+                    "SYSTEMX_PORT": str(port),
+                    "SYSTEMX_LOG_LEVEL": self.log_level,
+                }
+            )
+            cmd = self.reference.command()
+            joined = True
+        elif baseline is None:
             if self.log_level not in _LINE_LEVELS:
                 port = _free_port(self.host)
+            env.update(_QUIET_SERVER_ENV)
             env.update(
                 {
                     "SYSTEMX_LOG_LEVEL": self.log_level,
                     "SYSTEMX_DATA_DIR": os.path.join(self._scratch.name, "data"),
-                    # No sweeps, dial or presence limits inside a measurement window.
-                    "SYSTEMX_HEARTBEAT_INTERVAL": "3600000",
-                    "SYSTEMX_HEARTBEAT_TIMEOUT": "7200000",
-                    "SYSTEMX_DIAL_MAX_ATTEMPTS": "0",
                     "SYSTEMX_PRESENCE_MAX_QUERIES": "0",
                     # On, as by default, on any free port (benchmarks may run side by side).
                     "SYSTEMX_ADMIN_PORT": "0",
@@ -154,19 +251,21 @@ class SpawnedServer:
             cmd = [*exchange_command(), "serve", "--host", self.host, "--port", str(port)]
         else:
             cmd = baseline
-        env.update(self.extra_env)
+        if self.reference is None:
+            env.update(self.extra_env)
         self.proc = subprocess.Popen(
             cmd,
             cwd=self._scratch.name,
             env=env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE if joined else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if joined else subprocess.PIPE,
         )
         if self.cpu is not None:
             pin_to_cpus(self.proc.pid, {self.cpu})
-        assert self.proc.stderr is not None
-        self._reader = threading.Thread(target=self._read_stderr, args=(self.proc.stderr,), daemon=True)
+        stream = self.proc.stdout if joined else self.proc.stderr
+        assert stream is not None
+        self._reader = threading.Thread(target=self._read_stderr, args=(stream,), daemon=True)
         self._reader.start()
         self._wait_ready(port)
         if self.cpu is not None:

@@ -378,6 +378,9 @@ class LogRecorder:
 
     "Call answered" names both parties: the recorder keeps each started call's
     caller and callee until it ends (one small tuple per call in progress).
+
+    A call's start is logged at DEBUG: an answered call costs two INFO lines
+    (answered, ended), a call never answered one.
     """
 
     __slots__ = ("_calls", "_log", "_refusals")
@@ -392,8 +395,11 @@ class LogRecorder:
     def call_started(self, call_id: str, caller: str, to: str, now: float) -> None:
         log = self._log
         if log.isEnabledFor(_INFO):
+            # Kept to name both parties when the call is answered and when it ends.
             self._calls[call_id] = (caller, to)
-            log.info(
+        if log.isEnabledFor(logging.DEBUG):
+            # DEBUG: a call's INFO lines are its answer and its end, both naming both parties.
+            log.debug(
                 "Call initiated: %s → %s (call: %s)",
                 caller,
                 to,

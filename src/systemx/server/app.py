@@ -204,6 +204,10 @@ class Server:
             use_aiofastnet=self._use_aiofastnet,
             gate=self.ip_gate,
             reuse_port=settings.reuse_port,
+            # Accepting starts once the exchange is attached (below): with a cluster, joining
+            # it takes a few round trips to Redis, and a worker sharing the port through
+            # SO_REUSEPORT is handed connections as soon as it listens.
+            start_serving=False,
         )
         sockets = self._server.sockets
         self.port = sockets[0].getsockname()[1] if sockets else settings.port
