@@ -115,6 +115,25 @@ async def test_shutdown_writes_what_is_queued(tmp_path: Path) -> None:
     assert recorder.dropped == 1
 
 
+async def test_a_busy_second_of_calls_is_one_batch(tmp_path: Path) -> None:
+    # The default batch holds more than a second of calls on a busy exchange, so
+    # SQLite writes the pages they touch once, not once per few hundred records.
+    stores: list[BatchLog] = []
+
+    def factory() -> BatchLog:
+        stores.append(BatchLog(tmp_path / "records.db"))
+        return stores[0]
+
+    recorder = RecordsRecorder(factory, flush_interval=3600)
+    await recorder.start()
+    for n in range(3000):
+        recorder.call_ended(_record(n))
+    await recorder.close()
+    assert stores[0].batches == [3000]
+    assert recorder.written == 3000 and recorder.dropped == 0
+    assert len(_stored(tmp_path / "records.db")) == 1000  # _stored reads the newest 1000
+
+
 async def test_max_records_keeps_the_newest(tmp_path: Path) -> None:
     path = tmp_path / "records.db"
     recorder = RecordsRecorder(
