@@ -13,6 +13,7 @@ import pytest
 from systemx.core.records import CallRecord, Disposition, EndedBy, call_record
 from systemx.state.memory import MemoryRecordStore
 from systemx.state.ports import RecordFilter, RecordStore
+from systemx.state.records_process import ProcessRecordStore
 from systemx.state.records_sqlite import RecordStoreError, SqliteRecordStore
 
 # (path, max_records, max_age) -> store
@@ -27,7 +28,11 @@ def _sqlite(path: Path, max_records: int | None, max_age: float | None) -> Recor
     return SqliteRecordStore(path, max_records=max_records, max_age=max_age)
 
 
-BACKENDS: dict[str, Factory] = {"memory": _memory, "sqlite": _sqlite}
+def _process(path: Path, max_records: int | None, max_age: float | None) -> RecordStore:
+    return ProcessRecordStore(path, max_records=max_records, max_age=max_age)
+
+
+BACKENDS: dict[str, Factory] = {"memory": _memory, "sqlite": _sqlite, "process": _process}
 
 
 @pytest.fixture(params=list(BACKENDS))
@@ -309,3 +314,44 @@ def test_sqlite_in_memory() -> None:
         assert ids(store.query()) == ["c3", "c2"]
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------
+# The child-process writer
+
+
+def test_process_writer_runs_in_its_own_process_and_restarts_when_killed(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    store = ProcessRecordStore(tmp_path / "records.db")
+    try:
+        child = store._child
+        assert child is not None and child.pid != os.getpid()
+        store.append(rec("c1", 1.0))
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        # The next batch starts a new writer; nothing already written is lost.
+        store.append_many([rec("c2", 2.0), rec("c3", 3.0)])
+        assert store._child is not None and store._child.pid != child.pid
+        assert ids(store.query()) == ["c3", "c2", "c1"]
+    finally:
+        store.close()
+
+
+def test_process_writer_ignores_a_signal_to_the_process_group(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    store = ProcessRecordStore(tmp_path / "records.db")
+    try:
+        child = store._child
+        assert child is not None
+        os.kill(child.pid, signal.SIGTERM)
+        os.kill(child.pid, signal.SIGINT)
+        store.append(rec("c1", 1.0))  # the same writer took it
+        assert store._child is child and child.poll() is None
+        assert ids(store.query()) == ["c1"]
+    finally:
+        store.close()
+    assert child.returncode == 0  # it ended when its stdin closed
