@@ -187,7 +187,9 @@ async def _run(args: argparse.Namespace) -> None:
         SYSTEMX_DIAL_MAX_ATTEMPTS="0",
     )
     url = f"redis://127.0.0.1:{redis_port}/0"
-    cluster_env = dict(env, SYSTEMX_PRESENCE_STATUS_DELAY_MS=str(args.status_delay_ms))
+    cluster_env = dict(env)
+    if args.status_delay_ms is not None:
+        cluster_env["SYSTEMX_PRESENCE_STATUS_DELAY_MS"] = str(args.status_delay_ms)
     command = [sys.executable, "-m", "systemx", "serve", "--port"]
     procs = {
         "single": subprocess.Popen(
@@ -259,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trips", type=int, default=300)
     parser.add_argument("--log-level", default="warn")
     parser.add_argument(
-        "--status-delay-ms", type=int, default=0, help="SYSTEMX_PRESENCE_STATUS_DELAY_MS of the nodes"
+        "--status-delay-ms",
+        type=int,
+        default=None,
+        help="SYSTEMX_PRESENCE_STATUS_DELAY_MS of the nodes (default: theirs)",
     )
     parser.add_argument(
         "--parallel", type=int, default=1, help="caller/callee pairs placing calls at once (set-up figures)"

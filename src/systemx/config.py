@@ -123,7 +123,7 @@ class Settings:
     node_ttl_ms: int = 10_000
     reuse_port: bool = False
     cluster_register_limit: int = 60
-    presence_status_delay_ms: int = 0
+    presence_status_delay_ms: int = 100
 
     @property
     def url(self) -> str:
@@ -474,8 +474,8 @@ ENV_VARS: dict[str, tuple[str, Any, str]] = {
     "SYSTEMX_PRESENCE_STATUS_DELAY_MS": (
         "presence_status_delay_ms",
         _duration_ms,
-        "In a cluster: how long (ms) a status change alone (a call began or ended) may wait to be "
-        "written to Redis with others (0: at once)",
+        "In a cluster: how long (ms) the status changes calls make (busy, available) may wait to be "
+        "written to Redis together (0: at once; STATUS and registrations are written at once)",
     ),
     "SYSTEMX_REUSE_PORT": (
         "reuse_port",

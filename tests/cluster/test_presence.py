@@ -250,11 +250,14 @@ async def test_visibility_rules_apply_to_every_nodes_entries(cluster: Cluster, t
     assert addresses(seen) == ["alice@example.com", "guest@example.org", "ceo@example.com"]
 
 
-async def test_a_status_delay_batches_status_changes_but_not_registrations(cluster: Cluster) -> None:
+async def test_a_status_delay_holds_back_call_status_but_not_status_or_registrations(
+    cluster: Cluster,
+) -> None:
     n0, n1 = await cluster.start(
         2, env={"SYSTEMX_PRESENCE_STATUS_DELAY_MS": "1500", "SYSTEMX_PRESENCE_MAX_QUERIES": "0"}
     )
     agent = await cluster.client(n0, "agent@example.com")
+    peer = await cluster.client(n0, "peer@example.com")
     watcher = await cluster.client(n1, "watcher@example.com")
 
     async def shown() -> str | None:
@@ -262,14 +265,22 @@ async def test_a_status_delay_batches_status_changes_but_not_registrations(clust
         rows = (await watcher.expect("PRESENCE_RESULT"))["addresses"]
         return next((r["status"] for r in rows if r["address"] == "agent@example.com"), None)
 
-    # A registration is written at once.
+    # A registration is written at once, and so is a STATUS the client sends.
     assert await shown() == "available"
-    changed = time.monotonic()
     agent.send_json({"type": "STATUS", "status": "away"})
     await agent.roundtrip()
-    # A status change alone waits for the delay: the other node still shows the old one...
+    assert await shown() == "away"
+    agent.send_json({"type": "STATUS", "status": "available"})
+    await agent.roundtrip()
     assert await shown() == "available"
-    # ...and the new one once the delay is over.
-    while (status := await shown()) != "away":
+    # The busy a call makes waits for the delay: the other node shows it later...
+    peer.send_json({"type": "DIAL", "to": "agent@example.com"})
+    call_id = (await agent.expect("RING"))["call_id"]
+    changed = time.monotonic()
+    agent.send_json({"type": "ANSWER", "call_id": call_id})
+    await peer.expect("CONNECTED", skip=("RINGING",), call_id=call_id)
+    assert await shown() == "available"
+    # ...once the delay is over.
+    while (status := await shown()) != "busy":
         assert time.monotonic() - changed < scaled(6), status
     assert time.monotonic() - changed >= 1.0

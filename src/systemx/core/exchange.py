@@ -700,6 +700,7 @@ class Exchange(Sender):
         if msg.status is not None:
             s.status = msg.status
             self.registry.touch(s)
+            self.registry.status_told()
         if msg.auto_sleep is not None:
             self.wake.auto_sleep(s, msg.auto_sleep.idle_timeout_seconds)
 

@@ -240,6 +240,17 @@ class Registry:
                     status = "busy"
                 set_status(s.key, status)
 
+    def status_told(self) -> None:
+        """A session told its status (STATUS): other nodes' PRESENCE should see it at once.
+
+        A shared presence index may hold status changes back a little to write
+        them together (those a call makes, four per call); one a client asked for
+        is written now, with whatever waits.
+        """
+        flush = getattr(self._presence, "flush_now", None)
+        if flush is not None:
+            flush()
+
     def unpublish(self, key: str) -> None:
         """Remove ``key``'s presence entry unless a session here holds it (a sleeper that is gone)."""
         if key not in self._by_key:

@@ -433,6 +433,14 @@ class RedisPresence:
             self._delayed = True
             self._flush_handle = self._loop.call_later(self.status_delay, self._flush)
 
+    def flush_now(self) -> None:
+        """Write what waits now (a status a client set), not after the status delay."""
+        handle = self._flush_handle
+        if handle is not None and self._delayed:
+            handle.cancel()
+            self._delayed = False
+            self._flush_handle = self._loop.call_soon(self._flush)
+
     def _flush(self) -> None:
         self._flush_handle = None
         self._delayed = False
