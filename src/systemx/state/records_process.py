@@ -183,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     # end it before the exchange's last batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Not bound to the exchange's CPUs: when the exchange is pinned to a core, its writer
+    # should not take turns with it there (the kernel still keeps it within the cgroup).
+    try:
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    except (AttributeError, OSError):
+        pass
     sys.stdout.buffer.write(b"ready\n")
     sys.stdout.buffer.flush()
     try:
