@@ -11,8 +11,8 @@ round measures, in turn:
 For each: ``--calls`` sequential DIAL → CONNECTED → HANGUP set-ups, ``--msgs``
 MSGs relayed with ``--window`` in flight (the callee echoes each), and ``--trips``
 sequential MSG round trips. CPU is the sum of the exchange processes involved
-and Redis (``/proc/<pid>/stat``; for ``local``, node A and Redis), per call and per MSG; latency is the median
-and p99 of the round trips. Ratios per round cancel the machine's noise:
+and Redis (their CPU clocks; for ``local``, node A and Redis), per call and per
+MSG; latency is the median and p99 of the round trips. Ratios per round cancel the machine's noise:
 local/single (target: within 1.1x) and cross/local per MSG (target: at most 3x).
 
     .venv/bin/python -m benchmarks.cluster --rounds 3
@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,59 +31,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from systemx.client import Call, Client, connect
-
-_TICK = os.sysconf("SC_CLK_TCK")
-args_verbose = bool(os.environ.get("BENCH_VERBOSE"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from benchmarks.calls import echo_calls, free_port, p99, wait_port
+from systemx.bench.procstat import ProcessMeter
+from systemx.client import Client, connect
 
 
-def _cpu(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / _TICK
-
-
-async def _wait_port(port: int) -> None:
-    for _ in range(400):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        return
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-async def _echo_calls(client: Client) -> None:
-    async def echo(call: Call) -> None:
-        try:
-            while True:
-                message = await call.recv()
-                await call.send(message.data)
-        except Exception:
-            return
-
-    tasks: set[asyncio.Task[None]] = set()
-    while True:
-        incoming = await client.next_call()
-        task = asyncio.create_task(echo(await incoming.answer()))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-
-def _p99(values: list[float]) -> float:
-    return sorted(values)[min(len(values) - 1, int(len(values) * 0.99))]
+def _cpu(meters: list[ProcessMeter]) -> float:
+    return sum(meter.cpu_seconds() for meter in meters)
 
 
 @dataclass
@@ -99,7 +52,7 @@ async def _measure(
     name: str,
     caller_url: str,
     callee_url: str,
-    pids: list[int],
+    meters: list[ProcessMeter],
     calls: int,
     msgs: int,
     window: int,
@@ -110,7 +63,7 @@ async def _measure(
     tag = os.urandom(3).hex()
     caller = await connect(caller_url, f"caller-{tag}@bench.test")
     answering = await connect(callee_url, f"callee-{tag}@bench.test")
-    echo = asyncio.create_task(_echo_calls(answering))
+    echo = asyncio.create_task(echo_calls(answering))
     target = answering.address or ""
     # ``parallel`` pairs place calls at once (the default 1: one call at a time).
     pairs = [(caller, target)]
@@ -119,7 +72,7 @@ async def _measure(
         a = await connect(caller_url, f"caller-{tag}-{i}@bench.test")
         b = await connect(callee_url, f"callee-{tag}-{i}@bench.test")
         extra += (a, b)
-        echoes.append(asyncio.create_task(_echo_calls(b)))
+        echoes.append(asyncio.create_task(echo_calls(b)))
         pairs.append((a, b.address or ""))
 
     async def place(client: Client, to: str, n: int) -> None:
@@ -127,17 +80,15 @@ async def _measure(
             call = await client.dial(to)
             await call.hangup()
 
-    cpu0 = _cpu(pids)
-    each0 = [_cpu([p]) for p in pids]
+    cpu0 = _cpu(meters)
     await asyncio.gather(*(place(c, t, calls // len(pairs)) for c, t in pairs))
-    call_cpu = (_cpu(pids) - cpu0) / (calls // len(pairs) * len(pairs))
+    call_cpu = (_cpu(meters) - cpu0) / (calls // len(pairs) * len(pairs))
     for task in echoes:
         task.cancel()
     for client in extra:
         await client.close()
-    split = [(_cpu([p]) - c) / calls * 1e6 for p, c in zip(pids, each0, strict=True)]
     call = await caller.dial(target)
-    cpu0 = _cpu(pids)
+    cpu0 = _cpu(meters)
     sent = received = 0
     while received < msgs:
         while sent < msgs and sent - received < window:
@@ -145,9 +96,7 @@ async def _measure(
             sent += 1
         await call.recv()
         received += 1
-    msg_cpu = (_cpu(pids) - cpu0) / (2 * msgs)  # each MSG is relayed twice (there and echoed back)
-    if args_verbose:
-        print(f"        per process µs/call: {', '.join(f'{v:.0f}' for v in split)}")
+    msg_cpu = (_cpu(meters) - cpu0) / (2 * msgs)  # each MSG is relayed twice (there and echoed back)
     rtts: list[float] = []
     for i in range(trips):
         started = time.perf_counter()
@@ -158,7 +107,7 @@ async def _measure(
     echo.cancel()
     await caller.close()
     await answering.close()
-    figures = Figures(call_cpu * 1e6, msg_cpu * 1e6, statistics.median(rtts) * 1e3, _p99(rtts) * 1e3)
+    figures = Figures(call_cpu * 1e6, msg_cpu * 1e6, statistics.median(rtts) * 1e3, p99(rtts) * 1e3)
     print(
         f"{name:>6}: CPU {figures.call_cpu_us:7.0f} µs/call, {figures.msg_cpu_us:6.1f} µs/MSG;"
         f" MSG round trip p50 {figures.rtt_p50_ms:.3f} ms, p99 {figures.rtt_p99_ms:.3f} ms"
@@ -171,7 +120,7 @@ async def _run(args: argparse.Namespace) -> None:
     if redis_server is None:
         raise SystemExit("redis-server is not on PATH")
     scratch = tempfile.mkdtemp(prefix="systemx-cluster-bench-")
-    redis_port, single_port, a_port, b_port = (_free_port() for _ in range(4))
+    redis_port, single_port, a_port, b_port = (free_port() for _ in range(4))
     quiet = subprocess.DEVNULL
     redis = subprocess.Popen(
         [redis_server, "--port", str(redis_port), "--save", "", "--appendonly", "no", "--dir", scratch],
@@ -200,7 +149,7 @@ async def _run(args: argparse.Namespace) -> None:
         )
     }
     try:
-        await _wait_port(redis_port)
+        await wait_port(redis_port)
         for name, port in (("A", a_port), ("B", b_port)):
             procs[name] = subprocess.Popen(
                 [*command, str(port)],
@@ -214,18 +163,18 @@ async def _run(args: argparse.Namespace) -> None:
                 stderr=quiet,
             )
         for port in (single_port, a_port, b_port):
-            await _wait_port(port)
+            await wait_port(port)
         urls = {n: f"ws://127.0.0.1:{p}" for n, p in (("single", single_port), ("A", a_port), ("B", b_port))}
-        pid = {n: p.pid for n, p in procs.items()}
-        rp = redis.pid
+        meter = {n: ProcessMeter(p.pid) for n, p in procs.items()}
+        rm = ProcessMeter(redis.pid)
         rows: list[tuple[Figures, Figures, Figures]] = []
         for round_no in range(args.rounds):
             print(f"round {round_no + 1}")
             m = (args.calls, args.msgs, args.window, args.trips, args.parallel)
-            single = await _measure("single", urls["single"], urls["single"], [pid["single"]], *m)
+            single = await _measure("single", urls["single"], urls["single"], [meter["single"]], *m)
             # Node B takes no part in a call local to A: A and Redis are what the call costs.
-            local = await _measure("local", urls["A"], urls["A"], [pid["A"], rp], *m)
-            cross = await _measure("cross", urls["A"], urls["B"], [pid["A"], pid["B"], rp], *m)
+            local = await _measure("local", urls["A"], urls["A"], [meter["A"], rm], *m)
+            cross = await _measure("cross", urls["A"], urls["B"], [meter["A"], meter["B"], rm], *m)
             rows.append((single, local, cross))
         call_ratio = [b.call_cpu_us / a.call_cpu_us for a, b, _ in rows]
         msg_local = [b.msg_cpu_us / a.msg_cpu_us for a, b, _ in rows]

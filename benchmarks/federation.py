@@ -15,55 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from systemx.client import Call, Client, connect
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-async def _wait_port(port: int) -> None:
-    for _ in range(400):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.05)
-            continue
-        writer.close()
-        return
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-async def _echo_calls(client: Client) -> None:
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def echo(call: Call) -> None:
-        try:
-            while True:
-                message = await call.recv()
-                await call.send(message.data)
-        except Exception:
-            return
-
-    while True:
-        incoming = await client.next_call()
-        task = asyncio.create_task(echo(await incoming.answer()))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-
-def _p99(values: list[float]) -> float:
-    return sorted(values)[min(len(values) - 1, int(len(values) * 0.99))]
+from benchmarks.calls import echo_calls, free_port, p99, wait_port
+from systemx.client import connect
 
 
 async def _measure(
@@ -72,7 +31,7 @@ async def _measure(
     tag = os.urandom(3).hex()
     caller = await connect(caller_url, f"caller-{tag}@hq.test")
     answering = await connect(callee_url, callee.replace("@", f"-{tag}@"))
-    echo = asyncio.create_task(_echo_calls(answering))
+    echo = asyncio.create_task(echo_calls(answering))
     target = answering.address or ""
     setups: list[float] = []
     for _ in range(calls):
@@ -93,14 +52,14 @@ async def _measure(
     await answering.close()
     where = "local" if caller_url == callee_url else "trunk"
     print(
-        f"{where}: call set-up p50 {statistics.median(setups) * 1e3:.2f} ms, p99 {_p99(setups) * 1e3:.2f} ms;"
-        f" MSG round trip p50 {statistics.median(trips) * 1e3:.3f} ms, p99 {_p99(trips) * 1e3:.3f} ms"
+        f"{where}: call set-up p50 {statistics.median(setups) * 1e3:.2f} ms, p99 {p99(setups) * 1e3:.2f} ms;"
+        f" MSG round trip p50 {statistics.median(trips) * 1e3:.3f} ms, p99 {p99(trips) * 1e3:.3f} ms"
     )
     return statistics.median(setups), statistics.median(trips)
 
 
 async def _run(rounds: int, calls: int, msgs: int) -> None:
-    parent_port, child_port = _free_port(), _free_port()
+    parent_port, child_port = free_port(), free_port()
     scratch = tempfile.mkdtemp(prefix="systemx-federation-")
     env = dict(
         os.environ,
@@ -125,8 +84,8 @@ async def _run(rounds: int, calls: int, msgs: int) -> None:
         [*command, str(child_port)], env=child_env, cwd=scratch, stdout=quiet, stderr=quiet
     )
     try:
-        await _wait_port(parent_port)
-        await _wait_port(child_port)
+        await wait_port(parent_port)
+        await wait_port(child_port)
         parent_url, child_url = f"ws://127.0.0.1:{parent_port}", f"ws://127.0.0.1:{child_port}"
         # The trunk is up once a call through it connects.
         for _ in range(100):
