@@ -457,12 +457,8 @@ class Cluster:
             on_data(session, frame, now)
 
     def _link_from(self, head: bytes) -> Session | None:
-        try:
-            node, epoch = head.decode().rsplit(" ", 1)
-            return self._link(node, int(epoch))
-        except (UnicodeDecodeError, ValueError):
-            log.warning("Bus message with an unreadable head ignored: %r", head[:100])
-            return None
+        sender = _sender(head)
+        return None if sender is None else self._link(*sender)
 
     # ------------------------------------------------------------ liveness
 
@@ -566,13 +562,9 @@ class Cluster:
         """A link envelope on the bus (party lines): to :class:`PartyLinks`."""
         if self.parties is None:
             return
-        try:
-            node, epoch = head.decode().rsplit(" ", 1)
-            number = int(epoch)
-        except (UnicodeDecodeError, ValueError):
-            log.warning("Bus message with an unreadable head ignored: %r", head[:100])
-            return
-        self.parties.on_envelope(node, number, payload)
+        sender = _sender(head)
+        if sender is not None:
+            self.parties.on_envelope(*sender, payload)
 
     def _parties_check(self, alive: dict[str, int], mark: int) -> None:
         if self.parties is not None:
@@ -821,14 +813,9 @@ class Cluster:
         elif type(message) is envelopes.Woken:
             if not is_valid_address(message.address):
                 return
-            try:
-                node, epoch = head.decode().rsplit(" ", 1)
-                session = self._link(node, int(epoch))
-            except (UnicodeDecodeError, ValueError):
-                log.warning("Link message with an unreadable head ignored: %r", head[:100])
-                return
-            if session is not None:
-                exchange.on_woken(message.address, node, _now())
+            sender = _sender(head)
+            if sender is not None and self._link(*sender) is not None:
+                exchange.on_woken(message.address, sender[0], _now())
         elif type(message) is envelopes.Slept:
             if is_valid_address(message.address):
                 exchange.wake.awake_elsewhere(address_key(message.address), None)
@@ -880,3 +867,13 @@ class Cluster:
             await self.presence.republish()
         except RedisError as exc:
             log.warning("Writing this node's presence again failed: %s; retried when Redis answers", exc)
+
+
+def _sender(head: bytes) -> tuple[str, int] | None:
+    """The ``(node, epoch)`` a bus message's head names; None (logged) if unreadable."""
+    try:
+        node, epoch = head.decode().rsplit(" ", 1)
+        return node, int(epoch)
+    except (UnicodeDecodeError, ValueError):
+        log.warning("Bus message with an unreadable head ignored: %r", head[:100])
+        return None
