@@ -221,10 +221,6 @@ class Trunks(Sender):
         self.forward_waiting(key, trunk.node, now)
         return True
 
-    def node_links(self) -> dict[str, int]:
-        """Each linked node and the number of calls with a leg on its link."""
-        return {t.node: len(t.calls) for t in self._trunks.values() if t.node is not None}
-
     def forward_waiting(self, key: str, node: str, now: float) -> None:
         """The directory says ``key`` is held on ``node``: the calls waiting for it are sent there.
 

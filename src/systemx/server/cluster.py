@@ -326,6 +326,7 @@ class Cluster:
             "epoch": self.epoch,
             "redis": "up" if self.cmd.connected else "down",
             "links": sorted(self._links),
+            "stale_frames": self.stale_frames,
             **({"parties": self.parties.health()} if self.parties is not None else {}),
         }
 
