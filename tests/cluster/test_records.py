@@ -34,6 +34,12 @@ async def test_records_of_every_node_are_seen_from_any_node(cluster: Cluster) ->
     await bob.expect("RING", call_id=call_id)
     bob.send_json({"type": "ANSWER", "call_id": call_id})
     await alice.expect("CONNECTED", call_id=call_id)
+    # MSGs across the node link are counted by the caller's node, each way.
+    alice.send_json({"type": "MSG", "call_id": call_id, "data": "up"})
+    await bob.expect("MSG", call_id=call_id, data="up")
+    for data in ("down", "again"):
+        bob.send_json({"type": "MSG", "call_id": call_id, "data": data})
+        await alice.expect("MSG", call_id=call_id, data=data)
     alice.send_json({"type": "HANGUP", "call_id": call_id})
     await bob.expect("HANGUP", call_id=call_id)
     bob.send_json({"type": "DIAL", "to": "carol@example.com"})
@@ -54,6 +60,8 @@ async def test_records_of_every_node_are_seen_from_any_node(cluster: Cluster) ->
     answered = [r for r in items if r["call_id"] == call_id]
     assert len(answered) == 1 and answered[0]["disposition"] == "answered", items
     assert (answered[0]["caller_node"], answered[0]["callee_node"]) == ("n0", "n1"), items
+    assert (answered[0]["msgs_up"], answered[0]["bytes_up"]) == (1, 4), items
+    assert (answered[0]["msgs_down"], answered[0]["bytes_down"]) == (2, 6 + 7), items
     local = [r for r in items if r["call_id"] == local_id]
     assert len(local) == 1 and local[0]["disposition"] == "answered", items
     assert local[0]["ended_by"] == "callee", items

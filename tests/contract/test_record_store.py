@@ -8,13 +8,14 @@ import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from systemx.core.records import CallRecord, Disposition, EndedBy, call_record
 from systemx.state.memory import MemoryRecordStore
 from systemx.state.ports import RecordFilter, RecordStore
 from systemx.state.records_process import ProcessRecordStore
-from systemx.state.records_sqlite import RecordStoreError, SqliteRecordStore
+from systemx.state.records_sqlite import SCHEMA_VERSION, RecordStoreError, SqliteRecordStore, key_hash
 
 # (path, max_records, max_age) -> store
 Factory = Callable[[Path, int | None, float | None], RecordStore]
@@ -239,9 +240,80 @@ def test_sqlite_file_is_private_and_readable_with_sql(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert db.execute("SELECT version FROM records_schema_version").fetchall() == [(1,)]
+        assert db.execute("SELECT version FROM records_schema_version").fetchall() == [(SCHEMA_VERSION,)]
         row = db.execute("SELECT call_id, ended_at, caller_key, callee_key, disposition FROM call_records")
         assert row.fetchall() == [("c1", 5.0, "Alice@example.com", "b@y.com", "busy")]
+    finally:
+        db.close()
+
+
+def test_sqlite_upgrades_a_version_1_file_and_finds_its_records_by_address(tmp_path: Path) -> None:
+    # A file as the first schema left it: address indexes on the text keys.
+    path = tmp_path / "records.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE call_records (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, call_id TEXT NOT NULL, ended_at REAL NOT NULL,
+            caller_key TEXT NOT NULL, callee_key TEXT NOT NULL, disposition TEXT NOT NULL,
+            record TEXT NOT NULL);
+        CREATE INDEX call_records_ended ON call_records (ended_at, id);
+        CREATE INDEX call_records_caller ON call_records (caller_key, ended_at);
+        CREATE INDEX call_records_callee ON call_records (callee_key, ended_at);
+        CREATE TABLE records_schema_version (version INTEGER NOT NULL);
+        INSERT INTO records_schema_version VALUES (1);
+        """
+    )
+    old = rec("old", 1.0, caller="Alice@Example.com", callee="bob@y.com")
+    db.execute(
+        "INSERT INTO call_records (call_id, ended_at, caller_key, callee_key, disposition, record) "
+        "VALUES ('old', 1.0, 'Alice@example.com', 'bob@y.com', 'answered', ?)",
+        (msgspec.json.encode(old).decode(),),
+    )
+    db.commit()
+    db.close()
+    store = SqliteRecordStore(path)
+    try:
+        store.append(rec("new", 2.0, caller="carol@y.com", callee="Alice@EXAMPLE.com"))
+        assert ids(store.query(RecordFilter(address="Alice@example.com"))) == ["new", "old"]
+        assert store.query(RecordFilter(address="bob@y.com")) == [old]
+    finally:
+        store.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT version FROM records_schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        indexes = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "call_records_caller" not in indexes and "call_records_caller_h" in indexes
+    finally:
+        db.close()
+
+
+def test_sqlite_an_address_sharing_a_key_hash_is_not_matched(tmp_path: Path) -> None:
+    # Two keys with one CRC-32: the index finds both rows, the key column settles it.
+    first, second = "plumless@x.com", "buckeroo@x.com"
+    assert key_hash(first) == key_hash(second)
+    store = SqliteRecordStore(tmp_path / "records.db")
+    try:
+        store.append_many([rec("mine", 1.0, caller=first), rec("theirs", 2.0, callee=second)])
+        assert ids(store.query(RecordFilter(address=first))) == ["mine"]
+        assert ids(store.query(RecordFilter(address=second))) == ["theirs"]
+    finally:
+        store.close()
+
+
+def test_sqlite_encoded_records_are_stored_as_sent_and_a_bad_one_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "records.db"
+    store = SqliteRecordStore(path)
+    good = rec("good", 1.0, caller="Dee@Q.com")
+    line = msgspec.json.encode(good)
+    try:
+        assert store.append_encoded([b"{not json", line, b'{"call_id": "x"}']) == 1
+        assert store.query(RecordFilter(address="Dee@q.COM")) == [good]
+    finally:
+        store.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT record FROM call_records").fetchall() == [(line.decode(),)]
     finally:
         db.close()
 

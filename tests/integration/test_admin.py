@@ -312,10 +312,21 @@ async def test_a_real_call_is_recorded_and_counted(
     await alice.expect("RINGING", call_id=call_id)
     bob.send_json({"type": "ANSWER", "call_id": call_id})
     await alice.expect("CONNECTED", call_id=call_id)
+    # Three MSGs up (caller to callee), two down; the bytes are the data's JSON text.
+    for data in ("hi", {"n": 1}, [1, 2, 3]):
+        alice.send_json({"type": "MSG", "call_id": call_id, "data": data})
+        await bob.expect("MSG", call_id=call_id, data=data)
+    for data in ("hello", "x" * 100):
+        bob.send_json({"type": "MSG", "call_id": call_id, "data": data})
+        await alice.expect("MSG", call_id=call_id, data=data)
     alice.send_json({"type": "HANGUP", "call_id": call_id})
     await bob.expect("HANGUP", call_id=call_id)
     # The metrics count the call when it ends, before HANGUP reaches the peer.
-    assert metric(await get(http, admin + "/metrics"), answered) == 1
+    text = await get(http, admin + "/metrics")
+    assert metric(text, answered) == 1
+    assert metric(text, 'systemx_call_messages_total{direction="up"}') == 3
+    assert metric(text, 'systemx_call_messages_total{direction="down"}') == 2
+    assert metric(text, 'systemx_call_message_bytes_total{direction="down"}') == 7 + 102
 
     async def recorded() -> list[dict[str, Any]]:
         # Records are written in batches behind the calls (within a second).
@@ -329,6 +340,9 @@ async def test_a_real_call_is_recorded_and_counted(
     assert record["call_id"] == call_id
     assert (record["caller"], record["callee"]) == ("alice@example.com", "bob@example.com")
     assert (record["disposition"], record["ended_by"]) == ("answered", "caller")
+    up_bytes = len(b'"hi"') + len(b'{"n":1}') + len(b"[1,2,3]")
+    assert (record["msgs_up"], record["bytes_up"]) == (3, up_bytes)
+    assert (record["msgs_down"], record["bytes_down"]) == (2, 7 + 102)
     await alice.close()
     await bob.close()
     await server.stop()

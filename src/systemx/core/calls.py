@@ -154,6 +154,9 @@ TRUNK_RING_BACKSTOP = 5.0
 _encode = m.encode
 _join = b"".join
 _new = object.__new__
+#: Where a party's MSGs go: the peer's connection, the MSG prefix naming the sender,
+#: and the call's ``[MSGs, bytes]`` tally of that direction.
+Route = tuple[Any, bytes, list[int]]
 
 CT_SUFFIX: dict[str | None, bytes] = {
     "text": b',"content_type":"text"}',
@@ -179,7 +182,8 @@ class Call:
     """A call between a caller and a callee, or a broadcast session.
 
     ``routes`` maps each party of a connected point-to-point call to the
-    ``(peer conn, MSG prefix)`` its MSGs go to; it is ``None`` until CONNECTED,
+    ``(peer conn, MSG prefix, tally)`` its MSGs go to (``tally`` is the call's
+    ``up`` or ``down`` count of that party's MSGs); it is ``None`` until CONNECTED,
     so a MSG while ringing finds no route and is ignored. A broadcast call has
     ``listeners`` instead and ``callee`` is the broadcaster.
     """
@@ -192,6 +196,7 @@ class Call:
         "caller",
         "connected_at",
         "created",
+        "down",
         "listeners",
         "metadata",
         "quiet",
@@ -201,6 +206,7 @@ class Call:
         "routes",
         "state",
         "to",
+        "up",
         "via",
         "woken",
     )
@@ -226,7 +232,10 @@ class Call:
         self.rang_at: float | None = None
         self.connected_at: float | None = None
         self.state = state
-        self.routes: dict[Session, tuple[Any, bytes]] | None = None
+        self.routes: dict[Session, Route] | None = None
+        # [MSGs, bytes of their data] from the caller (up) and from the callee (down).
+        self.up = [0, 0]
+        self.down = [0, 0]
         self.listeners: dict[Session, None] | None = None
         # RingTimer(call_id) without the __init__ frame: call setup is a measured path.
         self.ring_timer = timer = _new(RingTimer)
@@ -406,6 +415,10 @@ class CallBook(Sender):
                 caller_node=caller_node,
                 callee_node=callee_node,
                 trunk=trunk_label,
+                msgs_up=call.up[0],
+                bytes_up=call.up[1],
+                msgs_down=call.down[0],
+                bytes_down=call.down[1],
             )
         )
         if callee is not None and not callee.closed and key in self._queues:
@@ -644,8 +657,8 @@ class CallBook(Sender):
         # msg_prefix, inline for both parties: the call id is encoded once.
         head = b'{"type":"MSG","call_id":' + _encode(call_id) + b',"from":'
         call.routes = {
-            caller: (s.conn, head + caller.addr_json + b',"data":'),
-            s: (caller.conn, head + s.addr_json + b',"data":'),
+            caller: (s.conn, head + caller.addr_json + b',"data":', call.up),
+            s: (caller.conn, head + s.addr_json + b',"data":', call.down),
         }
         if self._debug:
             log.debug("Call connected: %s ↔ %s (call: %s)", caller.address, s.address, call_id)
@@ -776,6 +789,9 @@ class CallBook(Sender):
         assert listeners is not None
         suffix = CT_SUFFIX[msg.content_type]
         if s is call.callee:
+            tally = call.down
+            tally[0] += 1
+            tally[1] += len(msg.data)
             frame = _join((msg_prefix(call.call_id, s), msg.data, suffix))
             send = self._send
             aliases = call.aliases
@@ -793,9 +809,15 @@ class CallBook(Sender):
         elif s in listeners:
             caster = call.callee
             assert caster is not None
+            tally = call.up
+            tally[0] += 1
+            tally[1] += len(msg.data)
             self._send(caster.conn, _join((msg_prefix(call.call_id, s), msg.data, suffix)))
         elif s.trunk is not None and call.aliases and (q := call.aliases.get(msg.call_id)) is not None:
             # A listener on another node, its MSG arriving on the node link.
             caster = call.callee
             assert caster is not None
+            tally = call.up
+            tally[0] += 1
+            tally[1] += len(msg.data)
             self._send(caster.conn, _join((msg_prefix(call.call_id, q), msg.data, suffix)))

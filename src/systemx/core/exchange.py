@@ -291,7 +291,11 @@ class Exchange(Sender):
                     if routes is not None:
                         route = routes.get(s)
                         if route is not None:
-                            self._send(route[0], _join((route[1], msg.data, _CT_SUFFIX[msg.content_type])))
+                            data = msg.data
+                            tally = route[2]
+                            tally[0] += 1
+                            tally[1] += len(data)
+                            self._send(route[0], _join((route[1], data, _CT_SUFFIX[msg.content_type])))
                             return
                     elif call.listeners is not None and call.state is CONNECTED:
                         self._broadcast_msg(s, call, msg)

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from systemx.core.actions import Actions
-from systemx.core.calls import TRUNK_RING_BACKSTOP, Call, CallBook, CallEvent, CallState, msg_prefix
+from systemx.core.calls import TRUNK_RING_BACKSTOP, Call, CallBook, CallEvent, CallState, Route, msg_prefix
 from systemx.core.config import CoreConfig
 from systemx.core.registry import Registry
 from systemx.core.routes import RouteTable
@@ -631,19 +631,19 @@ class Trunks(Sender):
             self._send_msg(caller, m.Connected(call_id=call.call_id, to=call.to))
 
 
-def routes_for(call: Call) -> dict[Session, tuple[Any, bytes]]:
+def routes_for(call: Call) -> dict[Session, Route]:
     """The MSG routes of connected ``call``, a party behind a trunk keyed by the trunk's session.
 
     A party whose trunk is down (in its grace) has no route: nothing arrives from it.
     """
     caller, callee = call.caller, call.callee
     assert caller is not None and callee is not None
-    routes: dict[Session, tuple[Any, bytes]] = {}
-    for sender, peer in ((caller, callee), (callee, caller)):
+    routes: dict[Session, Route] = {}
+    for sender, peer, tally in ((caller, callee, call.up), (callee, caller, call.down)):
         trunk = sender.trunk
         key = sender if trunk is None else trunk.session
         if key is not None:
-            routes[key] = (peer.conn, msg_prefix(call.call_id, sender))
+            routes[key] = (peer.conn, msg_prefix(call.call_id, sender), tally)
     return routes
 
 

@@ -130,7 +130,7 @@ class Operations:
         max_age = settings.records_retention_days * _DAY or None
 
         def open_store() -> Any:
-            # Written by a child process: the SQLite work (about 12 µs a record) runs
+            # Written by a child process: the SQLite work (about 7 µs a record) runs
             # beside the exchange, not on its CPU or under its GIL.
             from systemx.state.records_process import ProcessRecordStore
 
