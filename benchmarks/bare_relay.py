@@ -12,7 +12,7 @@ Unpaired connections get the least a call router does, as in the Bun baseline
 (``benchmarks/bun_relay.js``), so that the ``connect`` and ``callsetup``
 scenarios can run against it: REGISTER (REGISTERED with a session id; the
 address is looked up by DIAL), HEARTBEAT (HEARTBEAT_ACK), DIAL (RING to the
-callee with a fresh call id, RINGING to the caller, a ring timer; BUSY
+callee with a fresh call id, RINGING to the caller if it asked, a ring timer; BUSY
 ``no_such_address`` or ``already_in_call``), ANSWER (CONNECTED to the caller)
 and HANGUP (HANGUP to the other party). No validation, presence or logging:
 a lower bound for a Python call router on picows.
@@ -64,6 +64,7 @@ class _Hello(msgspec.Struct, gc=False):
     to: str = ""
     call_id: str = ""
     reason: str = ""
+    ringing: bool = False
 
 
 _decode_frame = msgspec.json.Decoder(RelayFrame).decode
@@ -219,7 +220,8 @@ class _Link(WSListener):
         relay.calls[call.call_id] = call
         self.call = callee.call = call
         callee.send({"type": "RING", "from": self.address, "call_id": call.call_id})
-        self.send({"type": "RINGING", "call_id": call.call_id, "to": hello.to})
+        if hello.ringing:
+            self.send({"type": "RINGING", "call_id": call.call_id, "to": hello.to})
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         relay = self.relay

@@ -12,7 +12,7 @@ part of every unit that is the exchange's own Python code:
 * ``msg_remote``: the same, to a party behind a federation trunk (the trunk's
   endpoint only counts, as every endpoint here); the ratio to ``msg`` is printed
   when both run;
-* ``call``: DIAL → RING + RINGING → ANSWER → CONNECTED → HANGUP, one whole call;
+* ``call``: DIAL → RING (RINGING only when asked) → ANSWER → CONNECTED → HANGUP, one whole call;
 * ``party``: one PARTY_MSG fanned out to 199 others (per delivery);
 * ``register``: open a session, REGISTER with presence metadata, close it.
 

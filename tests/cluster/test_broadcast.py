@@ -7,7 +7,7 @@ from tests.wsclient import WSClient
 
 
 async def _listen(ws: WSClient, to: str) -> str:
-    ws.send_json({"type": "DIAL", "to": to})
+    ws.send_json({"type": "DIAL", "to": to, "ringing": True})
     connected = await ws.expect("CONNECTED", skip=("RINGING",), to=to)
     call_id: str = connected["call_id"]
     return call_id
@@ -30,7 +30,7 @@ async def test_listeners_on_two_nodes_hear_the_broadcaster(cluster: Cluster) -> 
         broadcast_id = ring["call_id"]
     # The listener limit counts every node.
     extra = await cluster.client(n1, "extra@example.com")
-    extra.send_json({"type": "DIAL", "to": "radio@example.com"})
+    extra.send_json({"type": "DIAL", "to": "radio@example.com", "ringing": True})
     busy = await extra.expect("BUSY", skip=("RINGING",), to="radio@example.com")
     assert busy["reason"] == "max_listeners_reached"
 

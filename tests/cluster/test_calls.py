@@ -9,7 +9,7 @@ async def test_a_call_between_two_nodes(cluster: Cluster) -> None:
     n0, n1 = await cluster.start(2)
     alice = await cluster.client(n0, "alice@example.com")
     bob = await cluster.client(n1, "bob@example.com")
-    alice.send_json({"type": "DIAL", "to": "bob@example.com"})
+    alice.send_json({"type": "DIAL", "to": "bob@example.com", "ringing": True})
     ringing = await alice.expect("RINGING", to="bob@example.com")
     call_id = ringing["call_id"]
     await bob.expect("RING", from_="alice@example.com", call_id=call_id)
@@ -43,7 +43,7 @@ async def test_an_address_is_held_by_one_session_in_the_whole_cluster(cluster: C
     else:
         raise AssertionError("agent@example.com was never released")
     caller = await cluster.client(n0, "caller@example.com")
-    caller.send_json({"type": "DIAL", "to": "agent@example.com"})
+    caller.send_json({"type": "DIAL", "to": "agent@example.com", "ringing": True})
     call_id = (await caller.expect("RINGING"))["call_id"]
     await second.expect("RING", call_id=call_id, from_="caller@example.com")
 
@@ -66,20 +66,20 @@ async def test_refusals_cross_nodes_with_their_reasons(cluster: Cluster) -> None
     dnd = await cluster.client(n1, "dnd@example.com")
     dnd.send_json({"type": "STATUS", "status": "dnd"})
     await dnd.roundtrip()
-    caller.send_json({"type": "DIAL", "to": "dnd@example.com"})
+    caller.send_json({"type": "DIAL", "to": "dnd@example.com", "ringing": True})
     busy = await caller.expect("BUSY", skip=("RINGING",), to="dnd@example.com")
     assert busy["reason"] == "dnd"
-    caller.send_json({"type": "DIAL", "to": "nobody@example.com"})
+    caller.send_json({"type": "DIAL", "to": "nobody@example.com", "ringing": True})
     busy = await caller.expect("BUSY", skip=("RINGING",), to="nobody@example.com")
     assert busy["reason"] == "no_such_address"
     # Occupied: in a call with a party of its own node.
     talker = await cluster.client(n1, "talker@example.com")
     other = await cluster.client(n1, "other@example.com")
-    other.send_json({"type": "DIAL", "to": "talker@example.com"})
+    other.send_json({"type": "DIAL", "to": "talker@example.com", "ringing": True})
     call_id = (await talker.expect("RING"))["call_id"]
     talker.send_json({"type": "ANSWER", "call_id": call_id})
     await other.expect("CONNECTED", skip=("RINGING",))
-    caller.send_json({"type": "DIAL", "to": "talker@example.com"})
+    caller.send_json({"type": "DIAL", "to": "talker@example.com", "ringing": True})
     busy = await caller.expect("BUSY", skip=("RINGING",), to="talker@example.com")
     assert busy["reason"] == "already_in_call"
 
@@ -88,19 +88,19 @@ async def test_caller_cancel_and_callee_reject_across_nodes(cluster: Cluster) ->
     n0, n1 = await cluster.start(2)
     caller = await cluster.client(n0, "caller@example.com")
     callee = await cluster.client(n1, "callee@example.com")
-    caller.send_json({"type": "DIAL", "to": "callee@example.com"})
+    caller.send_json({"type": "DIAL", "to": "callee@example.com", "ringing": True})
     call_id = (await caller.expect("RINGING"))["call_id"]
     await callee.expect("RING", call_id=call_id)
     caller.send_json({"type": "HANGUP", "call_id": call_id})
     await callee.expect("HANGUP", call_id=call_id)
-    caller.send_json({"type": "DIAL", "to": "callee@example.com"})
+    caller.send_json({"type": "DIAL", "to": "callee@example.com", "ringing": True})
     call_id = (await caller.expect("RINGING"))["call_id"]
     await callee.expect("RING", call_id=call_id)
     callee.send_json({"type": "HANGUP", "call_id": call_id, "reason": "declined"})
     hangup = await caller.expect("HANGUP", call_id=call_id)
     assert hangup["reason"] == "declined"
     # Both are free again: a new call connects.
-    callee.send_json({"type": "DIAL", "to": "caller@example.com"})
+    callee.send_json({"type": "DIAL", "to": "caller@example.com", "ringing": True})
     call_id = (await callee.expect("RINGING"))["call_id"]
     caller.send_json({"type": "ANSWER", "call_id": (await caller.expect("RING"))["call_id"]})
     await callee.expect("CONNECTED", call_id=call_id)
@@ -110,7 +110,7 @@ async def test_an_unanswered_call_across_nodes_times_out(cluster: Cluster) -> No
     n0, n1 = await cluster.start(2, env={"SYSTEMX_CALL_TIMEOUT": "1s"})
     caller = await cluster.client(n0, "caller@example.com")
     callee = await cluster.client(n1, "callee@example.com")
-    caller.send_json({"type": "DIAL", "to": "callee@example.com"})
+    caller.send_json({"type": "DIAL", "to": "callee@example.com", "ringing": True})
     call_id = (await caller.expect("RINGING"))["call_id"]
     await callee.expect("RING", call_id=call_id)
     busy = await caller.expect("BUSY", call_id=call_id)
@@ -127,7 +127,7 @@ async def test_parallel_callee_takes_calls_from_several_nodes(cluster: Cluster) 
     callers = [await cluster.client(n, f"c{i}@example.com") for i, n in enumerate((n1, n2))]
     ids = []
     for ws in callers:
-        ws.send_json({"type": "DIAL", "to": "desk@example.com"})
+        ws.send_json({"type": "DIAL", "to": "desk@example.com", "ringing": True})
         ids.append((await ws.expect("RINGING"))["call_id"])
     rung = {(await desk.expect("RING"))["call_id"] for _ in callers}
     assert rung == set(ids)
@@ -166,7 +166,7 @@ async def test_workers_share_one_port_as_one_exchange(cluster: Cluster) -> None:
     # Every client reaches every other, whichever worker each landed on.
     for i, caller in enumerate(clients[:6]):
         callee = clients[11 - i]
-        caller.send_json({"type": "DIAL", "to": f"w{11 - i}@example.com"})
+        caller.send_json({"type": "DIAL", "to": f"w{11 - i}@example.com", "ringing": True})
         call_id = (await caller.expect("RINGING"))["call_id"]
         await callee.expect("RING", call_id=call_id, from_=f"w{i}@example.com")
         callee.send_json({"type": "ANSWER", "call_id": call_id})

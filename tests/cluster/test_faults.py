@@ -12,7 +12,7 @@ DEAD_NODE_BOUND = NODE_TTL_MS / 1000 + 1.0
 
 
 async def _connected(caller: WSClient, callee: WSClient, to: str) -> str:
-    caller.send_json({"type": "DIAL", "to": to})
+    caller.send_json({"type": "DIAL", "to": to, "ringing": True})
     call_id: str = (await caller.expect("RINGING"))["call_id"]
     await callee.expect("RING", call_id=call_id)
     callee.send_json({"type": "ANSWER", "call_id": call_id})
@@ -27,7 +27,7 @@ async def test_a_killed_node_frees_its_addresses_and_ends_its_calls(cluster: Clu
     bob = await cluster.client(n1, "bob@example.com")
     dave = await cluster.client(n1, "dave@example.com")
     talking = await _connected(alice, bob, "bob@example.com")
-    carol.send_json({"type": "DIAL", "to": "dave@example.com"})
+    carol.send_json({"type": "DIAL", "to": "dave@example.com", "ringing": True})
     ringing = (await carol.expect("RINGING"))["call_id"]
     await dave.expect("RING", call_id=ringing)
 
@@ -75,7 +75,7 @@ async def test_without_redis_local_calls_go_on_and_the_rest_answers_unavailable(
     assert failed["reason"] == "unavailable"
     assert time.monotonic() - started < scaled(0.5) + 0.3
     started = time.monotonic()
-    alice.send_json({"type": "DIAL", "to": "far@example.com"})
+    alice.send_json({"type": "DIAL", "to": "far@example.com", "ringing": True})
     busy = await alice.expect("BUSY", scaled(3), skip=("RINGING",), to="far@example.com")
     assert busy["reason"] == "unavailable"
     assert time.monotonic() - started < scaled(0.5) + 0.3
@@ -90,7 +90,7 @@ async def test_without_redis_local_calls_go_on_and_the_rest_answers_unavailable(
     probe.send_json({"type": "REGISTER", "address": "bob@example.com"})
     failed = await probe.expect("REGISTER_FAILED")
     assert failed["reason"] == "address_in_use"
-    far.send_json({"type": "DIAL", "to": "alice@example.com"})
+    far.send_json({"type": "DIAL", "to": "alice@example.com", "ringing": True})
     far_call = (await far.expect("RINGING"))["call_id"]
     # alice is still in her call with bob: busy, but found across the cluster.
     busy = await far.expect("BUSY", call_id=far_call)

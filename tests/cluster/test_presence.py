@@ -138,7 +138,7 @@ async def test_status_changes_are_seen_from_another_node(cluster: Cluster) -> No
     await until(watcher, everyone_is("available"))
 
     # A call across n0 and n1: both parties are busy while it lasts, seen from n2.
-    alice.send_json({"type": "DIAL", "to": "bob@example.com"})
+    alice.send_json({"type": "DIAL", "to": "bob@example.com", "ringing": True})
     call_id = (await alice.expect("RINGING"))["call_id"]
     await bob.expect("RING", call_id=call_id)
     bob.send_json({"type": "ANSWER", "call_id": call_id})
@@ -274,7 +274,7 @@ async def test_a_status_delay_holds_back_call_status_but_not_status_or_registrat
     await agent.roundtrip()
     assert await shown() == "available"
     # The busy a call makes waits for the delay: the other node shows it later...
-    peer.send_json({"type": "DIAL", "to": "agent@example.com"})
+    peer.send_json({"type": "DIAL", "to": "agent@example.com", "ringing": True})
     call_id = (await agent.expect("RING"))["call_id"]
     changed = time.monotonic()
     agent.send_json({"type": "ANSWER", "call_id": call_id})

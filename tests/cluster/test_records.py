@@ -29,7 +29,7 @@ async def test_records_of_every_node_are_seen_from_any_node(cluster: Cluster) ->
     bob = await cluster.client(n1, "bob@example.com")
     carol = await cluster.client(n1, "carol@example.com")
     # A call across the nodes, and a call between two parties of n1, each answered.
-    alice.send_json({"type": "DIAL", "to": "bob@example.com"})
+    alice.send_json({"type": "DIAL", "to": "bob@example.com", "ringing": True})
     call_id = (await alice.expect("RINGING"))["call_id"]
     await bob.expect("RING", call_id=call_id)
     bob.send_json({"type": "ANSWER", "call_id": call_id})
@@ -42,7 +42,7 @@ async def test_records_of_every_node_are_seen_from_any_node(cluster: Cluster) ->
         await alice.expect("MSG", call_id=call_id, data=data)
     alice.send_json({"type": "HANGUP", "call_id": call_id})
     await bob.expect("HANGUP", call_id=call_id)
-    bob.send_json({"type": "DIAL", "to": "carol@example.com"})
+    bob.send_json({"type": "DIAL", "to": "carol@example.com", "ringing": True})
     local_id = (await bob.expect("RINGING"))["call_id"]
     await carol.expect("RING", call_id=local_id)
     carol.send_json({"type": "ANSWER", "call_id": local_id})

@@ -27,7 +27,7 @@ async def test_a_trunk_on_one_node_serves_dials_from_every_node(cluster: Cluster
 
     boss = await cluster.client(hq, "boss@hq.test")
     worker = await cluster.client(n1, "worker@branch.test")
-    worker.send_json({"type": "DIAL", "to": "boss@hq.test"})
+    worker.send_json({"type": "DIAL", "to": "boss@hq.test", "ringing": True})
     call_id = (await worker.expect("RINGING", to="boss@hq.test"))["call_id"]
     ring = await boss.expect("RING", from_="worker@branch.test")
     boss.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
@@ -39,6 +39,6 @@ async def test_a_trunk_on_one_node_serves_dials_from_every_node(cluster: Cluster
     boss.send_json({"type": "HANGUP", "call_id": ring["call_id"]})
     await worker.expect("HANGUP", call_id=call_id)
     # An address no trunk routes is still nobody's.
-    worker.send_json({"type": "DIAL", "to": "ghost@nowhere.test"})
+    worker.send_json({"type": "DIAL", "to": "ghost@nowhere.test", "ringing": True})
     busy = await worker.expect("BUSY", skip=("RINGING",), to="ghost@nowhere.test")
     assert busy["reason"] == "no_such_address"

@@ -141,7 +141,7 @@ async def test_a_failed_wake_is_the_same_busy_on_every_node(cluster: Cluster, ho
     await asyncio.wait_for(hooks.calls.get(), TIMEOUT)
     assert hooks.calls.empty(), "a second wake ran"
     # The lock was released: the next dial wakes again.
-    callers[1].send_json({"type": "DIAL", "to": AGENT})
+    callers[1].send_json({"type": "DIAL", "to": AGENT, "ringing": True})
     await callers[1].expect("BUSY", skip=("RINGING",), reason="wake_failed")
     await asyncio.wait_for(hooks.calls.get(), TIMEOUT)
 
@@ -173,7 +173,7 @@ async def test_a_sleeper_awake_on_another_node_rings_there_without_a_wake(
     await agent.register(AGENT, mode="wake_on_ring")
     # Awake on n0: every node shows it available (the cluster's presence), not asleep.
     await _until_shown(caller, "available")
-    caller.send_json({"type": "DIAL", "to": AGENT})
+    caller.send_json({"type": "DIAL", "to": AGENT, "ringing": True})
     ringing = await caller.expect("RINGING", to=AGENT)
     assert not ringing.get("waking")
     await agent.expect("RING", call_id=ringing["call_id"], from_="caller@example.com")
@@ -224,7 +224,7 @@ async def test_a_node_that_never_heard_of_a_sleeper_finds_it_in_redis(cluster: C
     finally:
         await conn.close()
     caller = await cluster.client(n1, "caller@example.com")
-    caller.send_json({"type": "DIAL", "to": "other@example.com"})
+    caller.send_json({"type": "DIAL", "to": "other@example.com", "ringing": True})
     call_id = (await caller.expect("RINGING", to="other@example.com"))["call_id"]
     body = await asyncio.wait_for(hooks.calls.get(), TIMEOUT)
     assert (body["address"], body["call_id"]) == ("other@example.com", call_id)

@@ -110,7 +110,7 @@ async def test_sessions_calls_and_parties(systemx_server: ServerFactory, http: C
     bad = await get(http, admin + "/api/sessions?limit=100000", status=400)
     assert "limit must be 0-1000" in bad["error"]
 
-    alice.send_json({"type": "DIAL", "to": "bob@two.test"})
+    alice.send_json({"type": "DIAL", "to": "bob@two.test", "ringing": True})
     ringing = await alice.expect("RINGING")
     await bob.expect("RING")
     calls = await get(http, admin + "/api/calls")
@@ -306,7 +306,7 @@ async def test_a_real_call_is_recorded_and_counted(
     bob = await server.connect()
     await alice.register("alice@example.com")
     await bob.register("bob@example.com")
-    alice.send_json({"type": "DIAL", "to": "bob@example.com"})
+    alice.send_json({"type": "DIAL", "to": "bob@example.com", "ringing": True})
     ring = await bob.expect("RING", from_="alice@example.com")
     call_id = ring["call_id"]
     await alice.expect("RINGING", call_id=call_id)

@@ -138,7 +138,7 @@ async def test_text_that_is_not_json_closes_1003_and_touches_no_one_else(
     # As the specification and the reference router: malformed JSON closes the socket.
     alice = await registered(server, "alice@example.com")
     bob = await registered(server, "bob@example.com")
-    alice.send_json({"type": "DIAL", "to": "bob@example.com"})
+    alice.send_json({"type": "DIAL", "to": "bob@example.com", "ringing": True})
     ring = await bob.expect("RING")
     bob.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
     await alice.expect("CONNECTED", skip=("RINGING",))
@@ -313,7 +313,7 @@ async def test_register_always_gets_registered_or_register_failed(
 async def test_client_from_of_any_type_is_ignored(server: SystemXProcess, spoof: Any) -> None:
     a = await registered(server, "alice@example.com")
     b = await registered(server, "bob@example.com")
-    a.send_json({"type": "DIAL", "to": "bob@example.com"})
+    a.send_json({"type": "DIAL", "to": "bob@example.com", "ringing": True})
     ring = await b.expect("RING")
     b.send_json({"type": "ANSWER", "call_id": ring["call_id"], "from": spoof})
     await a.expect("CONNECTED", skip=("RINGING",))
@@ -334,7 +334,7 @@ async def test_client_from_of_any_type_is_ignored(server: SystemXProcess, spoof:
 async def test_msg_data_nested_500_levels_is_relayed_byte_for_byte(server: SystemXProcess) -> None:
     a = await registered(server, "alice@example.com")
     b = await registered(server, "bob@example.com")
-    a.send_json({"type": "DIAL", "to": "bob@example.com"})
+    a.send_json({"type": "DIAL", "to": "bob@example.com", "ringing": True})
     ring = await b.expect("RING")
     b.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
     await a.expect("CONNECTED", skip=("RINGING",))

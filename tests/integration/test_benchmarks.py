@@ -133,6 +133,12 @@ async def test_callsetup_against_exchange_and_bare_call_router() -> None:
     )
     assert result["calls"] == 200
     assert result["bare_cpu_us_per_call"] is not None
+
+
+async def test_callsetup_that_asks_for_ringing_checks_it() -> None:
+    # Each DIAL asks for RINGING: every call must get one naming it, before CONNECTED.
+    (result,) = await _passes("callsetup", "--ringing", "--pairs", "5", "--calls", "100", "--warmup", "0.3")
+    assert result["calls"] == 100
     assert result["ratio_to_bare"] is not None
 
 

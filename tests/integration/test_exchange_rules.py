@@ -104,7 +104,7 @@ async def test_status_and_calls_reach_the_row_registered_in_another_case(server:
     assert rows(await presence(asker)) == [("bob@Example.COM", "dnd")]
     bob.send_json({"type": "STATUS", "status": "available"})
     await bob.roundtrip()
-    asker.send_json({"type": "DIAL", "to": "bob@example.com"})
+    asker.send_json({"type": "DIAL", "to": "bob@example.com", "ringing": True})
     await bob.expect("RING")
     await asker.expect("RINGING")
     assert rows(await presence(asker)) == [("bob@Example.COM", "busy")]
@@ -123,7 +123,7 @@ async def test_asker_re_registered_in_another_case_is_still_excluded(server: Sys
 async def test_second_answer_sends_no_second_connected(server: SystemXProcess) -> None:
     alice = await registered(server, "alice@example.com")
     bob = await registered(server, "bob@example.com")
-    alice.send_json({"type": "DIAL", "to": "bob@example.com"})
+    alice.send_json({"type": "DIAL", "to": "bob@example.com", "ringing": True})
     call_id = (await bob.expect("RING"))["call_id"]
     bob.send_json({"type": "ANSWER", "call_id": call_id})
     await alice.expect("CONNECTED", skip=("RINGING",), call_id=call_id)

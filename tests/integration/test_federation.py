@@ -76,7 +76,7 @@ async def clients() -> Any:
 
 async def call(caller: WSClient, callee: WSClient, to: str, caller_address: str) -> str:
     """``caller`` dials ``to`` (held by ``callee`` across the trunk) and ``callee`` answers."""
-    caller.send_json({"type": "DIAL", "to": to})
+    caller.send_json({"type": "DIAL", "to": to, "ringing": True})
     ring = await callee.expect("RING", from_=caller_address)
     call_id = ring["call_id"]
     await caller.expect("RINGING", call_id=call_id, to=to)
@@ -130,13 +130,13 @@ async def test_busy_reasons_cross_the_trunk(systemx_server: ServerFactory, clien
         ("carol@branch.test", "already_in_call"),
         ("dave@branch.test", "dnd"),
     ):
-        bob.send_json({"type": "DIAL", "to": to})
+        bob.send_json({"type": "DIAL", "to": to, "ringing": True})
         ringing = await bob.expect("RINGING", to=to)
         await bob.expect("BUSY", to=to, reason=reason, call_id=ringing["call_id"])
     await dave.roundtrip()
     # And from the child up: the parent's local answers come down.
     carol_free = await client(child, "frank@branch.test", clients)
-    carol_free.send_json({"type": "DIAL", "to": "nobody@hq.test"})
+    carol_free.send_json({"type": "DIAL", "to": "nobody@hq.test", "ringing": True})
     await carol_free.expect("BUSY", to="nobody@hq.test", reason="no_such_address", skip=("RINGING",))
     assert (await health(parent))["calls"] == 0
 
@@ -150,7 +150,7 @@ async def test_ring_timeout_runs_on_the_caller_side(
     await child.wait_for_log(_UP, since=len(child.logs) - 1)
     bob = await client(parent, "bob@hq.test", clients)
     alice = await client(child, "alice@branch.test", clients)
-    alice.send_json({"type": "DIAL", "to": "bob@hq.test"})
+    alice.send_json({"type": "DIAL", "to": "bob@hq.test", "ringing": True})
     ring = await bob.expect("RING", from_="alice@branch.test")
     await alice.expect("RINGING", call_id=ring["call_id"])
     await alice.expect("BUSY", to="bob@hq.test", reason="timeout", call_id=ring["call_id"])
@@ -161,7 +161,7 @@ async def test_caller_cancel_crosses(systemx_server: ServerFactory, clients: lis
     parent, child = await start_pair(systemx_server)
     bob = await client(parent, "bob@hq.test", clients)
     alice = await client(child, "alice@branch.test", clients)
-    bob.send_json({"type": "DIAL", "to": "alice@branch.test"})
+    bob.send_json({"type": "DIAL", "to": "alice@branch.test", "ringing": True})
     ring = await alice.expect("RING", from_="bob@hq.test")
     await bob.expect("RINGING", call_id=ring["call_id"], to="alice@branch.test")
     bob.send_json({"type": "HANGUP", "call_id": ring["call_id"]})
@@ -260,7 +260,7 @@ async def test_no_loop_between_two_exchanges(systemx_server: ServerFactory, clie
     await b.wait_for_log(_UP, timeout=scaled(35), since=mark_b)
     caller = await client(a, "caller@a.test", clients)
     start = time.monotonic()
-    caller.send_json({"type": "DIAL", "to": "ghost@x.test"})
+    caller.send_json({"type": "DIAL", "to": "ghost@x.test", "ringing": True})
     await caller.expect("BUSY", to="ghost@x.test", reason="no_such_address", skip=("RINGING",))
     assert time.monotonic() - start < scaled(2)
     await caller.roundtrip()
@@ -294,7 +294,7 @@ async def test_the_most_specific_route_wins(server: SystemXProcess, clients: lis
     narrow.send_json({"type": "REGISTER_PBX", "domain": "narrow.test", "routes": ["*.vip@sub.test"]})
     await narrow.expect("REGISTERED_PBX")
     alice = await client(server, "alice@example.com", clients)
-    alice.send_json({"type": "DIAL", "to": "ann.vip@sub.test"})
+    alice.send_json({"type": "DIAL", "to": "ann.vip@sub.test", "ringing": True})
     fwd = await narrow.expect("DIAL_FORWARD", to="ann.vip@sub.test", from_="alice@example.com")
     await wide.roundtrip()
     narrow.send_json({"type": "BUSY", "call_id": fwd["call_id"], "to": "ann.vip@sub.test", "reason": "dnd"})
@@ -336,7 +336,7 @@ async def test_a_trunk_back_within_the_grace_keeps_its_calls(
     trunk.send_json(register)
     await trunk.expect("REGISTERED_PBX", domain="t.test")
     bob = await client(server, "bob@example.com", clients)
-    bob.send_json({"type": "DIAL", "to": "tina@t.test"})
+    bob.send_json({"type": "DIAL", "to": "tina@t.test", "ringing": True})
     fwd = await trunk.expect("DIAL_FORWARD", to="tina@t.test", from_="bob@example.com")
     call_id = fwd["call_id"]
     trunk.send_json({"type": "RING", "call_id": call_id, "from": "tina@t.test"})

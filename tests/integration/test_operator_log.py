@@ -16,7 +16,7 @@ async def registered(server: SystemXProcess, address: str) -> WSClient:
 
 
 async def call(server: SystemXProcess, caller: WSClient, callee: WSClient, to: str) -> str:
-    caller.send_json({"type": "DIAL", "to": to})
+    caller.send_json({"type": "DIAL", "to": to, "ringing": True})
     ring = await callee.expect("RING")
     callee.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
     await caller.expect("CONNECTED", skip=("RINGING",))

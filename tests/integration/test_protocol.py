@@ -40,7 +40,7 @@ async def connected_pair(server: SystemXProcess, caller: str, callee: str) -> tu
     """Register ``caller`` and ``callee``, dial, answer; both ends and the call id once CONNECTED."""
     a = await registered(server, caller)
     b = await registered(server, callee)
-    a.send_json({"type": "DIAL", "to": callee})
+    a.send_json({"type": "DIAL", "to": callee, "ringing": True})
     ring = await b.expect("RING")
     b.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
     await a.expect("CONNECTED", skip=("RINGING",))
@@ -54,11 +54,35 @@ async def test_register_twice_on_one_socket_like_the_reference_sdk(server: Syste
     assert first == second
 
 
+async def test_a_plain_dial_hears_no_ringing_as_with_the_reference(server: SystemXProcess) -> None:
+    # No "ringing" in the DIAL: RING to the callee, and the caller's first frame is CONNECTED.
+    alice = await registered(server, "alice@example.com")
+    bob = await registered(server, "bob@example.com")
+    alice.send_json({"type": "DIAL", "to": "bob@example.com"})
+    ring = await bob.expect("RING", from_="alice@example.com")
+    bob.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
+    connected = await alice.recv()
+    assert connected == {"type": "CONNECTED", "call_id": ring["call_id"], "to": "bob@example.com"}
+    # A caller that did not ask can still hang up by the id CONNECTED gave it.
+    alice.send_json({"type": "HANGUP", "call_id": ring["call_id"]})
+    await bob.expect("HANGUP", call_id=ring["call_id"], reason="normal")
+    # Asked with anything but a boolean: a clear ERROR, and the socket stays open.
+    alice.send_json({"type": "DIAL", "to": "bob@example.com", "ringing": "yes"})
+    await alice.expect("ERROR", reason="invalid_payload", context="DIAL")
+    alice.send_json({"type": "HEARTBEAT"})
+    await alice.expect("HEARTBEAT_ACK")
+
+
 async def test_call_flow_on_the_wire(server: SystemXProcess) -> None:
     alice = await registered(server, "alice@example.com")
     bob = await registered(server, "bob@example.com")
     alice.send_json(
-        {"type": "DIAL", "to": "bob@example.com", "metadata": {"subject": "hi", "priority": "high"}}
+        {
+            "type": "DIAL",
+            "to": "bob@example.com",
+            "metadata": {"subject": "hi", "priority": "high"},
+            "ringing": True,
+        }
     )
     ringing = await alice.expect("RINGING", to="bob@example.com")
     ring = await bob.expect(
@@ -90,7 +114,7 @@ async def test_call_flow_on_the_wire(server: SystemXProcess) -> None:
 async def test_ring_timeout_on_the_wire(server: SystemXProcess) -> None:
     alice = await registered(server, "alice@example.com")
     bob = await registered(server, "bob@example.com")
-    alice.send_json({"type": "DIAL", "to": "bob@example.com"})
+    alice.send_json({"type": "DIAL", "to": "bob@example.com", "ringing": True})
     ring = await bob.expect("RING")
     await alice.expect("BUSY", skip=("RINGING",), to="bob@example.com", reason="timeout")
     await bob.expect("HANGUP", call_id=ring["call_id"], reason="timeout")

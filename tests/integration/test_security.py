@@ -69,7 +69,7 @@ async def connected_pair(
     caller, callee = await server.connect(), await server.connect()
     await caller.register(a, auth=auth_a)
     await callee.register(b, auth=auth_b)
-    caller.send_json({"type": "DIAL", "to": b})
+    caller.send_json({"type": "DIAL", "to": b, "ringing": True})
     skip = ("AUTH_EXPIRING",)
     ring = await callee.expect("RING", skip=skip)
     callee.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
@@ -307,9 +307,9 @@ async def test_policy_file_refuses_dial_join_create_register_and_hides_presence(
     await refused(await server.connect(), "admin@example.org", None, "forbidden")
     # dial: deny wins over allow; outside the allow list is refused, inside goes through.
     for to in ("ceo@example.com", "guest@example.org", "CEO@example.com"):
-        alice.send_json({"type": "DIAL", "to": to})
+        alice.send_json({"type": "DIAL", "to": to, "ringing": True})
         await alice.expect("BUSY", to=to, reason="forbidden")
-    alice.send_json({"type": "DIAL", "to": "p@partners.example.net"})
+    alice.send_json({"type": "DIAL", "to": "p@partners.example.net", "ringing": True})
     await alice.expect("RINGING")
     await partner.expect("RING", from_="alice@example.com")
     await ceo.roundtrip()  # the CEO heard nothing of the refused dials

@@ -100,7 +100,7 @@ async def test_settings_files_rank_between_the_environment_and_dotenv(tmp_path: 
         caller, callee = await server.connect(), await server.connect()
         await caller.register("a@example.com")
         await callee.register("b@example.com")
-        caller.send_json({"type": "DIAL", "to": "b@example.com"})
+        caller.send_json({"type": "DIAL", "to": "b@example.com", "ringing": True})
         busy = await caller.expect("BUSY", skip=("RINGING",))
         assert busy["reason"] == "timeout"
     finally:

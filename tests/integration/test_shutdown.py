@@ -21,7 +21,7 @@ async def _call(server: SystemXProcess) -> tuple[WSClient, WSClient, str]:
     caller, callee = await server.connect(), await server.connect()
     await caller.register("caller@example.com")
     await callee.register("callee@example.com")
-    caller.send_json({"type": "DIAL", "to": "callee@example.com"})
+    caller.send_json({"type": "DIAL", "to": "callee@example.com", "ringing": True})
     ring = await callee.expect("RING")
     callee.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
     await caller.expect("CONNECTED", call_id=ring["call_id"], skip=("RINGING",))

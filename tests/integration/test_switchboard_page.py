@@ -61,7 +61,7 @@ async def test_a_call_rings_connects_and_goes_on_the_page(
     bob = await server.connect()
     await alice.register("alice@example.com")
     await bob.register("bob@example.com")
-    alice.send_json({"type": "DIAL", "to": "bob@example.com"})
+    alice.send_json({"type": "DIAL", "to": "bob@example.com", "ringing": True})
     call_id = (await alice.expect("RINGING"))["call_id"]
     await bob.expect("RING")
 

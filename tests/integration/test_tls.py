@@ -40,7 +40,7 @@ async def test_wss_register_round_trip(systemx_server: ServerFactory, tmp_path: 
     assert registered["session_id"]
     await bob.register("bob@secure.example.com")
 
-    alice.send_json({"type": "DIAL", "to": "bob@secure.example.com"})
+    alice.send_json({"type": "DIAL", "to": "bob@secure.example.com", "ringing": True})
     ring = await bob.expect("RING")
     assert ring["from"] == "alice@secure.example.com"
     bob.send_json({"type": "ANSWER", "call_id": ring["call_id"]})

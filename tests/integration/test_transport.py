@@ -28,7 +28,7 @@ async def _connected_pair(
     caller, callee = await connect(), await connect(receive_buffer=callee_buffer)
     await caller.register(a)
     await callee.register(b)
-    caller.send_json({"type": "DIAL", "to": b})
+    caller.send_json({"type": "DIAL", "to": b, "ringing": True})
     ring = await callee.expect("RING")
     assert ring["from"] == a
     callee.send_json({"type": "ANSWER", "call_id": ring["call_id"]})

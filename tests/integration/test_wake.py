@@ -241,7 +241,7 @@ async def test_sleep_ack_mid_call_hangs_up_peer(systemx_server: ServerFactory, h
     handler = {"type": "webhook", "url": hooks.url + "/a", "timeout_seconds": 10}
     await agent.register("agent@example.com", mode="wake_on_ring", wake_handler=handler)
     await caller.register("caller@example.com")
-    caller.send_json({"type": "DIAL", "to": "agent@example.com"})
+    caller.send_json({"type": "DIAL", "to": "agent@example.com", "ringing": True})
     ring = await agent.expect("RING")
     agent.send_json({"type": "ANSWER", "call_id": ring["call_id"]})
     await caller.expect("CONNECTED", skip=("RINGING",))

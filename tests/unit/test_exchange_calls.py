@@ -76,7 +76,7 @@ def test_address_in_use_by_other_socket(h: Harness) -> None:
 def test_domain_is_case_insensitive_local_part_is_not(h: Harness) -> None:
     h.register("A", "alice@example.com")
     assert h.register("B", "Alice@example.com")["type"] == "REGISTERED"
-    h.send("B", {"type": "DIAL", "to": "alice@Example.COM"})
+    h.send("B", {"type": "DIAL", "to": "alice@Example.COM", "ringing": True})
     assert h.frames("B")[-1] == {"type": "RINGING", "call_id": "call-1", "to": "alice@Example.COM"}
     assert h.frames("A")[-1]["type"] == "RING"
 
@@ -154,7 +154,7 @@ def test_stale_session_swept(h: Harness) -> None:
 
 def test_full_call_flow(h: Harness) -> None:
     pair(h)
-    h.send("A", {"type": "DIAL", "to": "bob@example.com", "metadata": {"subject": "hi"}})
+    h.send("A", {"type": "DIAL", "to": "bob@example.com", "metadata": {"subject": "hi"}, "ringing": True})
     assert h.frames("A") == [{"type": "RINGING", "call_id": "call-1", "to": "bob@example.com"}]
     assert h.frames("B") == [
         {"type": "RING", "from": "alice@example.com", "call_id": "call-1", "metadata": {"subject": "hi"}}
@@ -218,7 +218,7 @@ def test_second_answer_changes_nothing(h: Harness) -> None:
 
 def test_caller_cancels_while_ringing(h: Harness) -> None:
     pair(h)
-    h.send("A", {"type": "DIAL", "to": "bob@example.com"})
+    h.send("A", {"type": "DIAL", "to": "bob@example.com", "ringing": True})
     cid = h.frames("A")[0]["call_id"]
     h.frames("B")
     h.send("A", {"type": "HANGUP", "call_id": cid})
@@ -238,7 +238,7 @@ def test_callee_rejects_while_ringing(h: Harness) -> None:
 
 def test_ring_timeout(h: Harness) -> None:
     pair(h)
-    h.send("A", {"type": "DIAL", "to": "bob@example.com"})
+    h.send("A", {"type": "DIAL", "to": "bob@example.com", "ringing": True})
     cid = h.frames("A")[0]["call_id"]
     h.frames("B")
     h.fire(h.timer(RingTimer, cid))
@@ -247,12 +247,24 @@ def test_ring_timeout(h: Harness) -> None:
     assert h.x.call(cid) is None
 
 
+
+def test_ring_timeout_of_a_plain_dial_names_no_call(h: Harness) -> None:
+    # The caller never heard the id (no RINGING asked): BUSY timeout without it, as the reference.
+    pair(h)
+    h.send("A", {"type": "DIAL", "to": "bob@example.com"})
+    assert h.frames("A") == []
+    (ring,) = h.frames("B")
+    h.fire(h.timer(RingTimer, ring["call_id"]))
+    assert h.frames("A") == [{"type": "BUSY", "to": "bob@example.com", "reason": "timeout"}]
+    assert h.frames("B") == [{"type": "HANGUP", "call_id": ring["call_id"], "reason": "timeout"}]
+
+
 def test_msg_while_ringing_ignored_and_foreign_ids_ignored(
     h: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     pair(h)
     h.register("C", "carol@example.com")
-    h.send("A", {"type": "DIAL", "to": "bob@example.com"})
+    h.send("A", {"type": "DIAL", "to": "bob@example.com", "ringing": True})
     cid = h.frames("A")[0]["call_id"]
     h.frames("B")
     h.send("A", {"type": "MSG", "call_id": cid, "data": "early"})
@@ -277,7 +289,7 @@ def test_disconnect_mid_call_and_while_ringing(h: Harness) -> None:
     cid = h.connect("A", "B")
     h.close("A")
     assert h.frames("B") == [{"type": "HANGUP", "call_id": cid, "reason": "peer_disconnected"}]
-    h.send("C", {"type": "DIAL", "to": "bob@example.com"})
+    h.send("C", {"type": "DIAL", "to": "bob@example.com", "ringing": True})
     cid2 = h.frames("C")[0]["call_id"]
     h.close("B")
     assert h.frames("C") == [{"type": "HANGUP", "call_id": cid2, "reason": "peer_disconnected"}]
@@ -318,7 +330,7 @@ def test_status_restored_after_call(h: Harness) -> None:
     h.register("C", "carol@example.com")
     cid = h.connect("A", "B")
     h.send("A", {"type": "HANGUP", "call_id": cid})
-    h.send("C", {"type": "DIAL", "to": "bob@example.com"})
+    h.send("C", {"type": "DIAL", "to": "bob@example.com", "ringing": True})
     assert h.frames("C")[-1]["type"] == "RINGING"
 
 
@@ -581,7 +593,7 @@ def test_local_dial_goes_down_a_trunk(h: Harness) -> None:
     h.open("P")
     h.send("P", {"type": "REGISTER_PBX", "domain": "sub.example.com", "routes": ["*@sub.example.com"]})
     h.frames("P")
-    h.send("A", {"type": "DIAL", "to": "carol@sub.example.com"})
+    h.send("A", {"type": "DIAL", "to": "carol@sub.example.com", "ringing": True})
     (fwd,) = h.frames("P")
     assert fwd["type"] == "DIAL_FORWARD" and fwd["from"] == "alice@example.com"
     assert fwd["to"] == "carol@sub.example.com" and fwd["hops"] == 1 and len(fwd["via"]) == 1

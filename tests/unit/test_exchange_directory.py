@@ -19,7 +19,7 @@ def directory_harness() -> Harness:
 
 def test_unknown_address_is_looked_up_and_a_remote_holder_rings() -> None:
     h = directory_harness()
-    h.send("A", {"type": "DIAL", "to": "far@elsewhere.example"})
+    h.send("A", {"type": "DIAL", "to": "far@elsewhere.example", "ringing": True})
     assert h.frames("A") == [{"type": "RINGING", "call_id": "call-1", "to": "far@elsewhere.example"}]
     assert h.actions.lookups == ["far@elsewhere.example"]
     remote = h.x.on_lookup_result("far@elsewhere.example", "R", h.now)

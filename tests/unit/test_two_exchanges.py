@@ -45,7 +45,7 @@ class Pair:
         """``caller`` dials ``callee`` and it rings there; return the call id."""
         _, caller_ep, caller_addr = self.side(caller)
         _, callee_ep, callee_addr = self.side(callee)
-        self.send(caller, {"type": "DIAL", "to": callee_addr})
+        self.send(caller, {"type": "DIAL", "to": callee_addr, "ringing": True})
         ringing = caller_ep.take()
         assert [f["type"] for f in ringing] == ["RINGING"]
         call_id = ringing[0]["call_id"]
@@ -107,7 +107,7 @@ def test_hangup_from_either_side_ends_both_legs(p: Pair, caller: str, callee: st
 def test_busy_no_such_address_from_the_far_side(p: Pair, caller: str, callee: str) -> None:
     _, caller_ep, _ = p.side(caller)
     nobody = "nobody@" + p.side(callee)[2].split("@")[1]
-    p.send(caller, {"type": "DIAL", "to": nobody})
+    p.send(caller, {"type": "DIAL", "to": nobody, "ringing": True})
     frames = caller_ep.take()
     call_id = frames[0]["call_id"]
     assert frames == [
@@ -127,7 +127,7 @@ def test_busy_already_in_call_from_the_far_side(p: Pair, caller: str, callee: st
     far.send(callee, {"type": "ANSWER", "call_id": local_id})
     assert other.take()[-1]["type"] == "CONNECTED"
     _, caller_ep, _ = p.side(caller)
-    p.send(caller, {"type": "DIAL", "to": callee_addr})
+    p.send(caller, {"type": "DIAL", "to": callee_addr, "ringing": True})
     frames = caller_ep.take()
     call_id = frames[0]["call_id"]
     assert frames == [
@@ -142,7 +142,7 @@ def test_busy_dnd_from_the_far_side(p: Pair, caller: str, callee: str) -> None:
     _, callee_ep, callee_addr = p.side(callee)
     p.send(callee, {"type": "STATUS", "status": "dnd"})
     _, caller_ep, _ = p.side(caller)
-    p.send(caller, {"type": "DIAL", "to": callee_addr})
+    p.send(caller, {"type": "DIAL", "to": callee_addr, "ringing": True})
     frames = caller_ep.take()
     call_id = frames[0]["call_id"]
     assert frames == [

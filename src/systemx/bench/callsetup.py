@@ -3,10 +3,11 @@
 ``pairs`` caller/callee pairs run in parallel; each pair loops
 DIAL → RING → ANSWER → CONNECTED → HANGUP → (callee gets HANGUP) → next DIAL.
 Every frame is checked: RING comes from the caller with a fresh call id,
-RINGING (if the exchange sends it) and CONNECTED carry that id and the
-callee's address, the callee's HANGUP carries it with reason ``normal``;
-BUSY, ERROR or anything else fails the run. A call counts when the callee
-receives the HANGUP; the latency figures are DIAL sent → CONNECTED received.
+RINGING (required with ``--ringing``, where each DIAL asks for it; else
+allowed) and CONNECTED carry that id and the callee's address, the callee's
+HANGUP carries it with reason ``normal``; BUSY, ERROR or anything else fails
+the run. A call counts when the callee receives the HANGUP; the latency
+figures are DIAL sent → CONNECTED received.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ _IDLE, _DIALLED, _ANSWERED, _HUNG_UP = range(4)
 
 
 class _Shared:
-    def __init__(self, window: Window) -> None:
+    def __init__(self, window: Window, ringing: bool) -> None:
         self.window = window
+        # Each DIAL asks for RINGING, which then must come (before CONNECTED).
+        self.ringing = ringing
         self.stopping = False
         self.active = 0
         self.lat: list[int] = []
@@ -70,7 +73,10 @@ class CallLoop:
         self.last_id = ""
         self.dialled_at = 0
         self.calls = 0
-        self.dial_frame = encode({"type": "DIAL", "to": callee.address})
+        dial: dict[str, Any] = {"type": "DIAL", "to": callee.address}
+        if shared.ringing:
+            dial["ringing"] = True
+        self.dial_frame = encode(dial)
         caller.on_frame = self.on_caller_frame
         callee.on_frame = self.on_callee_frame
 
@@ -117,6 +123,8 @@ class CallLoop:
                 raise self._violation("unexpected CONNECTED", payload)
             if m.to != self.callee.address:
                 raise self._violation(f"CONNECTED not to {self.callee.address}", payload)
+            if self.shared.ringing and self.ringing_id != m.call_id:
+                raise self._violation("CONNECTED without the RINGING the DIAL asked for", payload)
             w = self.shared.window
             if w.measuring:
                 self.shared.lat.append(time.perf_counter_ns() - self.dialled_at)
@@ -173,7 +181,7 @@ def _shard_worker(url: str, opts: Options) -> Any:
             start, end = await gate.ready()
             calls_target = opts.calls if opts.calls > 0 and count == 1 else -1
             window = Window(gate.meter, target=calls_target)
-            shared = _Shared(window)
+            shared = _Shared(window, opts.ringing)
             loops = [CallLoop(shared, conns[2 * i], conns[2 * i + 1]) for i in range(pairs)]
             window.schedule_at(start, end if calls_target < 0 else start + 3600.0)
             for loop in loops:

@@ -177,6 +177,11 @@ def build_parser(suite: Suite | None = None) -> argparse.ArgumentParser:
     w.add_argument("--samples", type=int, default=20_000, help="latency: measured samples")
     w.add_argument("--warm-samples", type=int, default=2_000, help="latency: samples before measuring")
     w.add_argument("--calls", type=int, default=0, help="callsetup: stop after this many calls")
+    w.add_argument(
+        "--ringing",
+        action="store_true",
+        help="callsetup: each DIAL asks for RINGING, and every call must get one (naming the call)",
+    )
     w.add_argument("--conns", type=int, default=5_000, help="connect/idle: connections that REGISTER")
     w.add_argument(
         "--settle", type=float, default=1.0, help="idle: seconds idle before each RSS reading (default 1)"
@@ -225,6 +230,7 @@ def _options(ns: argparse.Namespace) -> Options:
         profile=ns.profile,
         wait_idle=ns.wait_idle,
         cork=ns.cork,
+        ringing=ns.ringing,
         concurrency=max(1, ns.concurrency),
         bare=ns.bare,
         bun=ns.bun,

@@ -52,6 +52,7 @@ class Options:
     samples: int = 20_000
     warm_samples: int = 2_000
     calls: int = 0
+    ringing: bool = False
     conns: int = 5_000
     settle: float = 1.0
     participants: int = 200

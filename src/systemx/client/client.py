@@ -528,7 +528,8 @@ class Client:
         self._check_open()
         dial = _PendingDial(to, metadata, self.loop.create_future())
         self._dials.append(dial)
-        self._send_message(Dial(to=to, metadata=metadata))
+        # RINGING names the call at once, so a dial that times out can hang it up.
+        self._send_message(Dial(to=to, metadata=metadata, ringing=True))
         try:
             if timeout is None:
                 return await dial.future

@@ -203,6 +203,7 @@ class Call:
         "rang_at",
         "relayed_broadcast",
         "ring_timer",
+        "ringing",
         "routes",
         "state",
         "to",
@@ -250,6 +251,9 @@ class Call:
         self.relayed_broadcast = False
         # Waiting without RINGING yet: the cluster is asked whether its callee is asleep.
         self.quiet = False
+        # The caller hears RINGING when the callee rings: it asked in its DIAL, or it
+        # heard RINGING already while the call waited (a wake, a directory lookup).
+        self.ringing = False
 
     def parties(self) -> list[Session]:
         out = [p for p in (self.caller, self.callee) if p is not None]
@@ -438,11 +442,13 @@ class CallBook(Sender):
         metadata: dict[str, Any] | None,
         now: float,
         call_id: str | None = None,
+        ringing: bool = False,
     ) -> None:
         """``s`` dials ``callee``, registered here: RING, or BUSY with the reason.
 
         ``call_id`` is given when ``s`` is a caller behind a trunk (its
-        DIAL_FORWARD's id, kept on this side).
+        DIAL_FORWARD's id, kept on this side). ``ringing``: the caller asked
+        for RINGING.
         """
         status = callee.status
         if status == "dnd" or status == "away":
@@ -464,6 +470,7 @@ class CallBook(Sender):
             self._refuse_dial(s, to, reason, now, call_id)
             return
         call = Call(call_id or self._new_id(), s, callee, to, key, metadata, now, RINGING)
+        call.ringing = ringing
         self._add(call)
         self._ring(call, now)
         self._recorder.call_started(call.call_id, s.address or "", to, now)
@@ -488,6 +495,7 @@ class CallBook(Sender):
         first asks whether the sleeper is awake on another node).
         """
         call = Call(call_id or self._new_id(), s, None, to, key, metadata, now, WAITING)
+        call.ringing = True
         call.woken = waking
         call.via = via
         call.quiet = quiet
@@ -608,7 +616,8 @@ class CallBook(Sender):
         )
         timeout = self._call_timeout
         if caller.trunk is None:
-            send(caller.conn, _encode(m.Ringing(call_id=call.call_id, to=call.to)))
+            if call.ringing:
+                send(caller.conn, _encode(m.Ringing(call_id=call.call_id, to=call.to)))
         else:
             # The far side hears RING; the caller's side runs the ring timeout, this one is a backstop.
             assert self.trunks is not None
@@ -623,8 +632,11 @@ class CallBook(Sender):
         if call is None or call.state not in (RINGING, WAITING):
             return
         call_id = call.call_id
-        if call.caller is not None:
-            self._busy(call.caller, call.to, BusyReason.TIMEOUT, call_id)
+        caller = call.caller
+        if caller is not None:
+            # The id only to a caller that knows it (told RINGING; a trunk always knows).
+            told = call.ringing or caller.trunk is not None
+            self._busy(caller, call.to, BusyReason.TIMEOUT, call_id if told else None)
         if call.state is RINGING and call.callee is not None:
             self._send_msg(call.callee, m.Hangup(call_id=call_id, reason=HangupReason.TIMEOUT))
         self._end(call, _EV_TIMEOUT, HangupReason.TIMEOUT, now)

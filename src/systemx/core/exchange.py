@@ -720,7 +720,7 @@ class Exchange(Sender):
 
     def _on_dial(self, s: Session, msg: m.Dial, now: float) -> None:
         s.last_activity = now
-        self._place(s, msg.to, msg.metadata, now)
+        self._place(s, msg.to, msg.metadata, now, ringing=msg.ringing)
 
     def _place(
         self,
@@ -731,6 +731,8 @@ class Exchange(Sender):
         call_id: str | None = None,
         hops: int = 0,
         via: list[str] | None = None,
+        *,
+        ringing: bool = False,
     ) -> None:
         """Place ``s``'s call to ``to``: local holder, sleeping profile, trunk route, directory.
 
@@ -750,7 +752,7 @@ class Exchange(Sender):
         # 1. registered here
         callee = self.registry.holder(key)
         if callee is not None:
-            self.book.dial(s, callee, to, key, metadata, now, call_id)
+            self.book.dial(s, callee, to, key, metadata, now, call_id, ringing)
             return
         # 2. asleep here: wake it
         if self.wake.has_profile(key):

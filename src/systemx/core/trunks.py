@@ -599,6 +599,7 @@ class Trunks(Sender):
             # At once, as for a lookup: the caller knows its call id (to hang up), and a
             # BUSY naming the call always follows the RINGING that named it.
             self._send_msg(caller, m.Ringing(call_id=call.call_id, to=to))
+            call.ringing = True
         call.rang_at = now
         self._actions.start_timer(call.ring_timer, self._book.call_timeout)
         self._registry.touch(caller)

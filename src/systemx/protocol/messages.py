@@ -153,6 +153,8 @@ class Heartbeat(_Message, tag="HEARTBEAT"):
 class Dial(_Message, tag="DIAL"):
     to: str
     metadata: dict[str, Any] | None = None
+    # The caller asks for RINGING (with the call's id) when the callee starts ringing.
+    ringing: bool = False
 
 
 class Answer(_Message, tag="ANSWER"):
