@@ -82,7 +82,7 @@ _EVERY: Final = frozenset(
 
 #: state -> the message types a session in that state may send.
 ALLOWED: Final[dict[SessionState, frozenset[type]]] = {
-    SessionState.OPEN: _EVERY - NEEDS_REGISTRATION.keys(),
+    SessionState.OPEN: _EVERY - frozenset(NEEDS_REGISTRATION),
     SessionState.REGISTERED: _EVERY,
     SessionState.CLOSED: frozenset(),
 }
